@@ -1,0 +1,45 @@
+//! One module per subcommand, one dispatch `match`.
+
+mod jobs;
+mod schema;
+
+use anyhow::Result;
+use datamig_core::config::{ConfigInputs, Settings};
+use datamig_core::db::{Conn, ConnectOptions};
+use datamig_core::job::Registry;
+
+use crate::opt::{Cli, Command, GlobalOpts};
+
+pub async fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
+    match cli.command {
+        Command::Schema(cmd) => schema::run(&cli.global, cmd).await,
+        Command::Jobs => jobs::run(registry),
+    }
+}
+
+/// The project is the current directory.
+pub(crate) fn settings(global: &GlobalOpts) -> Result<Settings> {
+    let project_dir = std::env::current_dir()?;
+    let inputs = ConfigInputs {
+        project_dir,
+        database_url: global.database_url.clone(),
+        env: global.env.clone(),
+    };
+    Ok(Settings::resolve(&inputs)?)
+}
+
+pub(crate) fn connect_options(global: &GlobalOpts) -> ConnectOptions {
+    ConnectOptions {
+        timeout: global.connect_timeout,
+        ..ConnectOptions::default()
+    }
+}
+
+pub(crate) async fn connect(global: &GlobalOpts, settings: &Settings) -> Result<Conn> {
+    tracing::debug!(
+        "connecting to {} (from {})",
+        settings.database_url,
+        settings.url_source
+    );
+    Ok(Conn::connect(&settings.database_url, &connect_options(global)).await?)
+}

@@ -1,0 +1,274 @@
+//! `datamig schema …`: versioned schema migrations.
+
+use anyhow::Result;
+use datamig_core::config::DatabaseUrl;
+use datamig_core::db::Conn;
+use datamig_core::migrate::{self, source, DownTarget, Resolution, RunOptions, State, UpTarget};
+use datamig_core::Error;
+
+use super::{connect, connect_options, settings};
+use crate::opt::{DirtyResolution, GlobalOpts, SchemaCommand};
+use crate::output::line;
+
+pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
+    let settings = settings(global)?;
+    let dir = &settings.migrations_dir;
+
+    if let SchemaCommand::New { name } = &cmd {
+        let (up, down) = source::create(dir, name, chrono_now())?;
+        line(&format!("created {}", relative(&up, &settings.project_dir)));
+        line(&format!(
+            "created {}",
+            relative(&down, &settings.project_dir)
+        ));
+        return Ok(());
+    }
+    let loaded = source::load(dir)?;
+
+    if let SchemaCommand::Check {
+        allow_pending,
+        no_database,
+    } = cmd
+    {
+        return check(global, &settings, loaded, allow_pending, no_database).await;
+    }
+    for lint in &loaded.lints {
+        tracing::warn!("{lint}");
+    }
+    let migrations = loaded.into_valid()?;
+    let mut out = |text: String| line(&text);
+
+    match cmd {
+        SchemaCommand::New { .. } | SchemaCommand::Check { .. } => unreachable!("handled above"),
+        SchemaCommand::Test { scratch_url } => {
+            let url = match scratch_url {
+                Some(u) => DatabaseUrl::parse(&u)?,
+                None => settings.database_url.clone(),
+            };
+            let n =
+                migrate::schema_test(&url, &connect_options(global), &migrations, &mut out).await?;
+            line(&format!("ok: {n} migration(s); each down reverses its up, and each up applies again after its down"));
+            Ok(())
+        }
+        SchemaCommand::Upgrade {
+            target,
+            run,
+            allow_out_of_order,
+        } => {
+            let target = UpTarget::parse(&target)?;
+            let opts = RunOptions {
+                lock_timeout: run.lock.lock_timeout,
+                dry_run: run.dry_run,
+                allow_out_of_order,
+            };
+            with_conn(global, &settings, async |conn| {
+                let report = migrate::upgrade(conn, &migrations, target, &opts, &mut out).await?;
+                if !opts.dry_run {
+                    line(&summary(
+                        report.done.len(),
+                        "applied",
+                        "the database is up to date",
+                    ));
+                }
+                Ok(())
+            })
+            .await
+        }
+        SchemaCommand::Downgrade { target, run } => {
+            let target = DownTarget::parse(&target)?;
+            let opts = RunOptions {
+                lock_timeout: run.lock.lock_timeout,
+                dry_run: run.dry_run,
+                ..RunOptions::default()
+            };
+            with_conn(global, &settings, async |conn| {
+                let report = migrate::downgrade(conn, &migrations, target, &opts, &mut out).await?;
+                if !opts.dry_run {
+                    line(&summary(report.done.len(), "reverted", "nothing to revert"));
+                }
+                Ok(())
+            })
+            .await
+        }
+        SchemaCommand::Current => {
+            with_conn(global, &settings, async |conn| {
+                let applied = migrate::applied(conn).await?;
+                match applied.last() {
+                    None => line("base (no migration applied)"),
+                    Some(a) => {
+                        let dirty = if a.dirty == migrate::Dirty::Clean {
+                            ""
+                        } else {
+                            " (dirty)"
+                        };
+                        line(&format!("{}_{}{dirty}", a.version, a.name));
+                    }
+                }
+                Ok(())
+            })
+            .await
+        }
+        SchemaCommand::History => {
+            with_conn(global, &settings, async |conn| {
+                let entries = migrate::log(conn).await?;
+                if entries.is_empty() {
+                    line("no schema changes recorded yet");
+                }
+                for e in entries {
+                    let what = match (e.version, &e.name) {
+                        (Some(v), Some(n)) => format!("{v}_{n}"),
+                        _ => String::new(),
+                    };
+                    let detail = if e.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({})", e.detail)
+                    };
+                    line(&format!(
+                        "{}  {:<9}  {what}  by {}{detail}",
+                        e.at, e.action, e.actor
+                    ));
+                }
+                Ok(())
+            })
+            .await
+        }
+        SchemaCommand::Status => {
+            with_conn(global, &settings, async |conn| {
+                let lines = migrate::status(conn, &migrations).await?;
+                print_status(&lines);
+                Ok(())
+            })
+            .await
+        }
+        SchemaCommand::Repair { dirty, lock } => {
+            let dirty = dirty.map(|d| match d {
+                DirtyResolution::Applied => Resolution::Applied,
+                DirtyResolution::Reverted => Resolution::Reverted,
+            });
+            with_conn(global, &settings, async |conn| {
+                let n =
+                    migrate::repair(conn, &migrations, dirty, lock.lock_timeout, &mut out).await?;
+                line(&if n == 0 {
+                    "nothing to repair".to_string()
+                } else {
+                    format!("repaired {n} migration record(s)")
+                });
+                Ok(())
+            })
+            .await
+        }
+    }
+}
+
+/// Connects, runs `body`, and closes the connection on every path.
+async fn with_conn(
+    global: &GlobalOpts,
+    settings: &datamig_core::config::Settings,
+    body: impl AsyncFnOnce(&mut Conn) -> Result<()>,
+) -> Result<()> {
+    let mut conn = connect(global, settings).await?;
+    let result = body(&mut conn).await;
+    conn.close().await;
+    result
+}
+
+fn summary(n: usize, verb: &str, none: &str) -> String {
+    if n == 0 {
+        none.to_string()
+    } else {
+        format!("{verb} {n} migration(s)")
+    }
+}
+
+fn print_status(lines: &[migrate::StatusLine]) {
+    if lines.is_empty() {
+        line("no migrations yet; `datamig schema new create_my_table` writes the first");
+        return;
+    }
+    let width = lines.iter().map(|l| l.name.len()).max().unwrap_or(4).max(4);
+    line(&format!(
+        "{:<14}  {:<width$}  {:<30}  APPLIED AT",
+        "VERSION", "NAME", "STATE"
+    ));
+    for l in lines {
+        let at = l
+            .applied
+            .as_ref()
+            .map(|a| a.applied_at.as_str())
+            .unwrap_or("");
+        line(&format!(
+            "{:<14}  {:<width$}  {:<30}  {at}",
+            l.version,
+            l.name,
+            l.state.to_string()
+        ));
+    }
+    let count = |s: &dyn Fn(&State) -> bool| lines.iter().filter(|l| s(&l.state)).count();
+    let applied = count(&|s| !matches!(s, State::Pending));
+    let pending = count(&|s| matches!(s, State::Pending));
+    line(&format!("{applied} applied, {pending} pending"));
+}
+
+async fn check(
+    global: &GlobalOpts,
+    settings: &datamig_core::config::Settings,
+    loaded: source::Loaded,
+    allow_pending: bool,
+    no_database: bool,
+) -> Result<()> {
+    let mut problems: Vec<String> = loaded.errors.iter().chain(&loaded.lints).cloned().collect();
+    let total = loaded.migrations.len();
+    let mut pending = Vec::new();
+    if !no_database {
+        with_conn(global, settings, async |conn| {
+            let lines = migrate::status(conn, &loaded.migrations).await?;
+            let newest_applied = lines.iter().filter(|l| l.applied.is_some()).map(|l| l.version).max();
+            for l in &lines {
+                let id = format!("{}_{}", l.version, l.name);
+                match &l.state {
+                    State::Applied => {}
+                    State::Pending => {
+                        if newest_applied.is_some_and(|n| n > l.version) {
+                            problems.push(format!("{id}: pending but older than the newest applied migration (out of order)"));
+                        }
+                        pending.push(id);
+                    }
+                    State::Changed => problems.push(format!("{id}: file changed since it was applied (checksum differs)")),
+                    State::MissingFile => problems.push(format!("{id}: applied, but its files are missing")),
+                    State::Dirty(_) => problems.push(format!("{id}: dirty (failed halfway); see `datamig schema status`")),
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    if !problems.is_empty() {
+        return Err(Error::Problems(problems).into());
+    }
+    if !pending.is_empty() && !allow_pending {
+        return Err(Error::Pending {
+            count: pending.len(),
+            names: pending.join(", "),
+        }
+        .into());
+    }
+    let db = if no_database {
+        " (files only)".to_string()
+    } else {
+        format!(", {} pending", pending.len())
+    };
+    line(&format!("ok: {total} migration(s){db}"));
+    Ok(())
+}
+
+fn relative(path: &std::path::Path, base: &std::path::Path) -> String {
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+fn chrono_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}

@@ -1,0 +1,46 @@
+//! Exit codes: stable, documented in the README, one per kind of outcome.
+
+use datamig_core::Error;
+
+/// Success.
+pub const OK: u8 = 0;
+/// An unexpected error (a bug, or an I/O failure): the message says what.
+pub const FAILURE: u8 = 1;
+/// Bad command line: unknown command or flag, malformed value, bad migration name, unknown version.
+pub const USAGE: u8 = 2;
+/// Bad configuration: malformed database URL, unknown `--env`, invalid `datamig.toml` or `.env`.
+pub const CONFIG: u8 = 3;
+/// Cannot connect: server unreachable, authentication failed, database missing.
+pub const CONNECT: u8 = 4;
+/// Migration files are invalid or disagree with the database: bad or duplicate
+/// names, a missing up/down file, an applied file edited, an out-of-order migration.
+pub const INVALID_MIGRATIONS: u8 = 5;
+/// A migration's SQL failed and was rolled back (or had not taken effect).
+pub const MIGRATION_FAILED: u8 = 6;
+/// A migration failed halfway and could not be rolled back: the database is dirty.
+pub const DIRTY: u8 = 7;
+/// Another runner held the schema lock longer than `--lock-timeout`.
+pub const LOCK_TIMEOUT: u8 = 8;
+/// `schema check`: migrations are pending.
+pub const PENDING: u8 = 9;
+/// `schema test`: a down does not reverse its up.
+pub const SCHEMA_TEST_FAILED: u8 = 10;
+
+/// The exit code for an error, by its kind.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    let Some(err) = err.downcast_ref::<Error>() else {
+        return FAILURE;
+    };
+    match err {
+        Error::Usage(_) => USAGE,
+        Error::Config(_) => CONFIG,
+        Error::Connect { .. } => CONNECT,
+        Error::Invalid(_) | Error::Problems(_) => INVALID_MIGRATIONS,
+        Error::MigrationFailed { .. } => MIGRATION_FAILED,
+        Error::Dirty(_) => DIRTY,
+        Error::LockTimeout(_) => LOCK_TIMEOUT,
+        Error::Pending { .. } => PENDING,
+        Error::SchemaTest(_) => SCHEMA_TEST_FAILED,
+        _ => FAILURE,
+    }
+}

@@ -1,0 +1,68 @@
+//! The datamig command line. A project's binary is three lines:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     datamig_cli::main(datamig_core::job::Registry::new())
+//! }
+//! ```
+//!
+//! Each subcommand lives in its own module under `commands`; this file parses,
+//! dispatches, and maps errors to the exit codes in [`exit`].
+
+mod commands;
+pub mod exit;
+mod opt;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use datamig_core::job::Registry;
+
+pub use opt::Cli;
+
+/// Runs the command line with the jobs in `registry`.
+pub fn main(registry: Registry) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    init_logging(cli.global.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli, &registry)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(err) => {
+            output::error(&format!("error: {err:#}"));
+            ExitCode::from(exit::code_for(&err))
+        }
+    }
+}
+
+fn init_logging(format: opt::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,datamig_core=info,datamig_cli=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        opt::LogFormat::Json => builder.json().init(),
+        opt::LogFormat::Text => builder.with_target(false).without_time().init(),
+    }
+}

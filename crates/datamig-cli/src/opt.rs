@@ -1,0 +1,140 @@
+//! The command line, as clap derive types. Doc comments here are `--help`.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use datamig_core::config::parse_duration;
+
+/// Batched data migrations: versioned schema steps, and Rust data jobs that run in
+/// checkpointed, resumable batches.
+#[derive(Debug, Parser)]
+#[command(
+    name = "datamig",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalOpts {
+    /// Database URL: sqlite:FILE, postgres://USER@HOST/DB or mysql://USER@HOST/DB.
+    /// Default: DATABASE_URL (from the environment or .env), then datamig.toml,
+    /// then sqlite:datamig.db in the current directory.
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Use this environment's profile from datamig.toml ([env.NAME]).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub env: Option<String>,
+
+    /// How long to wait for the database to answer a connection.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Log format on stderr; RUST_LOG sets the level.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Versioned schema migrations (migrations/<version>_<name>.up.sql / .down.sql).
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+    /// List the registered data jobs.
+    Jobs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Write a new up/down pair from the template (migrations/template.up.sql if present).
+    New {
+        /// snake_case, starting with a verb: add_email_to_users, create_orders, …
+        name: String,
+    },
+    /// Apply pending migrations, up to `head` or a version.
+    Upgrade {
+        /// `head`, or a version such as 20261124093000.
+        #[arg(default_value = "head")]
+        target: String,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Apply a pending migration even if a newer one is already applied.
+        #[arg(long)]
+        allow_out_of_order: bool,
+    },
+    /// Revert applied migrations: to a version (kept), the last N (-N), or all (base).
+    #[command(allow_negative_numbers = true)]
+    Downgrade {
+        /// `base`, `-N`, or a version such as 20261124093000.
+        target: String,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Show the newest applied migration.
+    Current,
+    /// Show the log of what was applied, reverted and repaired, when and by whom.
+    History,
+    /// Show every migration: applied, pending, changed since applied, file missing, dirty.
+    Status,
+    /// For CI: lint names and pairs, compare checksums with the database, fail on pending.
+    Check {
+        /// Do not fail because migrations are pending.
+        #[arg(long)]
+        allow_pending: bool,
+        /// Check the files only; do not connect.
+        #[arg(long)]
+        no_database: bool,
+    },
+    /// Accept edited files' checksums, or resolve a migration that failed halfway.
+    Repair {
+        /// Say what a dirty migration's state now is, after fixing it by hand.
+        #[arg(long, value_enum, value_name = "STATE")]
+        dirty: Option<DirtyResolution>,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Prove every down reverses its up, on a scratch database.
+    Test {
+        /// Where to create the scratch database (default: beside the configured one).
+        #[arg(long, value_name = "URL")]
+        scratch_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Print the SQL that would run, in order, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// How long to wait for another runner's schema lock.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DirtyResolution {
+    /// All of its changes are in place: record it as applied.
+    Applied,
+    /// None of its changes are in place: remove its record.
+    Reverted,
+}

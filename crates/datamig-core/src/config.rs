@@ -1,0 +1,512 @@
+//! Where the database is, and where the migrations are.
+//!
+//! Precedence for the database URL, first match wins:
+//! `--database-url`, then the `--env` profile of `datamig.toml`, then
+//! `DATABASE_URL` (from the environment, else from `.env`), then the
+//! `default_env` profile of `datamig.toml`, then `sqlite:datamig.db` in the project.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The SQLite file used when nothing else names a database.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite:datamig.db";
+pub const CONFIG_FILE: &str = "datamig.toml";
+
+/// Which database engine a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+            Backend::MySql => "MySQL/MariaDB",
+        })
+    }
+}
+
+/// A parsed database URL. Its `Display` and `Debug` never show the password;
+/// only the driver sees the secret, through [`DatabaseUrl::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    secret: String,
+    redacted: String,
+    backend: Backend,
+}
+
+impl DatabaseUrl {
+    /// Parses a `sqlite:`, `postgres://` or `mysql://` (`mariadb://`) URL.
+    /// Errors never repeat the URL, since it may hold a password.
+    pub fn parse(input: &str) -> Result<Self> {
+        let input = input.trim();
+        if input.is_empty() {
+            return Err(Error::Config(
+                "the database URL is empty; set --database-url, DATABASE_URL or datamig.toml"
+                    .into(),
+            ));
+        }
+        let scheme = input
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match scheme.as_str() {
+            "sqlite" => Self::parse_sqlite(input),
+            "postgres" | "postgresql" => Self::parse_server(input, Backend::Postgres, "postgres"),
+            "mysql" | "mariadb" => Self::parse_server(input, Backend::MySql, "mysql"),
+            _ => Err(Error::Config(format!(
+                "unsupported database URL scheme `{}`; use sqlite:FILE, postgres://USER@HOST/DB or mysql://USER@HOST/DB",
+                if scheme.len() > 20 || scheme.contains('@') { "?" } else { &scheme }
+            ))),
+        }
+    }
+
+    fn parse_sqlite(input: &str) -> Result<Self> {
+        let rest = &input["sqlite:".len()..];
+        let (path_part, _query) = rest.split_once('?').unwrap_or((rest, ""));
+        let path = path_part.strip_prefix("//").unwrap_or(path_part);
+        if path.is_empty() {
+            return Err(Error::Config(
+                "the SQLite URL names no file; write sqlite:path/to/file.db or sqlite::memory:"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            secret: input.to_string(),
+            redacted: input.to_string(),
+            backend: Backend::Sqlite,
+        })
+    }
+
+    fn parse_server(input: &str, backend: Backend, driver_scheme: &str) -> Result<Self> {
+        let example = match backend {
+            Backend::Postgres => "postgres://USER:PASSWORD@HOST:5432/DATABASE",
+            _ => "mysql://USER:PASSWORD@HOST:3306/DATABASE",
+        };
+        let mut url = url::Url::parse(input).map_err(|e| {
+            Error::Config(format!(
+                "malformed {backend} database URL ({e}); expected {example}"
+            ))
+        })?;
+        if url.cannot_be_a_base()
+            || (url.host_str().unwrap_or_default().is_empty() && !has_socket_param(&url))
+        {
+            return Err(Error::Config(format!(
+                "the {backend} database URL names no host; expected {example}"
+            )));
+        }
+        if url.scheme() != driver_scheme {
+            // `mariadb://` and `postgresql://` are accepted spellings; the driver wants one.
+            let rebuilt = format!("{driver_scheme}{}", &input[url.scheme().len()..]);
+            url = url::Url::parse(&rebuilt).map_err(|e| {
+                Error::Config(format!(
+                    "malformed {backend} database URL ({e}); expected {example}"
+                ))
+            })?;
+        }
+        let secret = url.to_string();
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        let pairs: Vec<(String, String)> = shown
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.to_ascii_lowercase().contains("password") {
+                    "***".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        if !pairs.is_empty() {
+            shown.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        Ok(Self {
+            secret,
+            redacted: shown.to_string(),
+            backend,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL with any password replaced by `***`: safe for every output.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    /// The real URL, for the driver only.
+    pub(crate) fn expose(&self) -> &str {
+        &self.secret
+    }
+
+    /// The database (PostgreSQL, MySQL) this URL names, if any.
+    pub fn database_name(&self) -> Option<String> {
+        if self.backend == Backend::Sqlite {
+            return None;
+        }
+        let url = url::Url::parse(&self.secret).ok()?;
+        let name = url.path().trim_start_matches('/');
+        (!name.is_empty()).then(|| percent_decode(name))
+    }
+
+    /// The same server and credentials, another database: for scratch databases.
+    pub fn with_database(&self, database: &str) -> Result<Self> {
+        match self.backend {
+            Backend::Sqlite => Self::parse(&format!("sqlite:{database}")),
+            _ => {
+                let mut url =
+                    url::Url::parse(&self.secret).map_err(|e| Error::Config(e.to_string()))?;
+                url.set_path(&format!("/{database}"));
+                Self::parse(url.as_str())
+            }
+        }
+    }
+
+    /// The file an SQLite URL names, or `None` for `sqlite::memory:` and servers.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        if self.backend != Backend::Sqlite {
+            return None;
+        }
+        let rest = &self.secret["sqlite:".len()..];
+        let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+        let path = path.strip_prefix("//").unwrap_or(path);
+        (path != ":memory:" && !self.secret.contains("mode=memory")).then(|| PathBuf::from(path))
+    }
+}
+
+fn has_socket_param(url: &url::Url) -> bool {
+    url.query_pairs().any(|(k, _)| k == "host" || k == "socket")
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| s.to_string())
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted)
+    }
+}
+
+/// `datamig.toml`: named environments and project settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where the migration files live, relative to the project.
+    pub migrations_dir: Option<PathBuf>,
+    /// The profile used when neither `--env` nor `DATAMIG_ENV` names one.
+    pub default_env: Option<String>,
+    #[serde(default, rename = "env")]
+    pub envs: BTreeMap<String, EnvProfile>,
+}
+
+/// One `[env.NAME]` table of `datamig.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvProfile {
+    /// The URL itself (keep passwords out of files: prefer `database_url_env`).
+    pub database_url: Option<String>,
+    /// The name of an environment variable that holds the URL.
+    pub database_url_env: Option<String>,
+}
+
+/// What the command line says about where to connect.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigInputs {
+    pub project_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub env: Option<String>,
+}
+
+/// Where the URL came from, so messages can say which knob to turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlSource {
+    Flag,
+    Profile(String),
+    Environment,
+    DotEnv,
+    Default,
+}
+
+impl fmt::Display for UrlSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UrlSource::Flag => f.write_str("--database-url"),
+            UrlSource::Profile(name) => write!(f, "env `{name}` of {CONFIG_FILE}"),
+            UrlSource::Environment => f.write_str("DATABASE_URL"),
+            UrlSource::DotEnv => f.write_str("DATABASE_URL in .env"),
+            UrlSource::Default => f.write_str("the default"),
+        }
+    }
+}
+
+/// The resolved settings every command works from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub project_dir: PathBuf,
+    pub database_url: DatabaseUrl,
+    pub url_source: UrlSource,
+    pub migrations_dir: PathBuf,
+}
+
+impl Settings {
+    pub fn resolve(inputs: &ConfigInputs) -> Result<Self> {
+        let dir = &inputs.project_dir;
+        let file = load_config_file(dir)?;
+        let dotenv = read_dotenv(dir)?;
+        let lookup = |key: &str| -> Option<(String, bool)> {
+            std::env::var(key)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| (v, false))
+                .or_else(|| dotenv.get(key).cloned().map(|v| (v, true)))
+        };
+
+        let explicit_env = inputs
+            .env
+            .clone()
+            .or_else(|| lookup("DATAMIG_ENV").map(|(v, _)| v));
+        let (raw, source) = if let Some(url) = &inputs.database_url {
+            (url.clone(), UrlSource::Flag)
+        } else if let Some(name) = &explicit_env {
+            (
+                profile_url(&file, name, &lookup)?,
+                UrlSource::Profile(name.clone()),
+            )
+        } else if let Some((url, from_dotenv)) = lookup("DATABASE_URL") {
+            (
+                url,
+                if from_dotenv {
+                    UrlSource::DotEnv
+                } else {
+                    UrlSource::Environment
+                },
+            )
+        } else if let Some(name) = &file.default_env {
+            (
+                profile_url(&file, name, &lookup)?,
+                UrlSource::Profile(name.clone()),
+            )
+        } else {
+            (DEFAULT_DATABASE_URL.to_string(), UrlSource::Default)
+        };
+        let database_url = DatabaseUrl::parse(&raw).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{msg} (the URL came from {source})")),
+            other => other,
+        })?;
+        let migrations_dir = dir.join(
+            file.migrations_dir
+                .as_deref()
+                .unwrap_or(Path::new("migrations")),
+        );
+        Ok(Settings {
+            project_dir: dir.clone(),
+            database_url,
+            url_source: source,
+            migrations_dir,
+        })
+    }
+}
+
+fn profile_url(
+    file: &ConfigFile,
+    name: &str,
+    lookup: &dyn Fn(&str) -> Option<(String, bool)>,
+) -> Result<String> {
+    let profile = file.envs.get(name).ok_or_else(|| {
+        let known: Vec<&str> = file.envs.keys().map(String::as_str).collect();
+        Error::Config(if known.is_empty() {
+            format!("unknown env `{name}`: {CONFIG_FILE} defines no [env.*] profiles")
+        } else {
+            format!(
+                "unknown env `{name}`; {CONFIG_FILE} defines: {}",
+                known.join(", ")
+            )
+        })
+    })?;
+    match (&profile.database_url, &profile.database_url_env) {
+        (Some(url), None) => Ok(url.clone()),
+        (None, Some(var)) => lookup(var).map(|(v, _)| v).ok_or_else(|| {
+            Error::Config(format!(
+                "env `{name}` reads the database URL from ${var}, which is not set"
+            ))
+        }),
+        (Some(_), Some(_)) => Err(Error::Config(format!(
+            "env `{name}` in {CONFIG_FILE} sets both database_url and database_url_env; keep one"
+        ))),
+        (None, None) => Err(Error::Config(format!(
+            "env `{name}` in {CONFIG_FILE} sets neither database_url nor database_url_env"
+        ))),
+    }
+}
+
+fn load_config_file(dir: &Path) -> Result<ConfigFile> {
+    let path = dir.join(CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{CONFIG_FILE} is invalid: {}", e.message()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+        Err(e) => Err(Error::io("cannot read", path, e)),
+    }
+}
+
+fn read_dotenv(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let path = dir.join(".env");
+    if !path.exists() {
+        return Ok(BTreeMap::new());
+    }
+    let iter = dotenvy::from_path_iter(&path)
+        .map_err(|e| Error::Config(format!(".env cannot be read: {e}")))?;
+    let mut vars = BTreeMap::new();
+    for item in iter {
+        let (k, v) = item.map_err(|_| {
+            Error::Config(".env has a malformed line; each line must be KEY=value".into())
+        })?;
+        vars.insert(k, v);
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_never_shown() {
+        let url = DatabaseUrl::parse("postgres://app:s3cret@db.example:5432/app?sslmode=require")
+            .unwrap();
+        assert_eq!(
+            url.redacted(),
+            "postgres://app:***@db.example:5432/app?sslmode=require"
+        );
+        assert!(!format!("{url} {url:?}").contains("s3cret"));
+        let url = DatabaseUrl::parse("postgresql://app@db/app?password=hunter2").unwrap();
+        assert!(!url.redacted().contains("hunter2"), "{}", url.redacted());
+        assert!(url.expose().starts_with("postgres://"));
+    }
+
+    #[test]
+    fn mariadb_scheme_is_mysql() {
+        let url = DatabaseUrl::parse("mariadb://root:pw@127.0.0.1:3306/test").unwrap();
+        assert_eq!(url.backend(), Backend::MySql);
+        assert_eq!(url.redacted(), "mysql://root:***@127.0.0.1:3306/test");
+        assert_eq!(url.database_name().as_deref(), Some("test"));
+    }
+
+    #[test]
+    fn malformed_urls_do_not_echo_input() {
+        for bad in [
+            "postgres://u:topsecret@host:notaport/db",
+            "http://x:topsecret@y",
+            "postgres://",
+            "sqlite:",
+            "",
+        ] {
+            let err = DatabaseUrl::parse(bad).unwrap_err().to_string();
+            assert!(!err.contains("topsecret"), "{err}");
+            assert!(
+                matches!(DatabaseUrl::parse(bad), Err(Error::Config(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:data/x.db")
+                .unwrap()
+                .sqlite_path(),
+            Some("data/x.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/x.db")
+                .unwrap()
+                .sqlite_path(),
+            Some("/tmp/x.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite::memory:").unwrap().sqlite_path(),
+            None
+        );
+    }
+}
+
+/// Parses `90s`, `5m`, `1h30m`, `250ms` or a plain number of seconds.
+pub fn parse_duration(input: &str) -> std::result::Result<std::time::Duration, String> {
+    let s = input.trim();
+    let bad = || format!("`{input}` is not a duration; write e.g. 30s, 5m, 1h30m or 250ms");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let mut total_ms: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u128 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let factor: u128 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        total_ms = total_ms
+            .checked_add(n.checked_mul(factor).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    let ms = u64::try_from(total_ms).map_err(|_| bad())?;
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "m", "5x", "-5s", "99999999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

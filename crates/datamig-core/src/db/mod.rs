@@ -1,0 +1,538 @@
+//! The one place where SQLite, PostgreSQL and MariaDB/MySQL differ.
+//!
+//! [`Driver`] is the small contract each database implements in its own file
+//! (`sqlite.rs`, `postgres.rs`, `mysql.rs`): connect, run SQL with [`Value`]
+//! parameters, lock, introspect. [`Conn`] is a connection to any of them; shared
+//! code (migrations, bookkeeping, jobs) talks only to `Conn` and writes its SQL
+//! with `?` placeholders, which `Conn` rewrites for PostgreSQL.
+
+mod mysql;
+mod postgres;
+mod sqlite;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::{Backend, DatabaseUrl};
+use crate::{Error, Result};
+
+/// A value going to or coming from the database, whatever the backend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl Value {
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(v) => Some(*v),
+            Value::Bool(b) => Some(i64::from(*b)),
+            Value::Text(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// Text, or bytes that are UTF-8 (MariaDB reports some catalogue columns as binary).
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Text(s) => Some(s),
+            Value::Bytes(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn into_string(self) -> Option<String> {
+        match self {
+            Value::Text(s) => Some(s),
+            Value::Bytes(b) => String::from_utf8(b).ok(),
+            Value::Int(i) => Some(i.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+pub type Row = Vec<Value>;
+
+/// Options for opening a connection.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// How long to wait for the server to answer.
+    pub timeout: Duration,
+    /// Shown to the server (PostgreSQL `application_name`) so an operator sees
+    /// who holds a lock.
+    pub application_name: String,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            application_name: format!("datamig {}", who_am_i()),
+        }
+    }
+}
+
+/// `user@host pid N`: recorded with every change and shown with locks.
+pub fn who_am_i() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!("{user}@{host} pid {}", std::process::id())
+}
+
+/// What each database implements, in its own file. Static dispatch through [`Conn`].
+#[allow(async_fn_in_trait)]
+pub(crate) trait Driver {
+    type Connection: Send;
+
+    /// Whether DDL is transactional (a failed migration rolls back entirely).
+    const TRANSACTIONAL_DDL: bool;
+    /// The statement that opens a write transaction.
+    const BEGIN: &'static str;
+    /// `CREATE TABLE IF NOT EXISTS` statements for datamig's own tables.
+    const BOOKKEEPING_DDL: &'static [&'static str];
+
+    async fn connect(
+        url: &DatabaseUrl,
+        opts: &ConnectOptions,
+    ) -> Result<Self::Connection, sqlx::Error>;
+    async fn execute(c: &mut Self::Connection, sql: &str, params: &[Value]) -> sqlx::Result<u64>;
+    async fn fetch(c: &mut Self::Connection, sql: &str, params: &[Value])
+        -> sqlx::Result<Vec<Row>>;
+    /// Runs SQL text that may hold several statements, without parameters.
+    async fn script(c: &mut Self::Connection, sql: &str) -> sqlx::Result<()>;
+    async fn close(c: Self::Connection);
+
+    /// Tries once to take the schema lock; never blocks.
+    async fn try_lock(c: &mut Self::Connection) -> Result<bool>;
+    async fn unlock(c: &mut Self::Connection) -> Result<()>;
+    /// Who holds the schema lock, for the message when it cannot be had.
+    async fn lock_holder(c: &mut Self::Connection) -> Option<String>;
+
+    /// The user schema as sorted lines, one per object (datamig's tables left out).
+    async fn snapshot(c: &mut Self::Connection) -> Result<Vec<String>>;
+    /// SQL that yields the current UTC time for a timestamp column.
+    fn now_sql() -> &'static str;
+    /// SQL that renders a timestamp column as ISO-8601 text.
+    fn timestamp_text(column: &str) -> String;
+    fn quote_ident(name: &str) -> String;
+}
+
+enum Inner {
+    Sqlite(sqlite::SqliteConn),
+    Postgres(sqlx::PgConnection),
+    MySql(sqlx::MySqlConnection),
+}
+
+/// A dedicated connection to any of the three databases.
+pub struct Conn {
+    inner: Inner,
+    url: DatabaseUrl,
+}
+
+macro_rules! dispatch {
+    ($self:expr, $c:ident => $driver:ident :: $call:ident ( $($arg:expr),* )) => {
+        match &mut $self.inner {
+            Inner::Sqlite($c) => sqlite::Sqlite::$call($c, $($arg),*).await,
+            Inner::Postgres($c) => postgres::Postgres::$call($c, $($arg),*).await,
+            Inner::MySql($c) => mysql::MySql::$call($c, $($arg),*).await,
+        }
+    };
+}
+
+macro_rules! dispatch_static {
+    ($self:expr, $driver:ident => $e:expr) => {
+        match &$self.inner {
+            Inner::Sqlite(_) => {
+                type $driver = sqlite::Sqlite;
+                $e
+            }
+            Inner::Postgres(_) => {
+                type $driver = postgres::Postgres;
+                $e
+            }
+            Inner::MySql(_) => {
+                type $driver = mysql::MySql;
+                $e
+            }
+        }
+    };
+}
+
+impl Conn {
+    /// Opens a connection, turning every failure into one line that says what
+    /// to check, with the URL redacted.
+    pub async fn connect(url: &DatabaseUrl, opts: &ConnectOptions) -> Result<Conn> {
+        let fail = |reason: String| Error::Connect {
+            url: url.redacted().to_string(),
+            reason,
+        };
+        let attempt = async {
+            Ok::<_, sqlx::Error>(match url.backend() {
+                Backend::Sqlite => Inner::Sqlite(sqlite::Sqlite::connect(url, opts).await?),
+                Backend::Postgres => Inner::Postgres(postgres::Postgres::connect(url, opts).await?),
+                Backend::MySql => Inner::MySql(mysql::MySql::connect(url, opts).await?),
+            })
+        };
+        let inner = tokio::time::timeout(opts.timeout, attempt)
+            .await
+            .map_err(|_| {
+                fail(format!(
+                    "no answer within {}s; is the server running and reachable? (--connect-timeout raises the limit)",
+                    opts.timeout.as_secs()
+                ))
+            })?
+            .map_err(|e| fail(connect_reason(url, &e)))?;
+        Ok(Conn {
+            inner,
+            url: url.clone(),
+        })
+    }
+
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.url.backend()
+    }
+
+    pub async fn execute(&mut self, sql: &str, params: &[Value]) -> sqlx::Result<u64> {
+        let sql = self.placeholders(sql);
+        dispatch!(self, c => Driver::execute(&sql, params))
+    }
+
+    pub async fn fetch(&mut self, sql: &str, params: &[Value]) -> sqlx::Result<Vec<Row>> {
+        let sql = self.placeholders(sql);
+        dispatch!(self, c => Driver::fetch(&sql, params))
+    }
+
+    pub async fn fetch_one(&mut self, sql: &str, params: &[Value]) -> sqlx::Result<Row> {
+        self.fetch(sql, params)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// Runs SQL text that may hold several statements (a migration file).
+    pub async fn script(&mut self, sql: &str) -> sqlx::Result<()> {
+        dispatch!(self, c => Driver::script(sql))
+    }
+
+    pub async fn begin(&mut self) -> sqlx::Result<()> {
+        let begin = dispatch_static!(self, D => D::BEGIN);
+        self.script(begin).await
+    }
+
+    pub async fn commit(&mut self) -> sqlx::Result<()> {
+        self.script("COMMIT").await
+    }
+
+    pub async fn rollback(&mut self) -> sqlx::Result<()> {
+        self.script("ROLLBACK").await
+    }
+
+    pub async fn close(self) {
+        match self.inner {
+            Inner::Sqlite(c) => sqlite::Sqlite::close(c).await,
+            Inner::Postgres(c) => postgres::Postgres::close(c).await,
+            Inner::MySql(c) => mysql::MySql::close(c).await,
+        }
+    }
+
+    pub fn transactional_ddl(&self) -> bool {
+        dispatch_static!(self, D => D::TRANSACTIONAL_DDL)
+    }
+
+    pub fn now_sql(&self) -> &'static str {
+        dispatch_static!(self, D => D::now_sql())
+    }
+
+    pub fn timestamp_text(&self, column: &str) -> String {
+        dispatch_static!(self, D => D::timestamp_text(column))
+    }
+
+    pub fn quote_ident(&self, name: &str) -> String {
+        dispatch_static!(self, D => D::quote_ident(name))
+    }
+
+    /// Creates datamig's own tables if they are not there.
+    pub async fn ensure_bookkeeping(&mut self) -> Result<()> {
+        let ddl = dispatch_static!(self, D => D::BOOKKEEPING_DDL);
+        for statement in ddl {
+            self.script(statement)
+                .await
+                .map_err(|e| Error::db("cannot create datamig's tables", db_message(&e)))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn try_lock(&mut self) -> Result<bool> {
+        dispatch!(self, c => Driver::try_lock())
+    }
+
+    pub(crate) async fn unlock(&mut self) -> Result<()> {
+        dispatch!(self, c => Driver::unlock())
+    }
+
+    pub(crate) async fn lock_holder(&mut self) -> Option<String> {
+        dispatch!(self, c => Driver::lock_holder())
+    }
+
+    /// The user schema as sorted lines, for comparing before and after.
+    pub async fn snapshot(&mut self) -> Result<Vec<String>> {
+        let mut lines = dispatch!(self, c => Driver::snapshot())?;
+        lines.sort();
+        Ok(lines)
+    }
+
+    /// Whether a table exists in the current database/schema.
+    pub async fn table_exists(&mut self, table: &str) -> sqlx::Result<bool> {
+        let sql = match self.backend() {
+            Backend::Sqlite => "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+            Backend::Postgres => {
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?"
+            }
+            Backend::MySql => {
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?"
+            }
+        };
+        let row = self.fetch_one(sql, &[table.into()]).await?;
+        Ok(row.first().and_then(Value::as_i64).unwrap_or(0) > 0)
+    }
+
+    /// Shared SQL uses `?`; PostgreSQL wants `$1, $2, …`.
+    fn placeholders(&self, sql: &str) -> String {
+        if self.backend() != Backend::Postgres || !sql.contains('?') {
+            return sql.to_string();
+        }
+        let mut out = String::with_capacity(sql.len() + 8);
+        let (mut n, mut in_quote) = (0, false);
+        for ch in sql.chars() {
+            match ch {
+                '\'' => {
+                    in_quote = !in_quote;
+                    out.push(ch);
+                }
+                '?' if !in_quote => {
+                    n += 1;
+                    out.push('$');
+                    out.push_str(&n.to_string());
+                }
+                _ => out.push(ch),
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Conn({})", self.url)
+    }
+}
+
+/// The database's own words for an error, with its code: what users search for.
+pub fn db_message(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (code {code})", db.message()),
+            None => db.message().to_string(),
+        },
+        sqlx::Error::Io(e) => format!("connection lost: {e}"),
+        sqlx::Error::PoolTimedOut => "timed out waiting for a connection".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Turns a connection failure into one line saying what to check.
+fn connect_reason(url: &DatabaseUrl, err: &sqlx::Error) -> String {
+    let db = url.database_name().unwrap_or_default();
+    match err {
+        sqlx::Error::Database(e) => {
+            let code = e.code().unwrap_or_default().to_string();
+            match code.as_str() {
+                // PostgreSQL invalid_password / invalid_authorization_specification; MySQL access denied.
+                "28P01" | "28000" | "1045" | "1044" | "1698" => format!(
+                    "authentication failed ({}); check the user and password in the URL",
+                    e.message()
+                ),
+                "3D000" | "1049" => {
+                    format!("database `{db}` does not exist; create it first or fix the URL")
+                }
+                _ => db_message(err),
+            }
+        }
+        sqlx::Error::Io(e) => {
+            format!("{e}; is the server running, and are the host and port right?")
+        }
+        sqlx::Error::Tls(e) => format!("TLS failed: {e}; check sslmode / ssl-mode in the URL"),
+        sqlx::Error::Configuration(e) => format!(
+            "the URL is not valid for the driver: {}",
+            redact_text(&e.to_string())
+        ),
+        other => redact_text(&db_message(other)),
+    }
+}
+
+/// Driver messages rarely include URLs, but when one does, cut out its userinfo.
+fn redact_text(text: &str) -> String {
+    let mut out = String::new();
+    for word in text.split_inclusive(char::is_whitespace) {
+        match (word.find("://"), word.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                out.push_str(&word[..s + 3]);
+                out.push_str("***");
+                out.push_str(&word[at..]);
+            }
+            _ => out.push_str(word),
+        }
+    }
+    out
+}
+
+/// Quotes an identifier with the given quote character, doubling it inside.
+pub(crate) fn quote_with(name: &str, q: char) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push(q);
+    for ch in name.chars() {
+        if ch == q {
+            s.push(q);
+        }
+        s.push(ch);
+    }
+    s.push(q);
+    s
+}
+
+/// A scratch database on the same server, for `schema test`. Dropped by [`Scratch::drop_now`].
+pub struct Scratch {
+    pub url: DatabaseUrl,
+    admin: Option<Conn>,
+    name: String,
+    _dir: Option<tempfile_dir::TempDir>,
+}
+
+mod tempfile_dir {
+    /// A temporary directory removed on drop (for scratch SQLite files).
+    pub struct TempDir(pub std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Scratch {
+    /// Creates an empty database beside the one `url` names.
+    pub async fn create(url: &DatabaseUrl, opts: &ConnectOptions) -> Result<Scratch> {
+        let name = format!(
+            "datamig_scratch_{}_{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        match url.backend() {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(&name);
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create", &dir, e))?;
+                let file = dir.join("scratch.db");
+                let url = DatabaseUrl::parse(&format!("sqlite:{}", file.display()))?;
+                Ok(Scratch {
+                    url,
+                    admin: None,
+                    name,
+                    _dir: Some(tempfile_dir::TempDir(dir)),
+                })
+            }
+            _ => {
+                let mut admin = Conn::connect(url, opts).await?;
+                let sql = format!("CREATE DATABASE {}", admin.quote_ident(&name));
+                admin.script(&sql).await.map_err(|e| {
+                    Error::db(
+                        "cannot create a scratch database for the test (the user needs CREATE DATABASE; or pass --scratch-url)",
+                        db_message(&e),
+                    )
+                })?;
+                let scratch_url = url.with_database(&name)?;
+                Ok(Scratch {
+                    url: scratch_url,
+                    admin: Some(admin),
+                    name,
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    /// Drops the scratch database.
+    pub async fn drop_now(mut self) -> Result<()> {
+        if let Some(mut admin) = self.admin.take() {
+            let force = if admin.backend() == Backend::Postgres {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "DROP DATABASE IF EXISTS {}{force}",
+                admin.quote_ident(&self.name)
+            );
+            admin
+                .script(&sql)
+                .await
+                .map_err(|e| Error::db("cannot drop the scratch database", db_message(&e)))?;
+            admin.close().await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_userinfo_in_driver_text() {
+        assert_eq!(
+            redact_text("bad url postgres://u:pw@h/db here"),
+            "bad url postgres://***@h/db here"
+        );
+    }
+
+    #[test]
+    fn quotes_identifiers() {
+        assert_eq!(quote_with("a\"b", '"'), "\"a\"\"b\"");
+        assert_eq!(quote_with("t`x", '`'), "`t``x`");
+    }
+}

@@ -1,0 +1,235 @@
+//! MariaDB and MySQL: DDL commits implicitly, so a migration that fails halfway
+//! cannot be rolled back and is recorded as dirty. The schema lock is `GET_LOCK`
+//! with a zero timeout, polled, and its result checked for 1 (with -1 MariaDB
+//! 10.11 answers NULL at once and locks nothing).
+
+use std::str::FromStr;
+
+use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlRow};
+use sqlx::{Column, Connection, MySqlConnection, Row as _, TypeInfo, ValueRef};
+
+use super::{ConnectOptions, Driver, Row, Value};
+use crate::config::DatabaseUrl;
+use crate::{Error, Result};
+
+pub(crate) struct MySql;
+
+/// Lock names are server-wide, so the lock is named after the database.
+const LOCK_NAME: &str = "CONCAT('datamig.', LEFT(SHA2(IFNULL(DATABASE(), ''), 256), 40))";
+
+fn bind<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::MySql, MySqlArguments>,
+    params: &'q [Value],
+) -> sqlx::query::Query<'q, sqlx::MySql, MySqlArguments> {
+    for p in params {
+        q = match p {
+            Value::Null => q.bind(None::<i64>),
+            Value::Bool(v) => q.bind(*v),
+            Value::Int(v) => q.bind(*v),
+            Value::Float(v) => q.bind(*v),
+            Value::Text(v) => q.bind(v.as_str()),
+            Value::Bytes(v) => q.bind(v.as_slice()),
+        };
+    }
+    q
+}
+
+fn decode(row: &MySqlRow) -> sqlx::Result<Row> {
+    let mut out = Vec::with_capacity(row.columns().len());
+    for col in row.columns() {
+        let i = col.ordinal();
+        let raw = row.try_get_raw(i)?;
+        if raw.is_null() {
+            out.push(Value::Null);
+            continue;
+        }
+        let kind = col.type_info().name().to_string();
+        out.push(match kind.as_str() {
+            "BOOLEAN" => Value::Bool(row.try_get(i)?),
+            "TINYINT" => Value::Int(row.try_get::<i8, _>(i)?.into()),
+            "SMALLINT" => Value::Int(row.try_get::<i16, _>(i)?.into()),
+            "INT" | "MEDIUMINT" => Value::Int(row.try_get::<i32, _>(i)?.into()),
+            "BIGINT" => Value::Int(row.try_get(i)?),
+            "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "INT UNSIGNED" | "MEDIUMINT UNSIGNED"
+            | "BIGINT UNSIGNED" => {
+                let v: u64 = row.try_get_unchecked(i)?;
+                Value::Int(i64::try_from(v).map_err(|e| sqlx::Error::Decode(Box::new(e)))?)
+            }
+            "FLOAT" => Value::Float(row.try_get::<f32, _>(i)?.into()),
+            "DOUBLE" => Value::Float(row.try_get(i)?),
+            "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BINARY" | "VARBINARY" => {
+                Value::Bytes(row.try_get_unchecked(i)?)
+            }
+            // Text, and DECIMAL, which the server sends as text in both protocols.
+            _ => match row.try_get_unchecked::<String, _>(i) {
+                Ok(s) => Value::Text(s),
+                Err(_) => Value::Bytes(row.try_get_unchecked(i)?),
+            },
+        });
+    }
+    Ok(out)
+}
+
+impl Driver for MySql {
+    type Connection = MySqlConnection;
+
+    const TRANSACTIONAL_DDL: bool = false;
+    const BEGIN: &'static str = "BEGIN";
+    const BOOKKEEPING_DDL: &'static [&'static str] = &[
+        "CREATE TABLE IF NOT EXISTS datamig_schema_history (
+            version BIGINT NOT NULL PRIMARY KEY,
+            name VARCHAR(255) NOT NULL,
+            checksum CHAR(64) NOT NULL,
+            applied_at DATETIME(6) NOT NULL,
+            duration_ms BIGINT NOT NULL DEFAULT 0,
+            applied_by VARCHAR(255) NOT NULL,
+            dirty SMALLINT NOT NULL DEFAULT 0
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        "CREATE TABLE IF NOT EXISTS datamig_schema_log (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            at DATETIME(6) NOT NULL,
+            action VARCHAR(32) NOT NULL,
+            version BIGINT NULL,
+            name VARCHAR(255) NULL,
+            detail TEXT NULL,
+            actor VARCHAR(255) NOT NULL
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    ];
+
+    async fn connect(
+        url: &DatabaseUrl,
+        _opts: &ConnectOptions,
+    ) -> Result<MySqlConnection, sqlx::Error> {
+        // Keep the server's own SQL mode and time zone: a migration must behave as
+        // it does in the mysql client (sqlx would otherwise turn `||` into CONCAT).
+        let options = MySqlConnectOptions::from_str(url.expose())?
+            .pipes_as_concat(false)
+            .no_engine_substitution(false)
+            .timezone(None);
+        MySqlConnection::connect_with(&options).await
+    }
+
+    async fn execute(c: &mut MySqlConnection, sql: &str, params: &[Value]) -> sqlx::Result<u64> {
+        Ok(bind(sqlx::query(sql), params)
+            .execute(c)
+            .await?
+            .rows_affected())
+    }
+
+    async fn fetch(c: &mut MySqlConnection, sql: &str, params: &[Value]) -> sqlx::Result<Vec<Row>> {
+        bind(sqlx::query(sql), params)
+            .fetch_all(c)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
+    }
+
+    async fn script(c: &mut MySqlConnection, sql: &str) -> sqlx::Result<()> {
+        sqlx::raw_sql(sql).execute(c).await.map(drop)
+    }
+
+    async fn close(c: MySqlConnection) {
+        let _ = c.close().await;
+    }
+
+    async fn try_lock(c: &mut MySqlConnection) -> Result<bool> {
+        let rows = Self::fetch(c, &format!("SELECT GET_LOCK({LOCK_NAME}, 0)"), &[])
+            .await
+            .map_err(|e| Error::db("cannot take the schema lock", super::db_message(&e)))?;
+        match rows.first().and_then(|r| r.first()) {
+            Some(Value::Int(1)) => Ok(true),
+            Some(Value::Int(0)) => Ok(false),
+            _ => Err(Error::db(
+                "cannot take the schema lock",
+                "GET_LOCK returned NULL (server error)",
+            )),
+        }
+    }
+
+    async fn unlock(c: &mut MySqlConnection) -> Result<()> {
+        Self::fetch(c, &format!("SELECT RELEASE_LOCK({LOCK_NAME})"), &[])
+            .await
+            .map(drop)
+            .map_err(|e| Error::db("cannot release the schema lock", super::db_message(&e)))
+    }
+
+    async fn lock_holder(c: &mut MySqlConnection) -> Option<String> {
+        let sql = format!(
+            "SELECT p.ID, p.USER, p.HOST, p.TIME FROM information_schema.PROCESSLIST p WHERE p.ID = IS_USED_LOCK({LOCK_NAME})"
+        );
+        let rows = Self::fetch(c, &sql, &[]).await.ok()?;
+        let row = rows.into_iter().next()?;
+        let text = |i: usize| {
+            row.get(i)
+                .cloned()
+                .and_then(Value::into_string)
+                .unwrap_or_else(|| "?".into())
+        };
+        Some(format!(
+            "connection {} ({}@{}, connected {} s ago)",
+            text(0),
+            text(1),
+            text(2),
+            text(3)
+        ))
+    }
+
+    async fn snapshot(c: &mut MySqlConnection) -> Result<Vec<String>> {
+        const WHERE: &str = "TABLE_SCHEMA = DATABASE() AND TABLE_NAME NOT LIKE 'datamig\\_%'";
+        let queries = [
+            format!("SELECT CONCAT('table ', TABLE_NAME, ' ', TABLE_TYPE) FROM information_schema.TABLES WHERE {WHERE}"),
+            format!(
+                "SELECT CONCAT('column ', TABLE_NAME, '.', COLUMN_NAME, ' ', COLUMN_TYPE,
+                        IF(IS_NULLABLE = 'NO', ' not null', ''), IFNULL(CONCAT(' default ', COLUMN_DEFAULT), ''),
+                        IF(EXTRA <> '', CONCAT(' ', EXTRA), ''))
+                 FROM information_schema.COLUMNS WHERE {WHERE}"
+            ),
+            format!(
+                "SELECT CONCAT('index ', TABLE_NAME, '.', INDEX_NAME, IF(NON_UNIQUE = 0, ' unique', ''), ' (',
+                        GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX SEPARATOR ', '), ')')
+                 FROM information_schema.STATISTICS WHERE {WHERE} GROUP BY TABLE_NAME, INDEX_NAME, NON_UNIQUE"
+            ),
+            "SELECT CONCAT('foreign key ', TABLE_NAME, '.', CONSTRAINT_NAME, ' -> ', REFERENCED_TABLE_NAME,
+                    ' on delete ', DELETE_RULE, ' on update ', UPDATE_RULE)
+             FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE()"
+                .to_string(),
+            "SELECT CONCAT('check ', TABLE_NAME, '.', CONSTRAINT_NAME, ': ', CHECK_CLAUSE)
+             FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE()"
+                .to_string(),
+            "SELECT CONCAT('view ', TABLE_NAME, ': ', VIEW_DEFINITION) FROM information_schema.VIEWS
+             WHERE TABLE_SCHEMA = DATABASE()"
+                .to_string(),
+            "SELECT CONCAT('trigger ', EVENT_OBJECT_TABLE, '.', TRIGGER_NAME, ' ', ACTION_TIMING, ' ', EVENT_MANIPULATION)
+             FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()"
+                .to_string(),
+            "SELECT CONCAT(LOWER(ROUTINE_TYPE), ' ', ROUTINE_NAME) FROM information_schema.ROUTINES
+             WHERE ROUTINE_SCHEMA = DATABASE()"
+                .to_string(),
+        ];
+        let mut lines = Vec::new();
+        for sql in &queries {
+            for row in Self::fetch(c, sql, &[])
+                .await
+                .map_err(|e| Error::db("cannot read the schema", e))?
+            {
+                if let Some(line) = row.into_iter().next().and_then(Value::into_string) {
+                    lines.push(line);
+                }
+            }
+        }
+        Ok(lines)
+    }
+
+    fn now_sql() -> &'static str {
+        "UTC_TIMESTAMP(6)"
+    }
+
+    fn timestamp_text(column: &str) -> String {
+        format!("DATE_FORMAT({column}, '%Y-%m-%dT%H:%i:%sZ')")
+    }
+
+    fn quote_ident(name: &str) -> String {
+        super::quote_with(name, '`')
+    }
+}

@@ -1,0 +1,232 @@
+//! SQLite: the embedded default. DDL is transactional; the schema lock is an
+//! exclusive lock on a file beside the database, which the operating system
+//! releases when the process dies.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteRow};
+use sqlx::{Column, Connection, Row as _, SqliteConnection, TypeInfo, ValueRef};
+
+use super::{ConnectOptions, Driver, Row, Value};
+use crate::config::DatabaseUrl;
+use crate::{Error, Result};
+
+pub(crate) struct Sqlite;
+
+pub(crate) struct SqliteConn {
+    conn: SqliteConnection,
+    /// `<database>.datamig-lock`; `None` for an in-memory database (one process only).
+    lock_path: Option<PathBuf>,
+    lock: Option<File>,
+}
+
+fn bind<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>>,
+    params: &'q [Value],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>> {
+    for p in params {
+        q = match p {
+            Value::Null => q.bind(None::<i64>),
+            Value::Bool(v) => q.bind(*v),
+            Value::Int(v) => q.bind(*v),
+            Value::Float(v) => q.bind(*v),
+            Value::Text(v) => q.bind(v.as_str()),
+            Value::Bytes(v) => q.bind(v.as_slice()),
+        };
+    }
+    q
+}
+
+fn decode(row: &SqliteRow) -> sqlx::Result<Row> {
+    let mut out = Vec::with_capacity(row.columns().len());
+    for col in row.columns() {
+        let i = col.ordinal();
+        let raw = row.try_get_raw(i)?;
+        if raw.is_null() {
+            out.push(Value::Null);
+            continue;
+        }
+        let kind = raw.type_info().name().to_string();
+        out.push(match kind.as_str() {
+            "INTEGER" | "INT" | "BIGINT" | "BOOLEAN" => Value::Int(row.try_get_unchecked(i)?),
+            "REAL" | "FLOAT" | "DOUBLE" => Value::Float(row.try_get_unchecked(i)?),
+            "BLOB" => Value::Bytes(row.try_get_unchecked(i)?),
+            _ => Value::Text(row.try_get_unchecked(i)?),
+        });
+    }
+    Ok(out)
+}
+
+impl Driver for Sqlite {
+    type Connection = SqliteConn;
+
+    const TRANSACTIONAL_DDL: bool = true;
+    // IMMEDIATE takes the write lock at once, so two writers never deadlock on upgrade.
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+    const BOOKKEEPING_DDL: &'static [&'static str] = &[
+        "CREATE TABLE IF NOT EXISTS datamig_schema_history (
+            version INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            checksum TEXT NOT NULL,
+            applied_at TEXT NOT NULL,
+            duration_ms INTEGER NOT NULL DEFAULT 0,
+            applied_by TEXT NOT NULL,
+            dirty INTEGER NOT NULL DEFAULT 0
+        )",
+        "CREATE TABLE IF NOT EXISTS datamig_schema_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            action TEXT NOT NULL,
+            version INTEGER,
+            name TEXT,
+            detail TEXT,
+            actor TEXT NOT NULL
+        )",
+    ];
+
+    async fn connect(url: &DatabaseUrl, _opts: &ConnectOptions) -> Result<SqliteConn, sqlx::Error> {
+        let path = url.sqlite_path();
+        let is_new = path.as_ref().is_some_and(|p| !p.exists());
+        let mut options = SqliteConnectOptions::from_str(url.expose())?
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::from_secs(30));
+        if is_new {
+            // A database datamig creates gets WAL, so jobs and readers do not block
+            // each other; an existing file keeps the journal mode its owner chose.
+            options = options.journal_mode(SqliteJournalMode::Wal);
+        }
+        let conn = SqliteConnection::connect_with(&options).await?;
+        let lock_path = path.map(|p| {
+            let mut s = p.into_os_string();
+            s.push(".datamig-lock");
+            PathBuf::from(s)
+        });
+        Ok(SqliteConn {
+            conn,
+            lock_path,
+            lock: None,
+        })
+    }
+
+    async fn execute(c: &mut SqliteConn, sql: &str, params: &[Value]) -> sqlx::Result<u64> {
+        Ok(bind(sqlx::query(sql), params)
+            .execute(&mut c.conn)
+            .await?
+            .rows_affected())
+    }
+
+    async fn fetch(c: &mut SqliteConn, sql: &str, params: &[Value]) -> sqlx::Result<Vec<Row>> {
+        bind(sqlx::query(sql), params)
+            .fetch_all(&mut c.conn)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
+    }
+
+    async fn script(c: &mut SqliteConn, sql: &str) -> sqlx::Result<()> {
+        sqlx::raw_sql(sql).execute(&mut c.conn).await.map(drop)
+    }
+
+    async fn close(c: SqliteConn) {
+        let _ = c.conn.close().await;
+    }
+
+    async fn try_lock(c: &mut SqliteConn) -> Result<bool> {
+        let Some(path) = &c.lock_path else {
+            return Ok(true);
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("cannot open the lock file", path, e))?;
+        match file.try_lock() {
+            Ok(()) => {
+                // Say who holds it, for the runner that has to wait.
+                let holder = format!(
+                    "{} since {}",
+                    super::who_am_i(),
+                    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+                );
+                let _ = file
+                    .set_len(0)
+                    .and_then(|()| file.rewind())
+                    .and_then(|()| file.write_all(holder.as_bytes()));
+                c.lock = Some(file);
+                Ok(true)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", path, e)),
+        }
+    }
+
+    async fn unlock(c: &mut SqliteConn) -> Result<()> {
+        if let Some(file) = c.lock.take() {
+            let _ = file.set_len(0);
+            let _ = file.unlock();
+        }
+        Ok(())
+    }
+
+    async fn lock_holder(c: &mut SqliteConn) -> Option<String> {
+        let mut text = String::new();
+        File::open(c.lock_path.as_ref()?)
+            .ok()?
+            .read_to_string(&mut text)
+            .ok()?;
+        (!text.is_empty()).then_some(text)
+    }
+
+    async fn snapshot(c: &mut SqliteConn) -> Result<Vec<String>> {
+        const USER_TABLES: &str = "m.name NOT LIKE 'datamig\\_%' ESCAPE '\\' AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'";
+        let queries = [
+            format!("SELECT m.type || ' ' || m.name FROM sqlite_master m WHERE m.type = 'table' AND {USER_TABLES}"),
+            format!(
+                "SELECT 'column ' || m.name || '.' || p.name || ' ' || p.type
+                    || CASE WHEN p.\"notnull\" THEN ' not null' ELSE '' END
+                    || coalesce(' default ' || p.dflt_value, '')
+                    || CASE WHEN p.pk > 0 THEN ' primary key ' || p.pk ELSE '' END
+                 FROM sqlite_master m, pragma_table_info(m.name) p WHERE m.type = 'table' AND {USER_TABLES}"
+            ),
+            format!(
+                "SELECT 'foreign key ' || m.name || '.' || f.\"from\" || ' -> ' || f.\"table\" || '.' || coalesce(f.\"to\", '?')
+                    || ' on delete ' || f.on_delete
+                 FROM sqlite_master m, pragma_foreign_key_list(m.name) f WHERE m.type = 'table' AND {USER_TABLES}"
+            ),
+            format!(
+                "SELECT m.type || ' ' || m.name || ' on ' || m.tbl_name || ': ' || coalesce(m.sql, '(automatic)')
+                 FROM sqlite_master m WHERE m.type IN ('index', 'view', 'trigger') AND {USER_TABLES}"
+            ),
+        ];
+        let mut lines = Vec::new();
+        for sql in &queries {
+            for row in Self::fetch(c, sql, &[])
+                .await
+                .map_err(|e| Error::db("cannot read the schema", e))?
+            {
+                if let Some(line) = row.into_iter().next().and_then(Value::into_string) {
+                    lines.push(line);
+                }
+            }
+        }
+        Ok(lines)
+    }
+
+    fn now_sql() -> &'static str {
+        "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
+    }
+
+    fn timestamp_text(column: &str) -> String {
+        column.to_string()
+    }
+
+    fn quote_ident(name: &str) -> String {
+        super::quote_with(name, '"')
+    }
+}

@@ -1,0 +1,86 @@
+//! The engine's error type: one variant per thing a user can get wrong or meet.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every error datamig reports. Messages are lowercase, name the thing, and say
+/// what to do; none contains a password (URLs are always shown redacted).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A malformed URL, an unknown `--env`, an unreadable `datamig.toml`.
+    #[error("{0}")]
+    Config(String),
+
+    /// The database cannot be reached, refused the credentials, or does not exist.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+
+    /// A bad argument the command line could not catch (a malformed name, an
+    /// unknown version).
+    #[error("{0}")]
+    Usage(String),
+
+    /// The migration files are inconsistent in themselves or with the database:
+    /// a bad name, a missing pair, a duplicate version, an edited applied file.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// Several problems found by `schema check`, one per line.
+    #[error("{} problem(s) found:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Problems(Vec<String>),
+
+    /// `schema check` found migrations not yet applied.
+    #[error("{count} migration(s) pending: {names}; run `datamig schema upgrade head` (or pass --allow-pending)")]
+    Pending { count: usize, names: String },
+
+    /// A migration's SQL failed. `report` says what was applied before it.
+    #[error("{message}")]
+    MigrationFailed { message: String },
+
+    /// A migration failed halfway where the database could not roll it back.
+    #[error("{0}")]
+    Dirty(String),
+
+    /// Another runner holds the schema lock longer than `--lock-timeout`.
+    #[error("{0}")]
+    LockTimeout(String),
+
+    /// `schema test` found downs that do not reverse their ups.
+    #[error("{0}")]
+    SchemaTest(String),
+
+    /// Reading or writing a project file.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// A database error in datamig's own bookkeeping, with what datamig was doing.
+    #[error("{context}: {message}")]
+    Database { context: String, message: String },
+}
+
+impl Error {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn db(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        Error::Database {
+            context: context.into(),
+            message: err.to_string(),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The datamig engine: everything datamig does, without the command line.
+//!
+//! - [`config`] finds the database: `--database-url`, `datamig.toml` profiles,
+//!   `DATABASE_URL` (and `.env`), or the embedded SQLite default.
+//! - [`db`] is the one place where SQLite, PostgreSQL and MariaDB/MySQL differ:
+//!   connecting, locking, quoting, introspection. Everything else is shared.
+//! - [`migrate`] holds schema steps: versioned `up`/`down` SQL files, applied,
+//!   reverted and tracked in datamig's own history table under a database lock.
+//! - [`job`] holds the data-job API and the explicit registry a project builds.
+//!
+//! Errors are [`Error`]; each variant names the thing that went wrong and what to
+//! do, and the CLI maps each to a documented exit code.
+
+pub mod config;
+pub mod db;
+mod error;
+pub mod job;
+pub mod migrate;
+
+pub use error::{Error, Result};

@@ -1,0 +1,97 @@
+//! `schema test`: proves that every down reverses its up, on a scratch database
+//! (the "stairway" test of pytest-alembic): for each migration in order, apply
+//! it, snapshot the schema, revert it, compare with the schema before it, and
+//! apply it again, comparing with the first application.
+
+use crate::db::{Conn, ConnectOptions, Scratch};
+use crate::{Error, Result};
+
+use super::{apply_down, apply_up, Migration, Out};
+
+/// Runs the stairway on a fresh database created beside `url`'s.
+pub async fn schema_test(
+    url: &crate::config::DatabaseUrl,
+    opts: &ConnectOptions,
+    migrations: &[Migration],
+    out: Out<'_>,
+) -> Result<usize> {
+    let scratch = Scratch::create(url, opts).await?;
+    out(format!("scratch database: {}", scratch.url));
+    let result = async {
+        let mut conn = Conn::connect(&scratch.url, opts).await?;
+        conn.ensure_bookkeeping().await?;
+        let result = climb(&mut conn, migrations, out).await;
+        conn.close().await;
+        result
+    }
+    .await;
+    let dropped = scratch.drop_now().await;
+    let problems = result?;
+    dropped?;
+    if problems.is_empty() {
+        Ok(migrations.len())
+    } else {
+        Err(Error::SchemaTest(format!(
+            "{} migration(s) are not reversed by their down file:\n{}",
+            problems.len(),
+            problems.join("\n")
+        )))
+    }
+}
+
+async fn climb(conn: &mut Conn, migrations: &[Migration], out: Out<'_>) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for m in migrations {
+        let before = conn.snapshot().await?;
+        let step = |what: &str, e: Error| format!("  {}: {what} failed: {e}", m.id());
+        if let Err(e) = apply_up(conn, m).await {
+            problems.push(step("up", e));
+            break;
+        }
+        let after = conn.snapshot().await?;
+        if let Err(e) = apply_down(conn, m).await {
+            problems.push(step("down", e));
+            break;
+        }
+        let reverted = conn.snapshot().await?;
+        let mut this = Vec::new();
+        if reverted != before {
+            this.push(format!(
+                "  {}: after up then down, the schema differs from before up:\n{}",
+                m.id(),
+                diff(&before, &reverted)
+            ));
+        }
+        if let Err(e) = apply_up(conn, m).await {
+            problems.push(step("up again after down", e));
+            break;
+        }
+        let again = conn.snapshot().await?;
+        if again != after {
+            this.push(format!(
+                "  {}: up after down gives another schema than the first up:\n{}",
+                m.id(),
+                diff(&after, &again)
+            ));
+        }
+        out(format!(
+            "{} {}",
+            if this.is_empty() { "ok  " } else { "FAIL" },
+            m.id()
+        ));
+        problems.extend(this);
+    }
+    Ok(problems)
+}
+
+/// Lines only in `expected` (-) and only in `actual` (+).
+fn diff(expected: &[String], actual: &[String]) -> String {
+    let mut lines = Vec::new();
+    for l in expected.iter().filter(|l| !actual.contains(l)) {
+        lines.push(format!("      - {l}"));
+    }
+    for l in actual.iter().filter(|l| !expected.contains(l)) {
+        lines.push(format!("      + {l}"));
+    }
+    lines.join("\n")
+}
