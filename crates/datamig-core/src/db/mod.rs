@@ -367,9 +367,10 @@ impl fmt::Debug for Conn {
 /// The database's own words for an error, with its code: what users search for.
 pub fn db_message(err: &sqlx::Error) -> String {
     match err {
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) => format!("{} (code {code})", db.message()),
-            None => db.message().to_string(),
+        sqlx::Error::Database(db) => match (mysql::error_number(db.as_ref()), db.code()) {
+            (Some(number), _) => format!("{} (error {number})", db.message()),
+            (None, Some(code)) => format!("{} (code {code})", db.message()),
+            (None, None) => db.message().to_string(),
         },
         sqlx::Error::Io(e) => format!("connection lost: {e}"),
         sqlx::Error::PoolTimedOut => "timed out waiting for a connection".into(),
@@ -382,7 +383,10 @@ fn connect_reason(url: &DatabaseUrl, err: &sqlx::Error) -> String {
     let db = url.database_name().unwrap_or_default();
     match err {
         sqlx::Error::Database(e) => {
-            let code = e.code().unwrap_or_default().to_string();
+            // MySQL's SQLSTATEs are too coarse (42000 for a missing database): use its error number.
+            let code = mysql::error_number(e.as_ref())
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| e.code().unwrap_or_default().to_string());
             match code.as_str() {
                 // PostgreSQL invalid_password / invalid_authorization_specification; MySQL access denied.
                 "28P01" | "28000" | "1045" | "1044" | "1698" => format!(

@@ -14,6 +14,12 @@ use crate::{Error, Result};
 
 pub(crate) struct MySql;
 
+/// MySQL's own error number (1045, 1146, …), which users search for.
+pub(crate) fn error_number(err: &dyn sqlx::error::DatabaseError) -> Option<u16> {
+    err.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|e| e.number())
+}
+
 /// Lock names are server-wide, so the lock is named after the database.
 const LOCK_NAME: &str = "CONCAT('datamig.', LEFT(SHA2(IFNULL(DATABASE(), ''), 256), 40))";
 

@@ -55,13 +55,15 @@ fn decode(row: &PgRow) -> sqlx::Result<Row> {
             "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "UNKNOWN" => {
                 Value::Text(row.try_get(i)?)
             }
-            other => return Err(sqlx::Error::Decode(
-                format!(
+            other => {
+                return Err(sqlx::Error::Decode(
+                    format!(
                     "column `{}` has type {other}, which datamig does not read; cast it to text",
                     col.name()
                 )
-                .into(),
-            )),
+                    .into(),
+                ))
+            }
         });
     }
     Ok(out)

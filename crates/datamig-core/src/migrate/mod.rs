@@ -368,9 +368,12 @@ pub async fn upgrade(
         return Ok(Report::default());
     }
     locked(conn, opts.lock_timeout, async |conn: &mut Conn| {
-        conn.ensure_bookkeeping().await?;
+        // Re-read under the lock: another runner may have just applied some.
         let applied = applied(conn).await?;
         let plan = plan_upgrade(&applied, migrations, target, opts)?;
+        if !plan.is_empty() {
+            conn.ensure_bookkeeping().await?;
+        }
         let mut report = Report::default();
         for m in plan {
             let started = Instant::now();
@@ -490,7 +493,6 @@ pub async fn downgrade(
         return Ok(Report::default());
     }
     locked(conn, opts.lock_timeout, async |conn: &mut Conn| {
-        conn.ensure_bookkeeping().await?;
         let applied = applied(conn).await?;
         let plan = plan_downgrade(&applied, migrations, target)?;
         let mut report = Report::default();
@@ -796,7 +798,6 @@ pub async fn repair(
     out: Out<'_>,
 ) -> Result<usize> {
     locked(conn, lock_timeout, async |conn: &mut Conn| {
-        conn.ensure_bookkeeping().await?;
         let applied = applied(conn).await?;
         let mut fixed = 0;
         for a in &applied {

@@ -42,8 +42,8 @@ pub async fn schema_test(
 async fn climb(conn: &mut Conn, migrations: &[Migration], out: Out<'_>) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for m in migrations {
-        let before = conn.snapshot().await?;
         let step = |what: &str, e: Error| format!("  {}: {what} failed: {e}", m.id());
+        let before = conn.snapshot().await?;
         if let Err(e) = apply_up(conn, m).await {
             problems.push(step("up", e));
             break;
@@ -54,13 +54,15 @@ async fn climb(conn: &mut Conn, migrations: &[Migration], out: Out<'_>) -> Resul
             break;
         }
         let reverted = conn.snapshot().await?;
-        let mut this = Vec::new();
         if reverted != before {
-            this.push(format!(
+            // Applying it again would only trip over what the down left behind.
+            problems.push(format!(
                 "  {}: after up then down, the schema differs from before up:\n{}",
                 m.id(),
                 diff(&before, &reverted)
             ));
+            out(format!("FAIL {}", m.id()));
+            break;
         }
         if let Err(e) = apply_up(conn, m).await {
             problems.push(step("up again after down", e));
@@ -68,18 +70,15 @@ async fn climb(conn: &mut Conn, migrations: &[Migration], out: Out<'_>) -> Resul
         }
         let again = conn.snapshot().await?;
         if again != after {
-            this.push(format!(
+            problems.push(format!(
                 "  {}: up after down gives another schema than the first up:\n{}",
                 m.id(),
                 diff(&after, &again)
             ));
+            out(format!("FAIL {}", m.id()));
+            break;
         }
-        out(format!(
-            "{} {}",
-            if this.is_empty() { "ok  " } else { "FAIL" },
-            m.id()
-        ));
-        problems.extend(this);
+        out(format!("ok   {}", m.id()));
     }
     Ok(problems)
 }

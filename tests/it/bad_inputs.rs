@@ -1,0 +1,154 @@
+//! Bad inputs: each gets one clear line, its documented exit code, no change to
+//! the database, and never a password in the output.
+
+use crate::each_db;
+use crate::support::{Db, Project, Run};
+
+const V1: i64 = 20260101000000;
+
+/// One line on stderr starting with `error:`, the expected code, no secret, no change.
+fn assert_refused(p: &Project, run: &Run, code: i32, says: &str) {
+    assert_eq!(run.code, code, "{run:?}");
+    let lines: Vec<&str> = run.stderr.trim().lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {run:?}");
+    assert!(lines[0].starts_with("error: "), "{run:?}");
+    assert!(lines[0].contains(says), "expected {says:?} in {run:?}");
+    assert!(!run.all().contains("secretpw"), "password leaked: {run:?}");
+    assert!(!run.all().contains("panicked"), "{run:?}");
+    assert!(
+        !p.db.table_exists("datamig_schema_history"),
+        "the database was changed: {run:?}"
+    );
+    assert!(
+        !p.db.table_exists("users"),
+        "the database was changed: {run:?}"
+    );
+}
+
+fn simple(p: &Project) {
+    p.migration(
+        V1,
+        "create_users",
+        "CREATE TABLE users (id INT);\n",
+        "DROP TABLE users;\n",
+    );
+}
+
+/// A URL to the same server whose password is wrong (or, under PostgreSQL's trust
+/// authentication on the test machine, whose role does not exist).
+fn wrong_credentials(p: &Project) -> String {
+    let mut url = crate::support::url_parts(&p.db.url);
+    match p.db.kind {
+        Db::Sqlite => "sqlite:/nonexistent-dir/x.db".to_string(),
+        Db::Postgres => {
+            url.set_username("no_such_role_datamig").unwrap();
+            url.set_password(Some("secretpw")).unwrap();
+            url.to_string()
+        }
+        Db::MySql => {
+            let user = format!("dm_u{:08x}", rand::random::<u32>());
+            p.db.exec(&format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'rightpw'"));
+            p.db.exec(&format!(
+                "CREATE USER '{user}'@'localhost' IDENTIFIED BY 'rightpw'"
+            ));
+            url.set_username(&user).unwrap();
+            url.set_password(Some("secretpw")).unwrap();
+            url.to_string()
+        }
+    }
+}
+
+each_db! {
+    fn unknown_version(kind: Db) {
+        let p = Project::new(kind);
+        simple(&p);
+        let run = p.run(&["schema", "upgrade", "20991231235959"]);
+        assert_refused(&p, &run, 2, "no migration with version 20991231235959");
+        let run = p.run(&["schema", "upgrade", "latest"]);
+        assert_refused(&p, &run, 2, "`latest` is not a target");
+        let run = p.run(&["schema", "downgrade", "-0"]);
+        assert_refused(&p, &run, 2, "not a step count");
+        let run = p.run(&["schema", "downgrade", "-3"]);
+        assert_refused(&p, &run, 2, "only 0 applied");
+    }
+
+    fn malformed_migration_name(kind: Db) {
+        let p = Project::new(kind);
+        let run = p.run(&["schema", "new", "Users Email"]);
+        assert_refused(&p, &run, 2, "did you mean `add_users_email`");
+        let run = p.run(&["schema", "new", "users_email"]);
+        assert_refused(&p, &run, 2, "does not start with a verb");
+        assert_eq!(std::fs::read_dir(p.path().join("migrations")).unwrap().count(), 0, "no file written");
+    }
+
+    fn missing_down_file(kind: Db) {
+        let p = Project::new(kind);
+        std::fs::write(p.path().join(format!("migrations/{V1}_create_users.up.sql")), "CREATE TABLE users (id INT);").unwrap();
+        let run = p.run(&["schema", "upgrade"]);
+        assert_refused(&p, &run, 5, "has no down file");
+    }
+
+    fn duplicate_version(kind: Db) {
+        let p = Project::new(kind);
+        simple(&p);
+        p.migration(V1, "create_orders", "CREATE TABLE orders (id INT);\n", "DROP TABLE orders;\n");
+        let run = p.run(&["schema", "upgrade"]);
+        assert_refused(&p, &run, 5, &format!("duplicate version {V1}"));
+    }
+
+    fn malformed_url(kind: Db) {
+        let p = Project::new(kind);
+        simple(&p);
+        let url = match kind {
+            Db::Sqlite => "sqlite:",
+            Db::Postgres => "postgres://app:secretpw@127.0.0.1:notaport/db",
+            Db::MySql => "mysql://app:secretpw@[bad/db",
+        };
+        let run = p.run(&["--database-url", url, "schema", "upgrade"]);
+        assert_refused(&p, &run, 3, "URL");
+        let run = p.run(&["--database-url", "http://app:secretpw@x/db", "schema", "status"]);
+        assert_refused(&p, &run, 3, "unsupported database URL scheme `http`");
+    }
+
+    fn unreachable_database(kind: Db) {
+        let p = Project::new(kind);
+        simple(&p);
+        let url = match kind {
+            Db::Sqlite => "sqlite:/nonexistent-dir/x.db".to_string(),
+            Db::Postgres => "postgres://app:secretpw@127.0.0.1:1/db".to_string(),
+            Db::MySql => "mysql://app:secretpw@127.0.0.1:1/db".to_string(),
+        };
+        let run = p.run(&["--database-url", &url, "schema", "upgrade"]);
+        assert_refused(&p, &run, 4, "cannot connect to");
+        if kind != Db::Sqlite {
+            assert!(run.stderr.contains(":***@"), "the URL is shown redacted: {run:?}");
+            let mut missing = crate::support::url_parts(&p.db.url);
+            missing.set_path("/no_such_database_datamig");
+            let run = p.run(&["--database-url", missing.as_str(), "schema", "upgrade"]);
+            assert_refused(&p, &run, 4, "does not exist");
+        }
+    }
+
+    fn wrong_password(kind: Db) {
+        let p = Project::new(kind);
+        simple(&p);
+        let url = wrong_credentials(&p);
+        let run = p.run(&["--database-url", &url, "schema", "upgrade"]);
+        if kind == Db::MySql {
+            let user = crate::support::url_parts(&url).username().to_string();
+            p.db.exec(&format!("DROP USER '{user}'@'%', '{user}'@'localhost'"));
+        }
+        let says = if kind == Db::Sqlite { "cannot connect" } else { "authentication failed" };
+        assert_refused(&p, &run, 4, says);
+    }
+
+    fn unknown_env(kind: Db) {
+        let p = Project::new(kind);
+        simple(&p);
+        let run = p.run(&["--env", "staging", "schema", "upgrade"]);
+        assert_refused(&p, &run, 3, "unknown env `staging`");
+        std::fs::write(p.path().join("datamig.toml"), "[env.prod]\ndatabse_url = \"x\"\n").unwrap();
+        let run = p.run(&["schema", "upgrade"]);
+        assert_refused(&p, &run, 3, "datamig.toml is invalid");
+    }
+}

@@ -1,0 +1,8 @@
+//! datamig's integration tests: the built binary, run as a user runs it, against
+//! real SQLite files and the PostgreSQL and MariaDB servers on this machine
+//! (`DATAMIG_TEST_POSTGRES_URL`, `DATAMIG_TEST_MYSQL_URL` override where).
+//! Each test gets a database of its own, so they run in parallel.
+
+mod bad_inputs;
+mod schema;
+mod support;
