@@ -93,17 +93,7 @@ each_db! {
             "DELETE FROM counter;\n",
         );
         p.migration(V3, "create_other", "CREATE TABLE other (id INT);\n", "DROP TABLE other;\n");
-        let children: Vec<_> = (0..8)
-            .map(|_| {
-                p.command(&["schema", "upgrade", "head"])
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("spawn")
-            })
-            .collect();
-        for child in children {
-            let run = to_run(child.wait_with_output().expect("wait"));
+        for run in p.run_concurrently(8, &["schema", "upgrade", "head"]) {
             assert_eq!(run.code, 0, "{run:?}");
         }
         assert_eq!(p.applied_versions(), vec![V1, V2, V3]);
@@ -361,4 +351,33 @@ each_db! {
         assert!(p.db.table_exists("users") && p.db.table_exists("sessions"));
         p.ok(&["schema", "check"]);
     }
+}
+
+/// The blocking `pg_advisory_lock` deadlocks with a peer's `CREATE INDEX
+/// CONCURRENTLY` (the index build waits for the waiter's snapshot); the polled
+/// `pg_try_advisory_lock` must not.
+#[test]
+fn postgres_waiting_runners_do_not_deadlock_create_index_concurrently() {
+    let p = Project::new(Db::Postgres);
+    p.migration(
+        V1,
+        "create_users",
+        "CREATE TABLE users (id BIGINT PRIMARY KEY, email TEXT);\nINSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 200000) g;\n",
+        "DROP TABLE users;\n",
+    );
+    p.migration(
+        V2,
+        "index_users_email",
+        "-- datamig:no-transaction\nCREATE INDEX CONCURRENTLY users_email ON users (email);\n",
+        "-- datamig:no-transaction\nDROP INDEX CONCURRENTLY users_email;\n",
+    );
+    p.ok(&["schema", "upgrade", &V1.to_string()]);
+    for run in p.run_concurrently(4, &["schema", "upgrade", "--lock-timeout", "60s"]) {
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    assert_eq!(p.applied_versions(), vec![V1, V2]);
+    assert_eq!(
+        p.db.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'users_email'"),
+        1
+    );
 }

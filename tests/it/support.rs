@@ -306,6 +306,23 @@ impl Project {
         run
     }
 
+    /// Starts `n` processes at once and waits for them all.
+    pub fn run_concurrently(&self, n: usize, args: &[&str]) -> Vec<Run> {
+        let children: Vec<_> = (0..n)
+            .map(|_| {
+                self.command(args)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn datamig")
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|c| to_run(c.wait_with_output().expect("wait")))
+            .collect()
+    }
+
     pub fn applied_versions(&self) -> Vec<i64> {
         if !self.db.table_exists("datamig_schema_history") {
             return Vec::new();

@@ -149,6 +149,45 @@ pub(crate) trait Driver {
     fn quote_ident(name: &str) -> String;
 }
 
+/// Binds [`Value`]s to a query of any driver (the types differ, the mapping does not).
+macro_rules! bind_values {
+    ($query:expr, $params:expr) => {{
+        let mut q = $query;
+        for p in $params {
+            q = match p {
+                // A typed NULL: bigint converts to every column type on assignment.
+                Value::Null => q.bind(None::<i64>),
+                Value::Bool(v) => q.bind(*v),
+                Value::Int(v) => q.bind(*v),
+                Value::Float(v) => q.bind(*v),
+                Value::Text(v) => q.bind(v.as_str()),
+                Value::Bytes(v) => q.bind(v.as_slice()),
+            };
+        }
+        q
+    }};
+}
+pub(crate) use bind_values;
+
+/// Runs catalogue queries that each yield one text column, and collects the lines.
+pub(crate) async fn catalogue_lines<D: Driver>(
+    c: &mut D::Connection,
+    queries: &[String],
+) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for sql in queries {
+        for row in D::fetch(c, sql, &[])
+            .await
+            .map_err(|e| Error::db("cannot read the schema", db_message(&e)))?
+        {
+            if let Some(line) = row.into_iter().next().and_then(Value::into_string) {
+                lines.push(line);
+            }
+        }
+    }
+    Ok(lines)
+}
+
 enum Inner {
     Sqlite(sqlite::SqliteConn),
     Postgres(sqlx::PgConnection),
@@ -162,7 +201,7 @@ pub struct Conn {
 }
 
 macro_rules! dispatch {
-    ($self:expr, $c:ident => $driver:ident :: $call:ident ( $($arg:expr),* )) => {
+    ($self:expr, $c:ident => $call:ident ( $($arg:expr),* )) => {
         match &mut $self.inner {
             Inner::Sqlite($c) => sqlite::Sqlite::$call($c, $($arg),*).await,
             Inner::Postgres($c) => postgres::Postgres::$call($c, $($arg),*).await,
@@ -230,12 +269,12 @@ impl Conn {
 
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> sqlx::Result<u64> {
         let sql = self.placeholders(sql);
-        dispatch!(self, c => Driver::execute(&sql, params))
+        dispatch!(self, c => execute(&sql, params))
     }
 
     pub async fn fetch(&mut self, sql: &str, params: &[Value]) -> sqlx::Result<Vec<Row>> {
         let sql = self.placeholders(sql);
-        dispatch!(self, c => Driver::fetch(&sql, params))
+        dispatch!(self, c => fetch(&sql, params))
     }
 
     pub async fn fetch_one(&mut self, sql: &str, params: &[Value]) -> sqlx::Result<Row> {
@@ -248,7 +287,7 @@ impl Conn {
 
     /// Runs SQL text that may hold several statements (a migration file).
     pub async fn script(&mut self, sql: &str) -> sqlx::Result<()> {
-        dispatch!(self, c => Driver::script(sql))
+        dispatch!(self, c => script(sql))
     }
 
     pub async fn begin(&mut self) -> sqlx::Result<()> {
@@ -300,20 +339,20 @@ impl Conn {
     }
 
     pub(crate) async fn try_lock(&mut self) -> Result<bool> {
-        dispatch!(self, c => Driver::try_lock())
+        dispatch!(self, c => try_lock())
     }
 
     pub(crate) async fn unlock(&mut self) -> Result<()> {
-        dispatch!(self, c => Driver::unlock())
+        dispatch!(self, c => unlock())
     }
 
     pub(crate) async fn lock_holder(&mut self) -> Option<String> {
-        dispatch!(self, c => Driver::lock_holder())
+        dispatch!(self, c => lock_holder())
     }
 
     /// The user schema as sorted lines, for comparing before and after.
     pub async fn snapshot(&mut self) -> Result<Vec<String>> {
-        let mut lines = dispatch!(self, c => Driver::snapshot())?;
+        let mut lines = dispatch!(self, c => snapshot())?;
         lines.sort();
         Ok(lines)
     }

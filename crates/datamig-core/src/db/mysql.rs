@@ -5,7 +5,7 @@
 
 use std::str::FromStr;
 
-use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlRow};
+use sqlx::mysql::{MySqlConnectOptions, MySqlRow};
 use sqlx::{Column, Connection, MySqlConnection, Row as _, TypeInfo, ValueRef};
 
 use super::{ConnectOptions, Driver, Row, Value};
@@ -22,23 +22,6 @@ pub(crate) fn error_number(err: &dyn sqlx::error::DatabaseError) -> Option<u16> 
 
 /// Lock names are server-wide, so the lock is named after the database.
 const LOCK_NAME: &str = "CONCAT('datamig.', LEFT(SHA2(IFNULL(DATABASE(), ''), 256), 40))";
-
-fn bind<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::MySql, MySqlArguments>,
-    params: &'q [Value],
-) -> sqlx::query::Query<'q, sqlx::MySql, MySqlArguments> {
-    for p in params {
-        q = match p {
-            Value::Null => q.bind(None::<i64>),
-            Value::Bool(v) => q.bind(*v),
-            Value::Int(v) => q.bind(*v),
-            Value::Float(v) => q.bind(*v),
-            Value::Text(v) => q.bind(v.as_str()),
-            Value::Bytes(v) => q.bind(v.as_slice()),
-        };
-    }
-    q
-}
 
 fn decode(row: &MySqlRow) -> sqlx::Result<Row> {
     let mut out = Vec::with_capacity(row.columns().len());
@@ -116,14 +99,14 @@ impl Driver for MySql {
     }
 
     async fn execute(c: &mut MySqlConnection, sql: &str, params: &[Value]) -> sqlx::Result<u64> {
-        Ok(bind(sqlx::query(sql), params)
+        Ok(super::bind_values!(sqlx::query(sql), params)
             .execute(c)
             .await?
             .rows_affected())
     }
 
     async fn fetch(c: &mut MySqlConnection, sql: &str, params: &[Value]) -> sqlx::Result<Vec<Row>> {
-        bind(sqlx::query(sql), params)
+        super::bind_values!(sqlx::query(sql), params)
             .fetch_all(c)
             .await?
             .iter()
@@ -213,18 +196,7 @@ impl Driver for MySql {
              WHERE ROUTINE_SCHEMA = DATABASE()"
                 .to_string(),
         ];
-        let mut lines = Vec::new();
-        for sql in &queries {
-            for row in Self::fetch(c, sql, &[])
-                .await
-                .map_err(|e| Error::db("cannot read the schema", e))?
-            {
-                if let Some(line) = row.into_iter().next().and_then(Value::into_string) {
-                    lines.push(line);
-                }
-            }
-        }
-        Ok(lines)
+        super::catalogue_lines::<Self>(c, &queries).await
     }
 
     fn now_sql() -> &'static str {

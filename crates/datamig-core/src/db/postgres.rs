@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Column, Connection, PgConnection, Row as _, TypeInfo, ValueRef};
 
 use super::{ConnectOptions, Driver, Row, Value};
@@ -15,23 +15,6 @@ pub(crate) struct Postgres;
 
 /// The advisory lock key: "datamig" in ASCII. Advisory locks are per database.
 const LOCK_KEY: i64 = 0x0064_6174_616d_6967;
-
-fn bind<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Postgres, PgArguments>,
-    params: &'q [Value],
-) -> sqlx::query::Query<'q, sqlx::Postgres, PgArguments> {
-    for p in params {
-        q = match p {
-            Value::Null => q.bind(None::<i64>),
-            Value::Bool(v) => q.bind(*v),
-            Value::Int(v) => q.bind(*v),
-            Value::Float(v) => q.bind(*v),
-            Value::Text(v) => q.bind(v.as_str()),
-            Value::Bytes(v) => q.bind(v.as_slice()),
-        };
-    }
-    q
-}
 
 fn decode(row: &PgRow) -> sqlx::Result<Row> {
     let mut out = Vec::with_capacity(row.columns().len());
@@ -105,14 +88,14 @@ impl Driver for Postgres {
     }
 
     async fn execute(c: &mut PgConnection, sql: &str, params: &[Value]) -> sqlx::Result<u64> {
-        Ok(bind(sqlx::query(sql), params)
+        Ok(super::bind_values!(sqlx::query(sql), params)
             .execute(c)
             .await?
             .rows_affected())
     }
 
     async fn fetch(c: &mut PgConnection, sql: &str, params: &[Value]) -> sqlx::Result<Vec<Row>> {
-        bind(sqlx::query(sql), params)
+        super::bind_values!(sqlx::query(sql), params)
             .fetch_all(c)
             .await?
             .iter()
@@ -224,18 +207,7 @@ impl Driver for Postgres {
              WHERE t.typnamespace = current_schema()::regnamespace GROUP BY t.typname"
                 .to_string(),
         ];
-        let mut lines = Vec::new();
-        for sql in &queries {
-            for row in Self::fetch(c, sql, &[])
-                .await
-                .map_err(|e| Error::db("cannot read the schema", e))?
-            {
-                if let Some(line) = row.into_iter().next().and_then(Value::into_string) {
-                    lines.push(line);
-                }
-            }
-        }
-        Ok(lines)
+        super::catalogue_lines::<Self>(c, &queries).await
     }
 
     fn now_sql() -> &'static str {

@@ -7,7 +7,7 @@ use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow};
 use sqlx::{Column, Connection, Row as _, SqliteConnection, TypeInfo, ValueRef};
 
 use super::{ConnectOptions, Driver, Row, Value};
@@ -21,23 +21,6 @@ pub(crate) struct SqliteConn {
     /// `<database>.datamig-lock`; `None` for an in-memory database (one process only).
     lock_path: Option<PathBuf>,
     lock: Option<File>,
-}
-
-fn bind<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>>,
-    params: &'q [Value],
-) -> sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>> {
-    for p in params {
-        q = match p {
-            Value::Null => q.bind(None::<i64>),
-            Value::Bool(v) => q.bind(*v),
-            Value::Int(v) => q.bind(*v),
-            Value::Float(v) => q.bind(*v),
-            Value::Text(v) => q.bind(v.as_str()),
-            Value::Bytes(v) => q.bind(v.as_slice()),
-        };
-    }
-    q
 }
 
 fn decode(row: &SqliteRow) -> sqlx::Result<Row> {
@@ -112,14 +95,14 @@ impl Driver for Sqlite {
     }
 
     async fn execute(c: &mut SqliteConn, sql: &str, params: &[Value]) -> sqlx::Result<u64> {
-        Ok(bind(sqlx::query(sql), params)
+        Ok(super::bind_values!(sqlx::query(sql), params)
             .execute(&mut c.conn)
             .await?
             .rows_affected())
     }
 
     async fn fetch(c: &mut SqliteConn, sql: &str, params: &[Value]) -> sqlx::Result<Vec<Row>> {
-        bind(sqlx::query(sql), params)
+        super::bind_values!(sqlx::query(sql), params)
             .fetch_all(&mut c.conn)
             .await?
             .iter()
@@ -204,18 +187,7 @@ impl Driver for Sqlite {
                  FROM sqlite_master m WHERE m.type IN ('index', 'view', 'trigger') AND {USER_TABLES}"
             ),
         ];
-        let mut lines = Vec::new();
-        for sql in &queries {
-            for row in Self::fetch(c, sql, &[])
-                .await
-                .map_err(|e| Error::db("cannot read the schema", e))?
-            {
-                if let Some(line) = row.into_iter().next().and_then(Value::into_string) {
-                    lines.push(line);
-                }
-            }
-        }
-        Ok(lines)
+        super::catalogue_lines::<Self>(c, &queries).await
     }
 
     fn now_sql() -> &'static str {
