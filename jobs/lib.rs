@@ -1,11 +1,26 @@
 //! This project's data jobs, and the registry the `datamig` binary runs them from.
 //!
-//! Every job is a type implementing [`datamig_core::job::Job`], in a file of its
-//! own in this directory, added to [`registry`] below.
+//! Each job is a type implementing [`datamig_core::job::Job`] in a file of its
+//! own, named after the job (`backfill_emails.rs` holds `backfill_emails`), and
+//! added to [`registry`] below. A test checks that every file here is registered.
+
+pub mod backfill_emails;
+pub mod purge_expired_sessions;
+pub mod seed_demo_sessions;
+pub mod seed_demo_users;
 
 use datamig_core::job::Registry;
 
 /// Every job `datamig run` can run. Add a new job here.
 pub fn registry() -> Registry {
     Registry::new()
+        .with(backfill_emails::BackfillEmails)
+        .with(purge_expired_sessions::PurgeExpiredSessions)
+        .with(seed_demo_sessions::SeedDemoSessions)
+        .with(seed_demo_users::SeedDemoUsers)
 }
+
+/// For jobs that take no `--arg`: any argument is refused.
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}

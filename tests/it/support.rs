@@ -392,9 +392,17 @@ pub fn scratch_is_gone(db: &TestDb, stdout: &str) -> bool {
 /// Holds datamig's schema lock from outside datamig while `f` runs, the way a
 /// second runner would: the same advisory key, `GET_LOCK` name, or lock file.
 pub fn hold_schema_lock<T>(db: &TestDb, f: impl FnOnce() -> T) -> T {
+    hold_lock(db, "schema", f)
+}
+
+/// Holds datamig's named lock (`schema`, `job.NAME`) while `f` runs.
+pub fn hold_lock<T>(db: &TestDb, name: &str, f: impl FnOnce() -> T) -> T {
     match db.kind {
         Db::Sqlite => {
-            let path = format!("{}.datamig-lock", db.url.trim_start_matches("sqlite:"));
+            let path = format!(
+                "{}.datamig-schema.lock",
+                db.url.trim_start_matches("sqlite:")
+            );
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
@@ -409,7 +417,7 @@ pub fn hold_schema_lock<T>(db: &TestDb, f: impl FnOnce() -> T) -> T {
         Db::Postgres => block_on(async {
             let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
             sqlx::query("SELECT pg_advisory_lock($1)")
-                .bind(0x0064_6174_616d_6967_i64)
+                .bind(datamig_core::db::lock_key(name))
                 .execute(&mut c)
                 .await
                 .unwrap();
@@ -419,12 +427,15 @@ pub fn hold_schema_lock<T>(db: &TestDb, f: impl FnOnce() -> T) -> T {
         }),
         Db::MySql => block_on(async {
             let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
-            let got: Option<i64> = sqlx::query_scalar(
-                "SELECT GET_LOCK(CONCAT('datamig.', LEFT(SHA2(IFNULL(DATABASE(), ''), 256), 40)), 0)",
-            )
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
+            let sql = format!(
+                "SELECT GET_LOCK({}, 0)",
+                datamig_core::db::MYSQL_LOCK_NAME_SQL
+            );
+            let got: Option<i64> = sqlx::query_scalar(&sql)
+                .bind(name)
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
             assert_eq!(got, Some(1));
             let out = f();
             c.close().await.unwrap();

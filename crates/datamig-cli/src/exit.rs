@@ -26,6 +26,19 @@ pub const PENDING: u8 = 9;
 /// `schema test`: a down does not reverse its up.
 pub const SCHEMA_TEST_FAILED: u8 = 10;
 
+/// `run`: the job completed, but a verification check did not hold.
+pub const VERIFICATION_FAILED: u8 = 11;
+/// `run`: the same job is already running in another process.
+pub const ALREADY_RUNNING: u8 = 12;
+/// `run`: a batch failed; the run is saved as failed and resumes where it stopped.
+pub const JOB_FAILED: u8 = 13;
+/// `run`: the job's migration or table is not there yet (`datamig schema upgrade`).
+pub const SCHEMA_NOT_READY: u8 = 14;
+/// `run`: datamig's record of the run is corrupt; nothing was changed.
+pub const CORRUPT_CHECKPOINT: u8 = 15;
+/// `run`: stopped by Ctrl-C or SIGTERM between batches; run the same command to resume.
+pub const INTERRUPTED: u8 = 130;
+
 /// The exit code for an error, by its kind.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     let Some(err) = err.downcast_ref::<Error>() else {
@@ -41,6 +54,12 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         Error::LockTimeout(_) => LOCK_TIMEOUT,
         Error::Pending { .. } => PENDING,
         Error::SchemaTest(_) => SCHEMA_TEST_FAILED,
+        Error::VerificationFailed(_) => VERIFICATION_FAILED,
+        Error::AlreadyRunning(_) => ALREADY_RUNNING,
+        Error::JobFailed(_) => JOB_FAILED,
+        Error::SchemaNotReady(_) => SCHEMA_NOT_READY,
+        Error::CorruptCheckpoint(_) => CORRUPT_CHECKPOINT,
+        Error::Interrupted(_) => INTERRUPTED,
         _ => FAILURE,
     }
 }

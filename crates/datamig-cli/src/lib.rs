@@ -58,9 +58,12 @@ fn init_logging(format: opt::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("warn,datamig_core=info,datamig_cli=info"));
+    // Colours only for a person at a terminal, never in cron mail or log files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         opt::LogFormat::Json => builder.json().init(),
         opt::LogFormat::Text => builder.with_target(false).without_time().init(),

@@ -54,8 +54,71 @@ pub enum Command {
     /// Versioned schema migrations (migrations/<version>_<name>.up.sql / .down.sql).
     #[command(subcommand)]
     Schema(SchemaCommand),
-    /// List the registered data jobs.
+    /// List the registered data jobs, with their arguments.
     Jobs,
+    /// Run a data job in checkpointed batches; run it again to resume after any interruption.
+    Run(RunCmd),
+    /// Show runs: state, progress, rate, cursor, times, last error.
+    Status {
+        /// Only this job's runs, with details of the newest.
+        job: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many runs to show.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+    },
+    /// Run a job's verification queries now.
+    Verify {
+        job: String,
+        /// A job argument, KEY=VALUE (repeatable).
+        #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        args: Vec<(String, String)>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunCmd {
+    /// The job's name (`datamig jobs` lists them).
+    pub job: String,
+    /// Rows per batch: each batch and its checkpoint commit in one transaction.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch: u64,
+    /// A job argument, KEY=VALUE (repeatable).
+    #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub args: Vec<(String, String)>,
+    /// Abandon an unfinished run of this job and start over.
+    #[arg(long)]
+    pub restart: bool,
+    /// How to find the progress total: exact count, the planner's estimate, or none.
+    #[arg(long, value_enum, default_value_t = CountArg::Exact)]
+    pub count: CountArg,
+    /// Progress display: a bar on a terminal and log lines otherwise (auto), or as chosen.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    pub progress: ProgressArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CountArg {
+    Exact,
+    Estimate,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressArg {
+    Auto,
+    Bar,
+    Log,
+    None,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -51,6 +51,30 @@ pub enum Error {
     #[error("{0}")]
     SchemaTest(String),
 
+    /// A job needs a migration (or table) that is not there yet.
+    #[error("{0}")]
+    SchemaNotReady(String),
+
+    /// Another process is running the same job.
+    #[error("{0}")]
+    AlreadyRunning(String),
+
+    /// A batch failed; the run is saved as failed with everything before it committed.
+    #[error("{0}")]
+    JobFailed(String),
+
+    /// Stopped by a signal between batches; the run resumes where it stopped.
+    #[error("{0}")]
+    Interrupted(String),
+
+    /// A verification check did not hold after the run.
+    #[error("{0}")]
+    VerificationFailed(String),
+
+    /// datamig's record of a run is unreadable.
+    #[error("{0}")]
+    CorruptCheckpoint(String),
+
     /// Reading or writing a project file.
     #[error("{action} {}: {source}", path.display())]
     Io {

@@ -1,21 +1,331 @@
 //! Data jobs: the trait a project implements in `jobs/`, and the explicit
 //! registry it hands to the CLI (`Registry::new().with(MyJob)`), so that every
 //! job a binary can run is visible in one place.
+//!
+//! A job says what rows it visits (its [`Source`]), what it does to one batch of
+//! them (its [`Step`]: a Rust [`Transform`], a set-based SQL statement, or a
+//! delete), and how to verify the result ([`Check`]s). The engine ([`crate::run`])
+//! does the batching, checkpointing, resuming and progress.
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// A data job. The batch API (source, transform, verification) grows on this trait.
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::config::Backend;
+use crate::db::Value;
+
+/// A data job. `Args` are its `--arg key=value` arguments, typed with serde:
+/// unknown keys and malformed values are refused before anything runs.
 pub trait Job: Send + Sync + 'static {
+    type Args: DeserializeOwned + Serialize + Send + Sync + 'static;
+
     /// The name `datamig run NAME` uses: snake_case, unique in the registry.
     fn name(&self) -> &'static str;
     /// One line for `datamig jobs`.
     fn description(&self) -> &'static str;
+    /// `(argument, help)` pairs for `datamig jobs`.
+    fn arg_help(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+    /// The migration version this job needs applied (its columns exist from then on).
+    fn requires_migration(&self) -> Option<i64> {
+        None
+    }
+    /// What to do, for these arguments on this database. An `Err` is a message
+    /// about the arguments, shown as a usage error.
+    fn plan(&self, args: &Self::Args, ctx: &PlanContext) -> Result<Plan, String>;
+}
+
+/// What a job's plan may depend on: which database it runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanContext {
+    pub backend: Backend,
+}
+
+impl PlanContext {
+    /// SQL for a placeholder holding a `YYYY-MM-DD HH:MM:SS` UTC timestamp as text,
+    /// comparable with a `TIMESTAMP` column on every database.
+    pub fn timestamp_param(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "CAST(? AS TIMESTAMP)",
+            Backend::MySql => "CAST(? AS DATETIME)",
+            Backend::Sqlite => "?",
+        }
+    }
+}
+
+/// A job's plan: where its rows come from, what it does with a batch, how to check it.
+pub struct Plan {
+    pub source: Source,
+    pub step: Step,
+    pub checks: Vec<Check>,
+}
+
+/// The rows a job visits, in key order.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Rows of a table, by an indexed key (single-column or composite), with an
+    /// optional filter. Visited with keyset pagination: never OFFSET.
+    Table {
+        table: String,
+        /// Key columns, in index order. The cursor is the last key done.
+        key: Vec<String>,
+        /// Columns a [`Transform`] reads (besides the key).
+        columns: Vec<String>,
+        /// A predicate over the table, with `?` placeholders for `params`.
+        filter: Option<Filter>,
+    },
+    /// The numbers `start..=end`, for jobs that generate rows (seeding). The cursor
+    /// is the last number done; a [`Step::Sql`] sees the batch as `{lo}` and `{hi}`.
+    Range { start: i64, end: i64 },
+}
+
+impl Source {
+    /// A table by its primary key `id`.
+    pub fn table(table: &str, key: &str) -> Source {
+        Source::Table {
+            table: table.into(),
+            key: vec![key.into()],
+            columns: Vec::new(),
+            filter: None,
+        }
+    }
+
+    /// Adds columns for the transform to read.
+    #[must_use]
+    pub fn columns(mut self, cols: &[&str]) -> Source {
+        if let Source::Table { columns, .. } = &mut self {
+            columns.extend(cols.iter().map(|c| c.to_string()));
+        }
+        self
+    }
+
+    /// Restricts the rows visited.
+    #[must_use]
+    pub fn filter(mut self, sql: &str, params: Vec<Value>) -> Source {
+        if let Source::Table { filter, .. } = &mut self {
+            *filter = Some(Filter {
+                sql: sql.into(),
+                params,
+            });
+        }
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub sql: String,
+    pub params: Vec<Value>,
+}
+
+/// What a job does with one batch. Its writes and the checkpoint commit together.
+pub enum Step {
+    /// Read the batch's rows, compute new values in Rust, write them back with one
+    /// bulk statement (never one per row).
+    Transform(Arc<dyn Transform>),
+    /// A set-based statement. For a table source, `{batch}` expands to the
+    /// batch's key range and the source filter: `UPDATE users SET x = lower(email) WHERE {batch}`.
+    /// For a range source, `{lo}` and `{hi}` are the batch's first and last number.
+    Sql(String),
+    /// Delete the batch's rows (those matching the source filter).
+    Delete,
+}
+
+/// A Rust transform: one row in, one [`Outcome`] out. With `cpu_heavy`, a batch's
+/// rows are spread over all cores (rayon) while the database waits.
+pub trait Transform: Send + Sync + 'static {
+    /// The columns it writes, in the order of [`Outcome::Update`]'s values.
+    fn writes(&self) -> Vec<String>;
+    fn apply(&self, row: &SourceRow<'_>) -> Outcome;
+    fn cpu_heavy(&self) -> bool {
+        false
+    }
+}
+
+/// What a transform decided for one row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Write these values (one per column in [`Transform::writes`]).
+    Update(Vec<Value>),
+    /// Leave the row as it is.
+    Skip,
+    /// Leave the row as it is, and record it with this reason in `datamig_rejects`.
+    Reject(String),
+}
+
+/// One source row as a transform sees it: its key and its columns, by name.
+pub struct SourceRow<'a> {
+    pub(crate) names: &'a [String],
+    pub(crate) values: &'a [Value],
+    pub(crate) key_len: usize,
+}
+
+impl SourceRow<'_> {
+    pub fn key(&self) -> &[Value] {
+        &self.values[..self.key_len]
+    }
+
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        self.names
+            .iter()
+            .position(|n| n == column)
+            .map(|i| &self.values[i])
+    }
+
+    pub fn str(&self, column: &str) -> Option<&str> {
+        self.get(column).and_then(Value::as_str)
+    }
+
+    pub fn i64(&self, column: &str) -> Option<i64> {
+        self.get(column).and_then(Value::as_i64)
+    }
+}
+
+/// A verification query, run before the run (baseline) and after it.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    /// Yields one integer: `SELECT count(*) FROM users WHERE …`.
+    pub sql: String,
+    pub params: Vec<Value>,
+    pub expect: Expect,
+}
+
+impl Check {
+    pub fn new(name: &str, sql: &str, expect: Expect) -> Check {
+        Check {
+            name: name.into(),
+            sql: sql.into(),
+            params: Vec::new(),
+            expect,
+        }
+    }
+
+    #[must_use]
+    pub fn params(mut self, params: Vec<Value>) -> Check {
+        self.params = params;
+        self
+    }
+}
+
+/// What a check's value must be after the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    Zero,
+    Equals(i64),
+    AtMost(i64),
+    /// The same as before the run (a row count that must not move).
+    Unchanged,
+    /// Shown, never fails.
+    Report,
+}
+
+impl Expect {
+    pub fn holds(self, before: Option<i64>, after: i64) -> bool {
+        match self {
+            Expect::Zero => after == 0,
+            Expect::Equals(n) => after == n,
+            Expect::AtMost(n) => after <= n,
+            Expect::Unchanged => before.is_none_or(|b| b == after),
+            Expect::Report => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expect::Zero => f.write_str("= 0"),
+            Expect::Equals(n) => write!(f, "= {n}"),
+            Expect::AtMost(n) => write!(f, "<= {n}"),
+            Expect::Unchanged => f.write_str("unchanged"),
+            Expect::Report => f.write_str("(report)"),
+        }
+    }
+}
+
+/// Parsed, validated arguments: the typed value and its canonical JSON, which
+/// identifies a run (the same job with the same arguments resumes it).
+pub struct ParsedArgs {
+    pub canonical: String,
+    value: Box<dyn Any + Send + Sync>,
+}
+
+/// The object-safe face of a [`Job`], for the registry.
+pub trait DynJob: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn description(&self) -> &'static str;
+    fn arg_help(&self) -> &'static [(&'static str, &'static str)];
+    fn requires_migration(&self) -> Option<i64>;
+    /// Parses `key=value` pairs; the error says which argument is wrong and what it takes.
+    fn parse_args(&self, pairs: &[(String, String)]) -> Result<ParsedArgs, String>;
+    fn plan(&self, args: &ParsedArgs, ctx: &PlanContext) -> Result<Plan, String>;
+}
+
+impl<J: Job> DynJob for J {
+    fn name(&self) -> &'static str {
+        Job::name(self)
+    }
+    fn description(&self) -> &'static str {
+        Job::description(self)
+    }
+    fn arg_help(&self) -> &'static [(&'static str, &'static str)] {
+        Job::arg_help(self)
+    }
+    fn requires_migration(&self) -> Option<i64> {
+        Job::requires_migration(self)
+    }
+
+    fn parse_args(&self, pairs: &[(String, String)]) -> Result<ParsedArgs, String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (k, _) in pairs {
+            if !seen.insert(k) {
+                return Err(format!("--arg {k} is given twice"));
+            }
+        }
+        let encoded = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        let args: J::Args = serde_urlencoded::from_str(&encoded).map_err(|e| {
+            let takes = if self.arg_help().is_empty() {
+                "it takes no arguments".to_string()
+            } else {
+                format!(
+                    "it takes: {}",
+                    self.arg_help()
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            format!("invalid --arg for job {}: {e}; {takes}", Job::name(self))
+        })?;
+        let canonical = serde_json::to_string(&args).map_err(|e| e.to_string())?;
+        Ok(ParsedArgs {
+            canonical,
+            value: Box::new(args),
+        })
+    }
+
+    fn plan(&self, args: &ParsedArgs, ctx: &PlanContext) -> Result<Plan, String> {
+        let args = args
+            .value
+            .downcast_ref::<J::Args>()
+            .ok_or("arguments of another job")?;
+        Job::plan(self, args, ctx)
+    }
 }
 
 /// The jobs a binary knows, by name.
 #[derive(Default)]
 pub struct Registry {
-    jobs: BTreeMap<&'static str, Box<dyn Job>>,
+    jobs: BTreeMap<&'static str, Box<dyn DynJob>>,
 }
 
 impl Registry {
@@ -26,7 +336,7 @@ impl Registry {
     /// Adds a job. Two jobs with one name are a programming error, caught at start-up.
     #[must_use]
     pub fn with(mut self, job: impl Job) -> Self {
-        let name = job.name();
+        let name = Job::name(&job);
         assert!(
             self.jobs.insert(name, Box::new(job)).is_none(),
             "two jobs are registered under the name `{name}`; job names must be unique"
@@ -34,12 +344,12 @@ impl Registry {
         self
     }
 
-    pub fn get(&self, name: &str) -> Option<&dyn Job> {
+    pub fn get(&self, name: &str) -> Option<&dyn DynJob> {
         self.jobs.get(name).map(|j| j.as_ref())
     }
 
     /// Jobs in name order.
-    pub fn iter(&self) -> impl Iterator<Item = &dyn Job> {
+    pub fn iter(&self) -> impl Iterator<Item = &dyn DynJob> {
         self.jobs.values().map(|j| j.as_ref())
     }
 
@@ -49,5 +359,24 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
+    }
+}
+
+/// A duration argument: `30d`, `12h`, `90m` (serde reads it from `--arg k=30d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationArg(pub std::time::Duration);
+
+impl<'de> serde::Deserialize<'de> for DurationArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::config::parse_duration(&s)
+            .map(DurationArg)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for DurationArg {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}s", self.0.as_secs()))
     }
 }

@@ -7,6 +7,8 @@
 //! - [`migrate`] holds schema steps: versioned `up`/`down` SQL files, applied,
 //!   reverted and tracked in datamig's own history table under a database lock.
 //! - [`job`] holds the data-job API and the explicit registry a project builds.
+//! - [`run`] runs a job: keyset batches, each committed with its checkpoint,
+//!   resumable after any interruption, verified at the end.
 //!
 //! Errors are [`Error`]; each variant names the thing that went wrong and what to
 //! do, and the CLI maps each to a documented exit code.
@@ -16,5 +18,6 @@ pub mod db;
 mod error;
 pub mod job;
 pub mod migrate;
+pub mod run;
 
 pub use error::{Error, Result};

@@ -1,4 +1,4 @@
-//! `datamig jobs`: the registered data jobs.
+//! `datamig jobs`: the registered data jobs and their arguments.
 
 use anyhow::Result;
 use datamig_core::job::Registry;
@@ -10,9 +10,11 @@ pub fn run(registry: &Registry) -> Result<()> {
         line("no jobs are registered; add one to the registry in jobs/lib.rs");
         return Ok(());
     }
-    let width = registry.iter().map(|j| j.name().len()).max().unwrap_or(0);
     for job in registry.iter() {
-        line(&format!("{:width$}  {}", job.name(), job.description()));
+        line(&format!("{}  {}", job.name(), job.description()));
+        for (arg, help) in job.arg_help() {
+            line(&format!("    --arg {arg}=…  {help}"));
+        }
     }
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! One module per subcommand, one dispatch `match`.
 
 mod jobs;
+mod progress;
+mod run;
 mod schema;
+mod status;
 
 use anyhow::Result;
 use datamig_core::config::{ConfigInputs, Settings};
@@ -14,6 +17,11 @@ pub async fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
     match cli.command {
         Command::Schema(cmd) => schema::run(&cli.global, cmd).await,
         Command::Jobs => jobs::run(registry),
+        Command::Run(cmd) => run::run(&cli.global, registry, cmd).await,
+        Command::Status { job, json, limit } => {
+            status::run(&cli.global, job.as_deref(), json, limit).await
+        }
+        Command::Verify { job, args } => run::verify(&cli.global, registry, &job, &args).await,
     }
 }
 
@@ -33,6 +41,18 @@ pub(crate) fn connect_options(global: &GlobalOpts) -> ConnectOptions {
         timeout: global.connect_timeout,
         ..ConnectOptions::default()
     }
+}
+
+/// Connects, runs `body`, and closes the connection on every path.
+pub(crate) async fn with_conn<T>(
+    global: &GlobalOpts,
+    settings: &Settings,
+    body: impl AsyncFnOnce(&mut Conn) -> Result<T>,
+) -> Result<T> {
+    let mut conn = connect(global, settings).await?;
+    let result = body(&mut conn).await;
+    conn.close().await;
+    result
 }
 
 pub(crate) async fn connect(global: &GlobalOpts, settings: &Settings) -> Result<Conn> {

@@ -2,11 +2,10 @@
 
 use anyhow::Result;
 use datamig_core::config::DatabaseUrl;
-use datamig_core::db::Conn;
 use datamig_core::migrate::{self, source, DownTarget, Resolution, RunOptions, State, UpTarget};
 use datamig_core::Error;
 
-use super::{connect, connect_options, settings};
+use super::{connect_options, settings, with_conn};
 use crate::opt::{DirtyResolution, GlobalOpts, SchemaCommand};
 use crate::output::line;
 
@@ -159,18 +158,6 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
             .await
         }
     }
-}
-
-/// Connects, runs `body`, and closes the connection on every path.
-async fn with_conn(
-    global: &GlobalOpts,
-    settings: &datamig_core::config::Settings,
-    body: impl AsyncFnOnce(&mut Conn) -> Result<()>,
-) -> Result<()> {
-    let mut conn = connect(global, settings).await?;
-    let result = body(&mut conn).await;
-    conn.close().await;
-    result
 }
 
 fn summary(n: usize, verb: &str, none: &str) -> String {

@@ -134,11 +134,44 @@ pub(crate) trait Driver {
     async fn script(c: &mut Self::Connection, sql: &str) -> sqlx::Result<()>;
     async fn close(c: Self::Connection);
 
-    /// Tries once to take the schema lock; never blocks.
-    async fn try_lock(c: &mut Self::Connection) -> Result<bool>;
-    async fn unlock(c: &mut Self::Connection) -> Result<()>;
-    /// Who holds the schema lock, for the message when it cannot be had.
-    async fn lock_holder(c: &mut Self::Connection) -> Option<String>;
+    /// Tries once to take the named lock (`schema`, `job.NAME`); never blocks.
+    /// Held until [`Driver::unlock`] or until the connection (or process) ends.
+    async fn try_lock(c: &mut Self::Connection, name: &str) -> Result<bool>;
+    async fn unlock(c: &mut Self::Connection, name: &str) -> Result<()>;
+    /// Who holds the named lock, for the message when it cannot be had.
+    async fn lock_holder(c: &mut Self::Connection, name: &str) -> Option<String>;
+
+    /// Writes new values for a batch of rows in one round trip (or, on SQLite,
+    /// one prepared statement in the batch's transaction). Returns rows changed.
+    async fn bulk_update(
+        c: &mut Self::Connection,
+        spec: &BulkUpdate,
+        rows: &[Row],
+    ) -> sqlx::Result<u64>;
+    /// The SQL type of each column, where the bulk update must cast (PostgreSQL).
+    async fn column_types(
+        c: &mut Self::Connection,
+        table: &str,
+        columns: &[String],
+    ) -> sqlx::Result<Vec<String>>;
+    /// The planner's row estimate for a table, cheap on huge tables.
+    async fn estimate_rows(c: &mut Self::Connection, table: &str) -> sqlx::Result<Option<i64>>;
+
+    /// Locks the rows a transform reads until the batch commits.
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+
+    /// `keys OP (?, …)` for keyset pagination, and which key value each `?` takes.
+    /// Row values by default; MariaDB plans the expanded form better.
+    fn compare_keys(keys: &[String], op: &str) -> (String, Vec<usize>) {
+        if keys.len() == 1 {
+            return (format!("{} {op} ?", keys[0]), vec![0]);
+        }
+        let marks = vec!["?"; keys.len()].join(", ");
+        (
+            format!("({}) {op} ({marks})", keys.join(", ")),
+            (0..keys.len()).collect(),
+        )
+    }
 
     /// The user schema as sorted lines, one per object (datamig's tables left out).
     async fn snapshot(c: &mut Self::Connection) -> Result<Vec<String>>;
@@ -338,16 +371,42 @@ impl Conn {
         Ok(())
     }
 
-    pub(crate) async fn try_lock(&mut self) -> Result<bool> {
-        dispatch!(self, c => try_lock())
+    pub(crate) async fn try_lock(&mut self, name: &str) -> Result<bool> {
+        dispatch!(self, c => try_lock(name))
     }
 
-    pub(crate) async fn unlock(&mut self) -> Result<()> {
-        dispatch!(self, c => unlock())
+    pub(crate) async fn unlock(&mut self, name: &str) -> Result<()> {
+        dispatch!(self, c => unlock(name))
     }
 
-    pub(crate) async fn lock_holder(&mut self) -> Option<String> {
-        dispatch!(self, c => lock_holder())
+    pub(crate) async fn lock_holder(&mut self, name: &str) -> Option<String> {
+        dispatch!(self, c => lock_holder(name))
+    }
+
+    pub async fn bulk_update(&mut self, spec: &BulkUpdate, rows: &[Row]) -> sqlx::Result<u64> {
+        dispatch!(self, c => bulk_update(spec, rows))
+    }
+
+    pub async fn column_types(
+        &mut self,
+        table: &str,
+        columns: &[String],
+    ) -> sqlx::Result<Vec<String>> {
+        dispatch!(self, c => column_types(table, columns))
+    }
+
+    pub async fn estimate_rows(&mut self, table: &str) -> sqlx::Result<Option<i64>> {
+        dispatch!(self, c => estimate_rows(table))
+    }
+
+    pub fn for_update(&self) -> &'static str {
+        dispatch_static!(self, D => D::FOR_UPDATE)
+    }
+
+    /// `keys OP (?, …)` with quoted key columns; see [`Driver::compare_keys`].
+    pub fn compare_keys(&self, keys: &[String], op: &str) -> (String, Vec<usize>) {
+        let quoted: Vec<String> = keys.iter().map(|k| self.quote_ident(k)).collect();
+        dispatch_static!(self, D => D::compare_keys(&quoted, op))
     }
 
     /// The user schema as sorted lines, for comparing before and after.
@@ -402,6 +461,33 @@ impl fmt::Debug for Conn {
         write!(f, "Conn({})", self.url)
     }
 }
+
+/// A bulk write of new values, keyed by the source key, bounded to the batch's
+/// key range (so the planner uses the index: see BENCHMARKS.md).
+#[derive(Debug, Clone)]
+pub struct BulkUpdate {
+    pub table: String,
+    pub keys: Vec<String>,
+    pub sets: Vec<String>,
+    /// SQL types of `keys` then `sets`, where the driver casts (PostgreSQL).
+    pub types: Vec<String>,
+    /// The first key column's lowest and highest value in the batch.
+    pub lo: Value,
+    pub hi: Value,
+}
+
+/// A stable 64-bit key for a named lock (PostgreSQL advisory locks).
+pub fn lock_key(name: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("datamig:{name}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// The server-wide `GET_LOCK` name for a named lock in the current database (MariaDB/MySQL).
+pub const MYSQL_LOCK_NAME_SQL: &str =
+    "CONCAT('datamig.', LEFT(SHA2(CONCAT(IFNULL(DATABASE(), ''), '/', ?), 256), 40))";
 
 /// The database's own words for an error, with its code: what users search for.
 pub fn db_message(err: &sqlx::Error) -> String {

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use sqlx::mysql::{MySqlConnectOptions, MySqlRow};
 use sqlx::{Column, Connection, MySqlConnection, Row as _, TypeInfo, ValueRef};
 
-use super::{ConnectOptions, Driver, Row, Value};
+use super::{BulkUpdate, ConnectOptions, Driver, Row, Value};
 use crate::config::DatabaseUrl;
 use crate::{Error, Result};
 
@@ -20,9 +20,18 @@ pub(crate) fn error_number(err: &dyn sqlx::error::DatabaseError) -> Option<u16> 
         .map(|e| e.number())
 }
 
-/// Lock names are server-wide, so the lock is named after the database.
-const LOCK_NAME: &str = "CONCAT('datamig.', LEFT(SHA2(IFNULL(DATABASE(), ''), 256), 40))";
+/// Lock names are server-wide, so the lock is named after the database too.
+const LOCK_NAME: &str = super::MYSQL_LOCK_NAME_SQL;
 
+/// MySQL allows 65 535 placeholders a statement; a bulk update is split below that.
+const MAX_PLACEHOLDERS: usize = 60_000;
+
+fn quote_name(name: &str) -> String {
+    name.split('.')
+        .map(|p| super::quote_with(p, '`'))
+        .collect::<Vec<_>>()
+        .join(".")
+}
 fn decode(row: &MySqlRow) -> sqlx::Result<Row> {
     let mut out = Vec::with_capacity(row.columns().len());
     for col in row.columns() {
@@ -83,6 +92,34 @@ impl Driver for MySql {
             detail TEXT NULL,
             actor VARCHAR(255) NOT NULL
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        "CREATE TABLE IF NOT EXISTS datamig_runs (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            job VARCHAR(200) NOT NULL,
+            args TEXT NOT NULL,
+            state VARCHAR(20) NOT NULL,
+            position TEXT NULL,
+            rows_done BIGINT NOT NULL DEFAULT 0,
+            rows_changed BIGINT NOT NULL DEFAULT 0,
+            rows_rejected BIGINT NOT NULL DEFAULT 0,
+            batches_done BIGINT NOT NULL DEFAULT 0,
+            total_rows BIGINT NULL,
+            batch_size BIGINT NOT NULL,
+            elapsed_ms BIGINT NOT NULL DEFAULT 0,
+            started_at DATETIME(6) NOT NULL,
+            updated_at DATETIME(6) NOT NULL,
+            finished_at DATETIME(6) NULL,
+            owner VARCHAR(255) NULL,
+            last_error TEXT NULL,
+            verification TEXT NULL,
+            INDEX datamig_runs_job (job, id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        "CREATE TABLE IF NOT EXISTS datamig_rejects (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            run_id BIGINT NOT NULL,
+            row_key TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            at DATETIME(6) NOT NULL
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
     ];
 
     async fn connect(
@@ -122,32 +159,50 @@ impl Driver for MySql {
         let _ = c.close().await;
     }
 
-    async fn try_lock(c: &mut MySqlConnection) -> Result<bool> {
-        let rows = Self::fetch(c, &format!("SELECT GET_LOCK({LOCK_NAME}, 0)"), &[])
-            .await
-            .map_err(|e| Error::db("cannot take the schema lock", super::db_message(&e)))?;
+    async fn try_lock(c: &mut MySqlConnection, name: &str) -> Result<bool> {
+        let rows = Self::fetch(
+            c,
+            &format!("SELECT GET_LOCK({LOCK_NAME}, 0)"),
+            &[name.into()],
+        )
+        .await
+        .map_err(|e| {
+            Error::db(
+                format!("cannot take the {name} lock"),
+                super::db_message(&e),
+            )
+        })?;
         match rows.first().and_then(|r| r.first()) {
             Some(Value::Int(1)) => Ok(true),
             Some(Value::Int(0)) => Ok(false),
             _ => Err(Error::db(
-                "cannot take the schema lock",
+                format!("cannot take the {name} lock"),
                 "GET_LOCK returned NULL (server error)",
             )),
         }
     }
 
-    async fn unlock(c: &mut MySqlConnection) -> Result<()> {
-        Self::fetch(c, &format!("SELECT RELEASE_LOCK({LOCK_NAME})"), &[])
-            .await
-            .map(drop)
-            .map_err(|e| Error::db("cannot release the schema lock", super::db_message(&e)))
+    async fn unlock(c: &mut MySqlConnection, name: &str) -> Result<()> {
+        Self::fetch(
+            c,
+            &format!("SELECT RELEASE_LOCK({LOCK_NAME})"),
+            &[name.into()],
+        )
+        .await
+        .map(drop)
+        .map_err(|e| {
+            Error::db(
+                format!("cannot release the {name} lock"),
+                super::db_message(&e),
+            )
+        })
     }
 
-    async fn lock_holder(c: &mut MySqlConnection) -> Option<String> {
+    async fn lock_holder(c: &mut MySqlConnection, name: &str) -> Option<String> {
         let sql = format!(
             "SELECT p.ID, p.USER, p.HOST, p.TIME FROM information_schema.PROCESSLIST p WHERE p.ID = IS_USED_LOCK({LOCK_NAME})"
         );
-        let rows = Self::fetch(c, &sql, &[]).await.ok()?;
+        let rows = Self::fetch(c, &sql, &[name.into()]).await.ok()?;
         let row = rows.into_iter().next()?;
         let text = |i: usize| {
             row.get(i)
@@ -162,6 +217,95 @@ impl Driver for MySql {
             text(2),
             text(3)
         ))
+    }
+
+    async fn bulk_update(
+        c: &mut MySqlConnection,
+        spec: &BulkUpdate,
+        rows: &[Row],
+    ) -> sqlx::Result<u64> {
+        // A derived table of the new values joined on the key: one statement per
+        // chunk of rows that fits MySQL's placeholder limit.
+        let q = |n: &str| super::quote_with(n, '`');
+        let names: Vec<&String> = spec.keys.iter().chain(&spec.sets).collect();
+        let first = names
+            .iter()
+            .map(|n| format!("? AS {}", q(n)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rest = vec!["?"; names.len()].join(", ");
+        let join: Vec<String> = spec
+            .keys
+            .iter()
+            .map(|k| format!("t.{} = v.{}", q(k), q(k)))
+            .collect();
+        let sets: Vec<String> = spec
+            .sets
+            .iter()
+            .map(|s| format!("t.{} = v.{}", q(s), q(s)))
+            .collect();
+        let mut changed = 0;
+        for chunk in rows.chunks((MAX_PLACEHOLDERS / names.len()).max(1)) {
+            let mut values = format!("SELECT {first}");
+            for _ in 1..chunk.len() {
+                values.push_str(" UNION ALL SELECT ");
+                values.push_str(&rest);
+            }
+            let sql = format!(
+                "UPDATE {} AS t JOIN ({values}) AS v ON {} SET {} WHERE t.{} BETWEEN ? AND ?",
+                quote_name(&spec.table),
+                join.join(" AND "),
+                sets.join(", "),
+                q(&spec.keys[0])
+            );
+            let params: Vec<&Value> = chunk.iter().flatten().chain([&spec.lo, &spec.hi]).collect();
+            let query = super::bind_values!(sqlx::query(&sql), params);
+            changed += query.execute(&mut *c).await?.rows_affected();
+        }
+        Ok(changed)
+    }
+
+    async fn column_types(
+        _c: &mut MySqlConnection,
+        _table: &str,
+        columns: &[String],
+    ) -> sqlx::Result<Vec<String>> {
+        // The join and SET convert on assignment; no casts needed.
+        Ok(vec![String::new(); columns.len()])
+    }
+
+    async fn estimate_rows(c: &mut MySqlConnection, table: &str) -> sqlx::Result<Option<i64>> {
+        let name = table.rsplit('.').next().unwrap_or(table);
+        let rows = Self::fetch(
+            c,
+            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+            &[name.into()],
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.first().and_then(Value::as_i64)))
+    }
+
+    fn compare_keys(keys: &[String], op: &str) -> (String, Vec<usize>) {
+        // (a, b) > (?, ?) written out as a > ? OR (a = ? AND b > ?), which MariaDB
+        // turns into an index range; it does not for row values.
+        if keys.len() == 1 {
+            return (format!("{} {op} ?", keys[0]), vec![0]);
+        }
+        let strict = op.trim_end_matches('=');
+        let mut terms = Vec::new();
+        let mut order = Vec::new();
+        for i in 0..keys.len() {
+            let mut parts: Vec<String> = (0..i).map(|j| format!("{} = ?", keys[j])).collect();
+            order.extend(0..i);
+            let last_op = if i + 1 == keys.len() { op } else { strict };
+            parts.push(format!("{} {last_op} ?", keys[i]));
+            order.push(i);
+            terms.push(format!("({})", parts.join(" AND ")));
+        }
+        (format!("({})", terms.join(" OR ")), order)
     }
 
     async fn snapshot(c: &mut MySqlConnection) -> Result<Vec<String>> {
@@ -208,6 +352,6 @@ impl Driver for MySql {
     }
 
     fn quote_ident(name: &str) -> String {
-        super::quote_with(name, '`')
+        quote_name(name)
     }
 }

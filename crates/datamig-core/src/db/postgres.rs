@@ -7,14 +7,106 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Column, Connection, PgConnection, Row as _, TypeInfo, ValueRef};
 
-use super::{ConnectOptions, Driver, Row, Value};
+use super::{BulkUpdate, ConnectOptions, Driver, Row, Value};
 use crate::config::DatabaseUrl;
 use crate::{Error, Result};
 
 pub(crate) struct Postgres;
 
-/// The advisory lock key: "datamig" in ASCII. Advisory locks are per database.
-const LOCK_KEY: i64 = 0x0064_6174_616d_6967;
+/// A column of a batch as a typed array, for `unnest`.
+enum Array {
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Bool(Vec<Option<bool>>),
+    Text(Vec<Option<String>>),
+    Bytes(Vec<Option<Vec<u8>>>),
+}
+
+impl Array {
+    /// The narrowest array type that holds every value; text when they are mixed.
+    fn of<'a>(values: impl Iterator<Item = &'a Value> + Clone) -> Array {
+        let kinds: std::collections::BTreeSet<u8> = values
+            .clone()
+            .filter_map(|v| match v {
+                Value::Null => None,
+                Value::Int(_) => Some(0),
+                Value::Float(_) => Some(1),
+                Value::Bool(_) => Some(2),
+                Value::Text(_) => Some(3),
+                Value::Bytes(_) => Some(4),
+            })
+            .collect();
+        let only = if kinds.len() == 1 {
+            kinds.first().copied()
+        } else {
+            None
+        };
+        match only {
+            Some(0) => Array::Int(values.map(Value::as_i64).collect()),
+            Some(1) => Array::Float(
+                values
+                    .map(|v| {
+                        if let Value::Float(f) = v {
+                            Some(*f)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            ),
+            Some(2) => Array::Bool(
+                values
+                    .map(|v| {
+                        if let Value::Bool(b) = v {
+                            Some(*b)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            ),
+            Some(4) => Array::Bytes(
+                values
+                    .map(|v| {
+                        if let Value::Bytes(b) = v {
+                            Some(b.clone())
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            ),
+            _ => Array::Text(
+                values
+                    .map(|v| match v {
+                        Value::Null => None,
+                        Value::Float(f) => Some(f.to_string()),
+                        Value::Bool(b) => Some(b.to_string()),
+                        other => other.clone().into_string(),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn sql_type(&self) -> &'static str {
+        match self {
+            Array::Int(_) => "int8",
+            Array::Float(_) => "float8",
+            Array::Bool(_) => "bool",
+            Array::Text(_) => "text",
+            Array::Bytes(_) => "bytea",
+        }
+    }
+}
+
+/// A table name, schema-qualified or not, quoted part by part.
+fn quote_name(name: &str) -> String {
+    name.split('.')
+        .map(|p| super::quote_with(p, '"'))
+        .collect::<Vec<_>>()
+        .join(".")
+}
 
 fn decode(row: &PgRow) -> sqlx::Result<Row> {
     let mut out = Vec::with_capacity(row.columns().len());
@@ -76,6 +168,34 @@ impl Driver for Postgres {
             detail TEXT,
             actor TEXT NOT NULL
         )",
+        "CREATE TABLE IF NOT EXISTS datamig_runs (
+            id BIGSERIAL PRIMARY KEY,
+            job TEXT NOT NULL,
+            args TEXT NOT NULL,
+            state TEXT NOT NULL,
+            position TEXT,
+            rows_done BIGINT NOT NULL DEFAULT 0,
+            rows_changed BIGINT NOT NULL DEFAULT 0,
+            rows_rejected BIGINT NOT NULL DEFAULT 0,
+            batches_done BIGINT NOT NULL DEFAULT 0,
+            total_rows BIGINT,
+            batch_size BIGINT NOT NULL,
+            elapsed_ms BIGINT NOT NULL DEFAULT 0,
+            started_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ,
+            owner TEXT,
+            last_error TEXT,
+            verification TEXT
+        )",
+        "CREATE INDEX IF NOT EXISTS datamig_runs_job ON datamig_runs (job, id)",
+        "CREATE TABLE IF NOT EXISTS datamig_rejects (
+            id BIGSERIAL PRIMARY KEY,
+            run_id BIGINT NOT NULL,
+            row_key TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            at TIMESTAMPTZ NOT NULL
+        )",
     ];
 
     async fn connect(
@@ -111,45 +231,56 @@ impl Driver for Postgres {
         let _ = c.close().await;
     }
 
-    async fn try_lock(c: &mut PgConnection) -> Result<bool> {
+    // Advisory locks are per database, so the key needs no database name in it.
+    async fn try_lock(c: &mut PgConnection, name: &str) -> Result<bool> {
         let row = Self::fetch(
             c,
             "SELECT pg_try_advisory_lock($1)",
-            &[Value::Int(LOCK_KEY)],
+            &[Value::Int(super::lock_key(name))],
         )
         .await
-        .map_err(|e| Error::db("cannot take the schema lock", super::db_message(&e)))?;
+        .map_err(|e| {
+            Error::db(
+                format!("cannot take the {name} lock"),
+                super::db_message(&e),
+            )
+        })?;
         Ok(matches!(
             row.first().and_then(|r| r.first()),
             Some(Value::Bool(true))
         ))
     }
 
-    async fn unlock(c: &mut PgConnection) -> Result<()> {
-        Self::fetch(c, "SELECT pg_advisory_unlock($1)", &[Value::Int(LOCK_KEY)])
-            .await
-            .map(drop)
-            .map_err(|e| Error::db("cannot release the schema lock", super::db_message(&e)))
+    async fn unlock(c: &mut PgConnection, name: &str) -> Result<()> {
+        Self::fetch(
+            c,
+            "SELECT pg_advisory_unlock($1)",
+            &[Value::Int(super::lock_key(name))],
+        )
+        .await
+        .map(drop)
+        .map_err(|e| {
+            Error::db(
+                format!("cannot release the {name} lock"),
+                super::db_message(&e),
+            )
+        })
     }
 
-    async fn lock_holder(c: &mut PgConnection) -> Option<String> {
-        // A bigint advisory key is stored as classid (high half) and objid (low half).
+    async fn lock_holder(c: &mut PgConnection, name: &str) -> Option<String> {
+        // A bigint advisory key is stored as classid (high half) and objid (low half), both unsigned.
+        let key = super::lock_key(name);
         let sql = "SELECT a.pid::bigint, a.application_name, coalesce(host(a.client_addr), 'local socket'),
                           to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
                    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                      AND l.classid::bigint = $1 AND l.objid::bigint = $2
                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())";
-        let rows = Self::fetch(
-            c,
-            sql,
-            &[
-                Value::Int(LOCK_KEY >> 32),
-                Value::Int(LOCK_KEY & 0xffff_ffff),
-            ],
-        )
-        .await
-        .ok()?;
+        let params = [
+            Value::Int((key >> 32) & 0xffff_ffff),
+            Value::Int(key & 0xffff_ffff),
+        ];
+        let rows = Self::fetch(c, sql, &params).await.ok()?;
         let row = rows.into_iter().next()?;
         let text = |i: usize| {
             row.get(i)
@@ -164,6 +295,106 @@ impl Driver for Postgres {
             text(2),
             text(3)
         ))
+    }
+
+    async fn bulk_update(
+        c: &mut PgConnection,
+        spec: &BulkUpdate,
+        rows: &[Row],
+    ) -> sqlx::Result<u64> {
+        // UPDATE … FROM unnest(arrays): one statement, one round trip. The explicit
+        // key range keeps PostgreSQL on the index (without it, it scans the table).
+        let q = |n: &str| Self::quote_ident(n);
+        let names: Vec<&String> = spec.keys.iter().chain(&spec.sets).collect();
+        let arrays: Vec<Array> = (0..names.len())
+            .map(|i| Array::of(rows.iter().map(|r| &r[i])))
+            .collect();
+        let cast = |i: usize| match spec.types.get(i).filter(|t| !t.is_empty()) {
+            Some(t) => format!("::{t}"),
+            None => String::new(),
+        };
+        let sets: Vec<String> = spec
+            .sets
+            .iter()
+            .enumerate()
+            .map(|(j, s)| format!("{} = v.{}{}", q(s), q(s), cast(spec.keys.len() + j)))
+            .collect();
+        let unnest: Vec<String> = arrays
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("${}::{}[]", i + 1, a.sql_type()))
+            .collect();
+        let join: Vec<String> = spec
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("t.{} = v.{}{}", q(k), q(k), cast(i)))
+            .collect();
+        let n = arrays.len();
+        let sql = format!(
+            "UPDATE {} AS t SET {} FROM unnest({}) AS v({}) WHERE {} AND t.{} BETWEEN ${} AND ${}",
+            quote_name(&spec.table),
+            sets.join(", "),
+            unnest.join(", "),
+            names.iter().map(|n| q(n)).collect::<Vec<_>>().join(", "),
+            join.join(" AND "),
+            q(&spec.keys[0]),
+            n + 1,
+            n + 2
+        );
+        let mut query = sqlx::query(&sql);
+        for a in arrays {
+            query = match a {
+                Array::Int(v) => query.bind(v),
+                Array::Float(v) => query.bind(v),
+                Array::Bool(v) => query.bind(v),
+                Array::Text(v) => query.bind(v),
+                Array::Bytes(v) => query.bind(v),
+            };
+        }
+        let bounds = [spec.lo.clone(), spec.hi.clone()];
+        let query = super::bind_values!(query, &bounds);
+        Ok(query.execute(c).await?.rows_affected())
+    }
+
+    async fn column_types(
+        c: &mut PgConnection,
+        table: &str,
+        columns: &[String],
+    ) -> sqlx::Result<Vec<String>> {
+        let mut types = Vec::with_capacity(columns.len());
+        for col in columns {
+            let rows = Self::fetch(
+                c,
+                "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                 WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped",
+                &[quote_name(table).into(), col.as_str().into()],
+            )
+            .await?;
+            let ty = rows
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next())
+                .and_then(Value::into_string);
+            types.push(ty.ok_or_else(|| {
+                sqlx::Error::Protocol(format!("column `{col}` of table `{table}` does not exist"))
+            })?);
+        }
+        Ok(types)
+    }
+
+    async fn estimate_rows(c: &mut PgConnection, table: &str) -> sqlx::Result<Option<i64>> {
+        let rows = Self::fetch(
+            c,
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass($1)",
+            &[quote_name(table).into()],
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.first().and_then(Value::as_i64))
+            .filter(|n| *n >= 0))
     }
 
     async fn snapshot(c: &mut PgConnection) -> Result<Vec<String>> {
@@ -219,6 +450,6 @@ impl Driver for Postgres {
     }
 
     fn quote_ident(name: &str) -> String {
-        super::quote_with(name, '"')
+        quote_name(name)
     }
 }

@@ -10,16 +10,17 @@ use crate::db::Conn;
 use crate::{Error, Result};
 
 pub async fn acquire(conn: &mut Conn, timeout: Duration) -> Result<()> {
+    const NAME: &str = "schema";
     let started = Instant::now();
     let mut wait = Duration::from_millis(50);
     let mut told = false;
     loop {
-        if conn.try_lock().await? {
+        if conn.try_lock(NAME).await? {
             return Ok(());
         }
         if !told {
             let holder = conn
-                .lock_holder()
+                .lock_holder(NAME)
                 .await
                 .unwrap_or_else(|| "another runner".into());
             tracing::info!("waiting for the schema lock, held by {holder}");
@@ -27,7 +28,7 @@ pub async fn acquire(conn: &mut Conn, timeout: Duration) -> Result<()> {
         }
         if started.elapsed() >= timeout {
             let holder = conn
-                .lock_holder()
+                .lock_holder(NAME)
                 .await
                 .unwrap_or_else(|| "another runner".into());
             return Err(Error::LockTimeout(format!(
@@ -46,7 +47,7 @@ pub async fn acquire(conn: &mut Conn, timeout: Duration) -> Result<()> {
 /// Releases the lock; a failure only means the connection is gone, which
 /// released it already.
 pub async fn release(conn: &mut Conn) {
-    if let Err(e) = conn.unlock().await {
+    if let Err(e) = conn.unlock("schema").await {
         tracing::warn!(
             "could not release the schema lock cleanly ({e}); closing the connection releases it"
         );

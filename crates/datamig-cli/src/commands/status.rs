@@ -1,0 +1,147 @@
+//! `datamig status [<job>] [--json]`: runs with state, progress, rate, cursor, times.
+
+use anyhow::Result;
+use datamig_core::run::{store, CheckResult, RunRecord, RunState};
+use serde_json::json;
+
+use super::{settings, with_conn};
+use crate::opt::GlobalOpts;
+use crate::output::line;
+
+/// A run whose last checkpoint is older than this is probably not running any more.
+const STALE_SECS: i64 = 120;
+
+fn age_secs(timestamp: &str) -> Option<i64> {
+    let t = chrono::NaiveDateTime::parse_from_str(timestamp, "%Y-%m-%dT%H:%M:%SZ").ok()?;
+    Some((chrono::Utc::now().naive_utc() - t).num_seconds())
+}
+
+fn state_text(r: &RunRecord) -> String {
+    match (r.state, age_secs(&r.updated_at)) {
+        (RunState::Running, Some(age)) if age > STALE_SECS => {
+            format!("running? (no checkpoint for {age}s: the process may be gone; running the job again resumes it)")
+        }
+        (state, _) => state.to_string(),
+    }
+}
+
+fn percent(r: &RunRecord) -> Option<f64> {
+    #[allow(clippy::cast_precision_loss)] // a percentage for humans
+    r.total_rows
+        .filter(|t| *t > 0)
+        .map(|t| r.rows_done as f64 * 100.0 / t as f64)
+}
+
+fn rate(r: &RunRecord) -> f64 {
+    #[allow(clippy::cast_precision_loss)] // a rate for humans
+    if r.elapsed_ms > 0 {
+        r.rows_done as f64 * 1000.0 / r.elapsed_ms as f64
+    } else {
+        0.0
+    }
+}
+
+/// The cursor as a user reads it: `4180000`, `(eu, 17)`.
+fn position(r: &RunRecord) -> String {
+    let values = r
+        .position
+        .as_deref()
+        .and_then(|p| serde_json::from_str::<Vec<serde_json::Value>>(p).ok());
+    match values.as_deref() {
+        None => "-".into(),
+        Some([one]) => one.as_str().map_or_else(|| one.to_string(), str::to_string),
+        Some(many) => format!(
+            "({})",
+            many.iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub async fn run(global: &GlobalOpts, job: Option<&str>, json: bool, limit: i64) -> Result<()> {
+    let settings = settings(global)?;
+    with_conn(global, &settings, async |conn| {
+        let runs = store::list(conn, job, limit).await?;
+        if json {
+            let items: Vec<serde_json::Value> = runs
+                .iter()
+                .map(|r| {
+                    json!({
+                        "id": r.id, "job": r.job, "args": serde_json::from_str::<serde_json::Value>(&r.args).unwrap_or_default(),
+                        "state": r.state.as_str(), "rows_done": r.rows_done, "total_rows": r.total_rows,
+                        "percent": percent(r), "rows_changed": r.rows_changed, "rows_rejected": r.rows_rejected,
+                        "batches_done": r.batches_done, "batch_size": r.batch_size, "rows_per_second": rate(r),
+                        "position": r.position.as_deref().and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()),
+                        "started_at": r.started_at, "updated_at": r.updated_at, "finished_at": r.finished_at,
+                        "owner": r.owner, "last_error": r.last_error,
+                        "verification": r.verification.as_deref().and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok()),
+                    })
+                })
+                .collect();
+            line(&serde_json::to_string_pretty(&items)?);
+            return Ok(());
+        }
+        if runs.is_empty() {
+            line(&match job {
+                Some(j) => format!("no runs of {j} yet"),
+                None => "no runs yet".to_string(),
+            });
+            return Ok(());
+        }
+        line(&format!(
+            "{:>5}  {:<24}  {:<11}  {:>7}  {:>12}  {:>9}  {:<14}  {:<20}  LAST ERROR",
+            "RUN", "JOB", "STATE", "DONE", "ROWS", "ROWS/S", "AT", "UPDATED"
+        ));
+        for r in &runs {
+            let state = state_text(r);
+            let short_state = state.split(' ').next().unwrap_or_default();
+            line(&format!(
+                "{:>5}  {:<24}  {:<11}  {:>7}  {:>12}  {:>9.0}  {:<14}  {:<20}  {}",
+                r.id,
+                r.job,
+                short_state,
+                percent(r).map_or("-".into(), |p| format!("{p:.1}%")),
+                r.rows_done,
+                rate(r),
+                position(r),
+                r.updated_at,
+                r.last_error.as_deref().unwrap_or("").lines().next().unwrap_or("")
+            ));
+        }
+        if let (Some(_), Some(r)) = (job, runs.first()) {
+            line("");
+            line(&format!("run {}: {}", r.id, state_text(r)));
+            line(&format!("  arguments   {}", r.args));
+            line(&format!("  started     {} by {}", r.started_at, r.owner.as_deref().unwrap_or("?")));
+            if let Some(f) = &r.finished_at {
+                line(&format!("  finished    {f}"));
+            }
+            line(&format!(
+                "  rows        {} done of {}, {} changed, {} rejected, {} batches of {}",
+                r.rows_done,
+                r.total_rows.map_or("?".into(), |t| t.to_string()),
+                r.rows_changed,
+                r.rows_rejected,
+                r.batches_done,
+                r.batch_size
+            ));
+            if let Some(e) = &r.last_error {
+                line(&format!("  last error  {e}"));
+            }
+            if let Some(checks) = r.verification.as_deref().and_then(|v| serde_json::from_str::<Vec<CheckResult>>(v).ok()) {
+                super::run::print_checks(&checks);
+            }
+            let rejects = store::rejects(conn, r.id, 20).await?;
+            if !rejects.is_empty() {
+                line(&format!("rejected rows (first {} of {}):", rejects.len(), r.rows_rejected));
+                for (key, reason) in rejects {
+                    line(&format!("  {key}: {reason}"));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,497 @@
+//! Running a data job: keyset batches, each committed together with its
+//! checkpoint; resumable after any interruption; verified at the end.
+//!
+//! ```text
+//! run ─ take the job lock ─ find or create the run ─ baseline checks
+//!     └ loop: BEGIN · read/bound batch · transform · bulk write · checkpoint · COMMIT
+//!     └ after checks ─ completed
+//! ```
+//!
+//! Exactly-once holds where a batch only writes the database that holds the
+//! checkpoint: killed at any instant, a batch is either committed with its
+//! checkpoint or rolled back with it.
+
+mod batch;
+pub mod cursor;
+pub mod store;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use store::{RunRecord, RunState};
+
+use crate::db::{db_message, Conn, Value};
+use crate::job::{Check, DynJob, ParsedArgs, Plan, PlanContext, Source, Step};
+use crate::{migrate, Error, Result};
+
+/// The largest batch datamig accepts: beyond it, one transaction holds locks for seconds.
+pub const MAX_BATCH: u64 = 1_000_000;
+
+/// How the progress total is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountMode {
+    /// `SELECT count(*)` of the rows to visit: exact, slow on huge tables.
+    Exact,
+    /// The planner's estimate for the table (exact on SQLite, which keeps none).
+    Estimate,
+    /// No total: progress shows rows and rate, no percentage or ETA.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub batch_size: u64,
+    /// Abandon an unfinished run and start over.
+    pub restart: bool,
+    pub count: CountMode,
+    /// The command that resumes this run, for the messages that need it.
+    pub resume_command: String,
+}
+
+/// What the progress display is told.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub run_id: i64,
+    pub rows_done: i64,
+    pub total: Option<i64>,
+    pub batches: i64,
+    pub rows_changed: i64,
+    pub rows_rejected: i64,
+    /// The last key done, for display.
+    pub position: String,
+    /// Rows done by this process (for its rate).
+    pub rows_this_process: i64,
+    pub elapsed: Duration,
+}
+
+/// Receives a run's progress: a bar on a terminal, log lines elsewhere.
+pub trait Observer: Send {
+    fn message(&mut self, text: &str);
+    fn started(&mut self, progress: &Progress);
+    fn batch(&mut self, progress: &Progress);
+    fn finished(&mut self, progress: &Progress);
+}
+
+/// A check's result, stored with the run.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub expect: String,
+    pub before: Option<i64>,
+    pub after: Option<i64>,
+    pub ok: bool,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub run_id: i64,
+    pub resumed: bool,
+    pub rows_done: i64,
+    pub rows_changed: i64,
+    pub rows_rejected: i64,
+    pub batches: i64,
+    pub elapsed: Duration,
+    pub checks: Vec<CheckResult>,
+}
+
+/// The plan for `job` with `args` on this connection's database, checked for
+/// mistakes that would otherwise surface halfway through a run.
+pub fn plan(conn: &Conn, job: &dyn DynJob, args: &ParsedArgs) -> Result<Plan> {
+    let plan = job
+        .plan(
+            args,
+            &PlanContext {
+                backend: conn.backend(),
+            },
+        )
+        .map_err(Error::Usage)?;
+    let bad = |m: String| {
+        Err(Error::Usage(format!(
+            "job {} is misdefined: {m}",
+            job.name()
+        )))
+    };
+    match (&plan.source, &plan.step) {
+        (Source::Table { key, .. }, _) if key.is_empty() => {
+            return bad("its source has no key columns".into())
+        }
+        (Source::Table { .. }, Step::Sql(sql)) if !sql.contains("{batch}") => {
+            return bad("its SQL step must contain {batch} where the batch's key range goes".into())
+        }
+        (Source::Table { .. }, Step::Sql(sql)) if sql.contains('?') => {
+            return bad("its SQL step may not hold `?`: put parameters in the source filter".into())
+        }
+        (Source::Range { .. }, Step::Sql(sql))
+            if !(sql.contains("{lo}") && sql.contains("{hi}")) =>
+        {
+            return bad("a range source's SQL step must contain {lo} and {hi}".into())
+        }
+        (Source::Range { .. }, Step::Transform(_) | Step::Delete) => {
+            return bad("a range source takes a SQL step".into())
+        }
+        (Source::Range { start, end }, _) if start > end => {
+            return bad(format!("its range {start}..={end} is empty"))
+        }
+        _ => {}
+    }
+    Ok(plan)
+}
+
+/// Refuses to run when the job's migration is not applied or its table is missing.
+pub async fn check_schema(conn: &mut Conn, job: &dyn DynJob, plan: &Plan) -> Result<()> {
+    if let Some(version) = job.requires_migration() {
+        let applied = migrate::applied(conn).await?;
+        if !applied
+            .iter()
+            .any(|a| a.version == version && a.dirty == migrate::Dirty::Clean)
+        {
+            return Err(Error::SchemaNotReady(format!(
+                "job {} needs migration {version}, which is not applied to {}; run `datamig schema upgrade` first",
+                job.name(),
+                conn.url()
+            )));
+        }
+    }
+    if let Source::Table { table, .. } = &plan.source {
+        let bare = table.rsplit('.').next().unwrap_or(table);
+        let exists = conn
+            .table_exists(bare)
+            .await
+            .map_err(|e| Error::db("cannot read the catalogue", db_message(&e)))?;
+        if !exists {
+            return Err(Error::SchemaNotReady(format!(
+                "job {} works on table {table}, which does not exist in {}; run `datamig schema upgrade` first",
+                job.name(),
+                conn.url()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn job_lock(job: &dyn DynJob) -> String {
+    format!("job.{}", job.name())
+}
+
+/// Runs (or resumes) a job to the end, or until `stop` is set between batches.
+pub async fn run(
+    conn: &mut Conn,
+    job: &dyn DynJob,
+    args: &ParsedArgs,
+    opts: &Options,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+) -> Result<Report> {
+    if opts.batch_size == 0 || opts.batch_size > MAX_BATCH {
+        return Err(Error::Usage(format!(
+            "--batch must be between 1 and {MAX_BATCH}"
+        )));
+    }
+    let plan = plan(conn, job, args)?;
+    check_schema(conn, job, &plan).await?;
+    let lock = job_lock(job);
+    if !conn.try_lock(&lock).await? {
+        let holder = match store::latest(conn, job.name()).await.ok().flatten() {
+            Some(r) if r.state == RunState::Running => {
+                format!(
+                    "run {} by {} (last checkpoint {})",
+                    r.id,
+                    r.owner.unwrap_or_default(),
+                    r.updated_at
+                )
+            }
+            _ => conn
+                .lock_holder(&lock)
+                .await
+                .unwrap_or_else(|| "another process".into()),
+        };
+        return Err(Error::AlreadyRunning(format!(
+            "job {} is already running: {holder}; wait for it, or stop it (Ctrl-C or SIGTERM) and run this again to resume",
+            job.name()
+        )));
+    }
+    let result = run_locked(conn, job, args, &plan, opts, stop, obs).await;
+    if let Err(e) = conn.unlock(&lock).await {
+        tracing::warn!(
+            "could not release the job lock cleanly ({e}); closing the connection releases it"
+        );
+    }
+    result
+}
+
+async fn run_locked(
+    conn: &mut Conn,
+    job: &dyn DynJob,
+    args: &ParsedArgs,
+    plan: &Plan,
+    opts: &Options,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+) -> Result<Report> {
+    conn.ensure_bookkeeping().await?;
+    let prep = batch::Prepared::new(conn, plan).await?;
+    let batch_size = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
+    let arity = match &plan.source {
+        Source::Table { key, .. } => key.len(),
+        Source::Range { .. } => 1,
+    };
+
+    let previous = store::latest(conn, job.name())
+        .await?
+        .filter(|r| r.state.is_resumable());
+    let (record, mut cursor, resumed) = match previous {
+        Some(r) if opts.restart => {
+            store::set_state(conn, r.id, RunState::Cancelled, Some("abandoned by --restart")).await?;
+            obs.message(&format!("abandoned unfinished run {} of {}; starting over", r.id, job.name()));
+            (None, None, false)
+        }
+        Some(r) if r.args != args.canonical => {
+            return Err(Error::Usage(format!(
+                "run {} of {} is unfinished with other arguments ({}); run it with those arguments to resume it, \
+                 or pass --restart to abandon it",
+                r.id,
+                job.name(),
+                r.args
+            )))
+        }
+        Some(r) => {
+            let cursor = match &r.position {
+                None => None,
+                Some(text) => Some(cursor::decode(text, arity).map_err(|why| {
+                    Error::CorruptCheckpoint(format!(
+                        "run {} of {} has a corrupt checkpoint in datamig_runs.position ({why}); \
+                         nothing was changed. Fix that row, or start over with --restart",
+                        r.id,
+                        job.name()
+                    ))
+                })?),
+            };
+            (Some(r), cursor, true)
+        }
+        None => (None, None, false),
+    };
+
+    let rows_before = record.as_ref().map_or(0, |r| r.rows_done);
+    let total = match (&plan.source, opts.count) {
+        (_, CountMode::None) => None,
+        (Source::Range { start, end }, _) => Some(end - start + 1),
+        (Source::Table { table, .. }, CountMode::Estimate) => {
+            match conn.estimate_rows(table).await.ok().flatten() {
+                Some(n) => Some(n.max(rows_before)),
+                None => Some(rows_before + prep.count(conn, cursor.as_deref()).await?),
+            }
+        }
+        (Source::Table { .. }, CountMode::Exact) => {
+            Some(rows_before + prep.count(conn, cursor.as_deref()).await?)
+        }
+    };
+
+    let (run_id, baseline) = match &record {
+        Some(r) => {
+            store::resume(conn, r.id, batch_size, total).await?;
+            let at = cursor.as_deref().map_or("the start".to_string(), |c| {
+                format!("{} {}", key_name(plan), cursor::display(c))
+            });
+            let pct = percent(r.rows_done, total)
+                .map(|p| format!(" ({p:.1}%)"))
+                .unwrap_or_default();
+            obs.message(&format!(
+                "resuming run {} of {} at {at}{pct}",
+                r.id,
+                job.name()
+            ));
+            let baseline: Vec<CheckResult> = r
+                .verification
+                .as_deref()
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default();
+            (r.id, baseline)
+        }
+        None => {
+            let baseline = run_checks(conn, &plan.checks, &[]).await?;
+            let id = store::insert(conn, job.name(), &args.canonical, batch_size, total).await?;
+            store::set_verification(
+                conn,
+                id,
+                &serde_json::to_string(&baseline).unwrap_or_default(),
+            )
+            .await?;
+            let of = total.map(|t| format!(" over {t} rows")).unwrap_or_default();
+            obs.message(&format!("starting run {id} of {}{of}", job.name()));
+            (id, baseline)
+        }
+    };
+
+    let started = Instant::now();
+    let mut progress = Progress {
+        run_id,
+        rows_done: rows_before,
+        total,
+        batches: record.as_ref().map_or(0, |r| r.batches_done),
+        rows_changed: record.as_ref().map_or(0, |r| r.rows_changed),
+        rows_rejected: record.as_ref().map_or(0, |r| r.rows_rejected),
+        position: cursor.as_deref().map(cursor::display).unwrap_or_default(),
+        rows_this_process: 0,
+        elapsed: Duration::ZERO,
+    };
+    obs.started(&progress);
+
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            store::set_state(conn, run_id, RunState::Interrupted, None).await?;
+            obs.finished(&progress);
+            let pct = percent(progress.rows_done, total)
+                .map(|p| format!(" ({p:.1}%)"))
+                .unwrap_or_default();
+            return Err(Error::Interrupted(format!(
+                "interrupted run {run_id} of {} after {} batches, at {} {}{pct}; every finished batch is committed. \
+                 Resume with: {}",
+                job.name(),
+                progress.batches,
+                key_name(plan),
+                progress.position,
+                opts.resume_command
+            )));
+        }
+        match batch::run(conn, plan, &prep, run_id, cursor.as_deref(), batch_size).await {
+            Ok(None) => break,
+            Ok(Some(done)) => {
+                progress.rows_done += done.counts.rows;
+                progress.rows_this_process += done.counts.rows;
+                progress.rows_changed += done.counts.changed;
+                progress.rows_rejected += done.counts.rejected;
+                progress.batches += 1;
+                progress.position = cursor::display(&done.cursor);
+                progress.elapsed = started.elapsed();
+                if let Some(t) = progress.total.as_mut() {
+                    *t = (*t).max(progress.rows_done);
+                }
+                cursor = Some(done.cursor);
+                obs.batch(&progress);
+            }
+            Err(e) => {
+                let _ =
+                    store::set_state(conn, run_id, RunState::Failed, Some(&e.to_string())).await;
+                obs.finished(&progress);
+                return Err(Error::JobFailed(format!(
+                    "run {run_id} of {} failed at batch {} (after {} {}): {e}. The {} batches before it are \
+                     committed; fix the cause and resume with: {}",
+                    job.name(),
+                    progress.batches + 1,
+                    key_name(plan),
+                    if progress.position.is_empty() { "the start" } else { &progress.position },
+                    progress.batches,
+                    opts.resume_command
+                )));
+            }
+        }
+    }
+    progress.elapsed = started.elapsed();
+    obs.finished(&progress);
+
+    let checks = run_checks(conn, &plan.checks, &baseline).await?;
+    store::set_verification(
+        conn,
+        run_id,
+        &serde_json::to_string(&checks).unwrap_or_default(),
+    )
+    .await?;
+    store::set_state(conn, run_id, RunState::Completed, None).await?;
+    let report = Report {
+        run_id,
+        resumed,
+        rows_done: progress.rows_done,
+        rows_changed: progress.rows_changed,
+        rows_rejected: progress.rows_rejected,
+        batches: progress.batches,
+        elapsed: progress.elapsed,
+        checks,
+    };
+    if let Some(bad) = failed_checks(&report.checks) {
+        return Err(Error::VerificationFailed(format!(
+            "run {run_id} of {} completed, but {bad}",
+            job.name()
+        )));
+    }
+    Ok(report)
+}
+
+/// `id`, or `(a, b)` for a composite key.
+fn key_name(plan: &Plan) -> String {
+    match &plan.source {
+        Source::Table { key, .. } if key.len() == 1 => key[0].clone(),
+        Source::Table { key, .. } => format!("({})", key.join(", ")),
+        Source::Range { .. } => "record".into(),
+    }
+}
+
+fn percent(done: i64, total: Option<i64>) -> Option<f64> {
+    #[allow(clippy::cast_precision_loss)] // a percentage needs no exactness
+    total
+        .filter(|t| *t > 0)
+        .map(|t| done as f64 * 100.0 / t as f64)
+}
+
+/// Runs the checks; `baseline` gives the `before` values (empty for the baseline itself).
+pub async fn run_checks(
+    conn: &mut Conn,
+    checks: &[Check],
+    baseline: &[CheckResult],
+) -> Result<Vec<CheckResult>> {
+    let mut out = Vec::with_capacity(checks.len());
+    for check in checks {
+        let row = conn
+            .fetch_one(&check.sql, &check.params)
+            .await
+            .map_err(|e| {
+                Error::VerificationFailed(format!(
+                    "check `{}` could not run: {}",
+                    check.name,
+                    db_message(&e)
+                ))
+            })?;
+        let value = row.first().and_then(Value::as_i64).ok_or_else(|| {
+            Error::VerificationFailed(format!("check `{}` must return one integer", check.name))
+        })?;
+        // The baseline's own `before` is its value; later runs compare with it.
+        let before = if baseline.is_empty() {
+            Some(value)
+        } else {
+            baseline
+                .iter()
+                .find(|b| b.name == check.name)
+                .and_then(|b| b.before)
+        };
+        out.push(CheckResult {
+            name: check.name.clone(),
+            expect: check.expect.to_string(),
+            before,
+            after: Some(value),
+            ok: check.expect.holds(before, value),
+        });
+    }
+    Ok(out)
+}
+
+/// `check X: expected = 0, found 12` for each failed check, or `None`.
+pub fn failed_checks(results: &[CheckResult]) -> Option<String> {
+    let bad: Vec<String> = results
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| {
+            let found = c.after.map_or("nothing".to_string(), |v| v.to_string());
+            let before = c
+                .before
+                .map(|b| format!(" (before the run: {b})"))
+                .unwrap_or_default();
+            format!(
+                "check `{}` expected {}, found {found}{before}",
+                c.name, c.expect
+            )
+        })
+        .collect();
+    (!bad.is_empty()).then(|| bad.join("; "))
+}

@@ -1,0 +1,66 @@
+//! `purge_expired_sessions`: deletes sessions older than `--arg older_than=30d`,
+//! in batches bounded by the primary key (never `ORDER BY … LIMIT` on the date,
+//! which re-sorts the remaining rows on every batch).
+
+use datamig_core::job::{Check, DurationArg, Expect, Job, Plan, PlanContext, Source, Step};
+
+pub struct PurgeExpiredSessions;
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// Sessions created longer ago than this are deleted.
+    #[serde(default = "thirty_days")]
+    pub older_than: DurationArg,
+}
+
+fn thirty_days() -> DurationArg {
+    DurationArg(std::time::Duration::from_secs(30 * 86_400))
+}
+
+impl Job for PurgeExpiredSessions {
+    type Args = Args;
+
+    fn name(&self) -> &'static str {
+        "purge_expired_sessions"
+    }
+
+    fn description(&self) -> &'static str {
+        "delete sessions older than older_than (default 30d), in batches"
+    }
+
+    fn arg_help(&self) -> &'static [(&'static str, &'static str)] {
+        &[(
+            "older_than",
+            "age of the sessions to delete, e.g. 30d, 12h (default 30d)",
+        )]
+    }
+
+    fn requires_migration(&self) -> Option<i64> {
+        Some(20261124090200) // create_sessions
+    }
+
+    fn plan(&self, args: &Args, ctx: &PlanContext) -> Result<Plan, String> {
+        if args.older_than.0.as_secs() < 60 {
+            return Err("older_than must be at least 1m; it would delete every session".into());
+        }
+        let age = chrono::Duration::from_std(args.older_than.0)
+            .map_err(|_| "older_than is too large".to_string())?;
+        let cutoff = chrono::Utc::now()
+            .checked_sub_signed(age)
+            .ok_or("older_than is too large")?
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        let older = format!("created_at < {}", ctx.timestamp_param());
+        Ok(Plan {
+            source: Source::table("sessions", "id").filter(&older, vec![cutoff.clone().into()]),
+            step: Step::Delete,
+            checks: vec![Check::new(
+                "sessions older than the cutoff",
+                &format!("SELECT count(*) FROM sessions WHERE {older}"),
+                Expect::Zero,
+            )
+            .params(vec![cutoff.into()])],
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! `seed_demo_users`: inserts demo users for trying `backfill_emails`, in
+//! checkpointed batches over the id range (so it, too, resumes). Every
+//! `invalid_every`-th address is not an address, so the backfill has rows to reject.
+
+use datamig_core::config::Backend;
+use datamig_core::job::{Check, Expect, Job, Plan, PlanContext, Source, Step};
+
+pub struct SeedDemoUsers;
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    #[serde(default = "million")]
+    pub rows: i64,
+    #[serde(default = "one")]
+    pub first_id: i64,
+    #[serde(default = "thousand")]
+    pub invalid_every: i64,
+}
+
+fn million() -> i64 {
+    1_000_000
+}
+fn one() -> i64 {
+    1
+}
+fn thousand() -> i64 {
+    1000
+}
+
+/// `SELECT n FROM <the numbers {lo}..={hi}>` on each database.
+pub fn numbers(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "SELECT n FROM generate_series({lo}, {hi}) AS g(n)",
+        // MariaDB's SEQUENCE engine; a recursive CTE would stop at max_recursive_iterations
+        // (1000 on many servers). MySQL 8 has neither this engine nor a usable default.
+        Backend::MySql => "SELECT seq AS n FROM seq_{lo}_to_{hi}",
+        Backend::Sqlite => "WITH RECURSIVE s(n) AS (SELECT {lo} UNION ALL SELECT n + 1 FROM s WHERE n < {hi}) SELECT n FROM s",
+    }
+}
+
+/// `a || b || c` on each database (MariaDB's `||` is OR).
+pub fn concat(backend: Backend, parts: &[&str]) -> String {
+    match backend {
+        Backend::MySql => format!("CONCAT({})", parts.join(", ")),
+        _ => parts.join(" || "),
+    }
+}
+
+impl Job for SeedDemoUsers {
+    type Args = Args;
+
+    fn name(&self) -> &'static str {
+        "seed_demo_users"
+    }
+
+    fn description(&self) -> &'static str {
+        "insert demo users (ids first_id.., default 1,000,000 rows) for trying backfill_emails"
+    }
+
+    fn arg_help(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("rows", "how many users (default 1000000)"),
+            ("first_id", "the first id (default 1)"),
+            (
+                "invalid_every",
+                "every Nth address is invalid (default 1000)",
+            ),
+        ]
+    }
+
+    fn requires_migration(&self) -> Option<i64> {
+        Some(20261124090000) // create_users
+    }
+
+    fn plan(&self, args: &Args, ctx: &PlanContext) -> Result<Plan, String> {
+        if !(1..=1_000_000_000).contains(&args.rows) {
+            return Err("rows must be between 1 and 1000000000".into());
+        }
+        if args.first_id < 1 || args.invalid_every < 1 {
+            return Err("first_id and invalid_every must be at least 1".into());
+        }
+        let end = args
+            .first_id
+            .checked_add(args.rows - 1)
+            .ok_or("first_id + rows is too large")?;
+        let b = ctx.backend;
+        let valid = concat(b, &["'  User'", "CAST(n AS CHAR(20))", "'@Example.COM '"]);
+        let invalid = concat(b, &["'not-an-email-'", "CAST(n AS CHAR(20))"]);
+        let sql = format!(
+            "INSERT INTO users (id, email) SELECT n, CASE WHEN n % {} = 0 THEN {invalid} ELSE {valid} END FROM ({}) AS numbers",
+            args.invalid_every,
+            numbers(b)
+        );
+        Ok(Plan {
+            source: Source::Range {
+                start: args.first_id,
+                end,
+            },
+            step: Step::Sql(sql),
+            checks: vec![Check::new(
+                "users",
+                "SELECT count(*) FROM users",
+                Expect::Report,
+            )],
+        })
+    }
+}
