@@ -152,3 +152,62 @@ each_db! {
         assert_refused(&p, &run, 3, "datamig.toml is invalid");
     }
 }
+
+fn assert_one_line(run: &Run, code: i32, says: &str) {
+    assert_eq!(run.code, code, "{run:?}");
+    let lines: Vec<&str> = run.stderr.trim().lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {run:?}");
+    assert!(lines[0].starts_with("error: "), "{run:?}");
+    assert!(lines[0].contains(says), "expected {says:?} in {run:?}");
+    assert!(!run.all().contains("panicked"), "{run:?}");
+}
+
+each_db! {
+    fn bad_run_arguments_change_nothing(kind: Db) {
+        let p = Project::new(kind);
+        p.db.exec("CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, hits INT NOT NULL DEFAULT 0)");
+        p.db.fill_ids("visits", 100);
+        let cases: &[(&[&str], i32, &str)] = &[
+            (&["run", "nope"], 2, "unknown job `nope`; `datamig jobs` lists them"),
+            (&["run", "count_visits", "--batch", "0"], 2, "0 is not in 1..=1000000"),
+            (&["run", "count_visits", "--batch", "-5"], 2, "--batch"),
+            (&["run", "count_visits", "--batch", "99999999"], 2, "99999999 is not in 1..=1000000"),
+            (&["run", "count_visits", "--batch", "lots"], 2, "invalid digit"),
+            (&["run", "count_visits", "--arg", "bogus=1"], 2, "unknown field `bogus`"),
+            (&["run", "count_visits", "--arg", "pause_ms"], 2, "`pause_ms` is not KEY=VALUE"),
+            (&["run", "count_visits", "--arg", "pause_ms=soon"], 2, "invalid --arg for job count_visits"),
+            (&["run", "count_visits", "--arg", "pause_ms=1", "--arg", "pause_ms=2"], 2, "--arg pause_ms is given twice"),
+            (&["run", "count_visits_sql", "--arg", "x=1"], 2, "it takes no arguments"),
+            (&["run", "purge_expired_sessions", "--arg", "older_than=1d; DROP TABLE visits"], 2, "is not a duration"),
+            (&["run", "seed_demo_users", "--arg", "rows=-5"], 2, "rows must be between 1 and 1000000000"),
+            (&["run", "count_visits", "--count", "approx"], 2, "invalid value 'approx'"),
+            (&["verify", "nope"], 2, "unknown job `nope`"),
+            (&["status", "--limit", "0"], 2, "0 is not in 1..=10000"),
+        ];
+        for (args, code, says) in cases {
+            let run = p.run_fixtures(args);
+            assert_one_line(&run, *code, says);
+            assert!(!p.db.table_exists("datamig_runs"), "{args:?} changed the database");
+            assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits <> 0"), 0, "{args:?}");
+        }
+    }
+
+    fn corrupt_checkpoint_is_refused_without_change(kind: Db) {
+        let p = Project::new(kind);
+        p.db.exec("CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, hits INT NOT NULL DEFAULT 0)");
+        p.db.fill_ids("visits", 500);
+        let run = p.run_fixtures(&["run", "count_visits_sql", "--batch", "200"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        for corrupt in ["garbage", "[1, 2]", "[1.5]", "{}"] {
+            p.db.exec(&format!("UPDATE datamig_runs SET state = 'interrupted', position = '{corrupt}'"));
+            let run = p.run_fixtures(&["run", "count_visits_sql", "--batch", "200"]);
+            assert_one_line(&run, 15, "has a corrupt checkpoint in datamig_runs.position");
+            assert!(run.stderr.contains("--restart"), "{run:?}");
+            assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits <> 1"), 0, "nothing may change");
+            assert_eq!(p.db.query("SELECT position FROM datamig_runs")[0][0], corrupt);
+        }
+        p.db.exec("UPDATE datamig_runs SET state = 'exploded'");
+        let run = p.run_fixtures(&["run", "count_visits_sql"]);
+        assert_one_line(&run, 15, "unknown state `exploded`");
+    }
+}

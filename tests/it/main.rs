@@ -4,5 +4,6 @@
 //! Each test gets a database of its own, so they run in parallel.
 
 mod bad_inputs;
+mod jobs;
 mod schema;
 mod support;

@@ -101,7 +101,12 @@ impl TestDb {
 
     /// Rows of a query, every column read as text (NULL as "NULL").
     pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
-        let url = self.url.clone();
+        // Tests may set up tables before datamig ever opened the SQLite file.
+        let url = if self.kind == Db::Sqlite {
+            format!("{}?mode=rwc", self.url)
+        } else {
+            self.url.clone()
+        };
         let sql = sql.to_string();
         let kind = self.kind;
         block_on(async move {
@@ -158,6 +163,18 @@ impl TestDb {
         rows[0][0]
             .parse()
             .unwrap_or_else(|_| panic!("{sql} gave {:?}", rows[0][0]))
+    }
+
+    /// Inserts ids 1..=n into `table(id, …)`.
+    pub fn fill_ids(&self, table: &str, n: i64) {
+        let sql = match self.kind {
+            Db::Postgres => format!("INSERT INTO {table} (id) SELECT g FROM generate_series(1, {n}) g"),
+            Db::MySql => format!("INSERT INTO {table} (id) SELECT seq FROM seq_1_to_{n}"),
+            Db::Sqlite => format!(
+                "INSERT INTO {table} (id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) SELECT i FROM s"
+            ),
+        };
+        self.exec(&sql);
     }
 
     pub fn table_exists(&self, table: &str) -> bool {
@@ -285,7 +302,20 @@ impl Project {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin());
+        self.command_of(&bin(), args)
+    }
+
+    /// The command line with the test fixture jobs (`count_visits`, …) registered.
+    pub fn fixtures(&self, args: &[&str]) -> Command {
+        self.command_of(Path::new(env!("CARGO_BIN_EXE_datamig-fixtures")), args)
+    }
+
+    pub fn run_fixtures(&self, args: &[&str]) -> Run {
+        to_run(self.fixtures(args).output().expect("run datamig-fixtures"))
+    }
+
+    fn command_of(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(self.path())
             .env("DATABASE_URL", &self.db.url)

@@ -57,6 +57,7 @@ pub enum Command {
     /// List the registered data jobs, with their arguments.
     Jobs,
     /// Run a data job in checkpointed batches; run it again to resume after any interruption.
+    #[command(allow_negative_numbers = true)]
     Run(RunCmd),
     /// Show runs: state, progress, rate, cursor, times, last error.
     Status {
@@ -83,8 +84,8 @@ pub struct RunCmd {
     /// The job's name (`datamig jobs` lists them).
     pub job: String,
     /// Rows per batch: each batch and its checkpoint commit in one transaction.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub batch: u64,
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub batch: i64,
     /// A job argument, KEY=VALUE (repeatable).
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub args: Vec<(String, String)>,

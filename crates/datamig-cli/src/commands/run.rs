@@ -78,7 +78,7 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
     let args = parse_args(job, &cmd.args)?;
     let settings = settings(global)?;
     let opts = Options {
-        batch_size: cmd.batch,
+        batch_size: u64::try_from(cmd.batch).unwrap_or(0),
         restart: cmd.restart,
         count: match cmd.count {
             CountArg::Exact => CountMode::Exact,
@@ -104,7 +104,7 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
         0.0
     };
     line(&format!(
-        "completed run {} of {}: {} rows in {} batches ({} changed, {} rejected){}, {:.1}s this time, {:.0} rows/s",
+        "completed run {} of {}: {} rows in {} batches ({} changed, {} rejected){}; {} rows this time in {:.1}s, {:.0} rows/s",
         report.run_id,
         job.name(),
         report.rows_done,
@@ -112,6 +112,7 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
         report.rows_changed,
         report.rows_rejected,
         if report.resumed { ", resumed" } else { "" },
+        report.rows_this_process,
         secs,
         rate
     ));

@@ -93,6 +93,8 @@ pub struct Report {
     pub rows_changed: i64,
     pub rows_rejected: i64,
     pub batches: i64,
+    /// Rows done by this process (less than `rows_done` when resumed).
+    pub rows_this_process: i64,
     pub elapsed: Duration,
     pub checks: Vec<CheckResult>,
 }
@@ -407,6 +409,7 @@ async fn run_locked(
         rows_changed: progress.rows_changed,
         rows_rejected: progress.rows_rejected,
         batches: progress.batches,
+        rows_this_process: progress.rows_this_process,
         elapsed: progress.elapsed,
         checks,
     };
