@@ -4,7 +4,7 @@
 use datamig_core::config::Backend;
 use datamig_core::job::{Check, Expect, Job, Plan, PlanContext, Source, Step};
 
-use crate::seed_demo_users::numbers;
+use crate::seed_demo_users::{insert_ignore, numbers, on_conflict_ignore};
 
 pub struct SeedDemoSessions;
 
@@ -63,8 +63,10 @@ impl Job for SeedDemoSessions {
             Backend::Sqlite => "datetime('now', '-' || (n % 60) || ' days', '-' || (n % 1440) || ' minutes')",
         };
         let sql = format!(
-            "INSERT INTO sessions (id, user_id, created_at) SELECT n, n % 1000 + 1, {created} FROM ({}) AS numbers",
-            numbers(ctx.backend)
+            "{} INTO sessions (id, user_id, created_at) SELECT n, n % 1000 + 1, {created} FROM ({}) AS numbers{}",
+            insert_ignore(ctx.backend),
+            numbers(ctx.backend),
+            on_conflict_ignore(ctx.backend)
         );
         Ok(Plan {
             source: Source::Range {

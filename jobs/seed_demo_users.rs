@@ -39,6 +39,22 @@ pub fn numbers(backend: Backend) -> &'static str {
     }
 }
 
+/// Seeding again over existing ids inserts only the missing ones.
+pub fn insert_ignore(backend: Backend) -> &'static str {
+    match backend {
+        Backend::MySql => "INSERT IGNORE",
+        Backend::Sqlite => "INSERT OR IGNORE",
+        Backend::Postgres => "INSERT",
+    }
+}
+
+pub fn on_conflict_ignore(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => " ON CONFLICT DO NOTHING",
+        _ => "",
+    }
+}
+
 /// `a || b || c` on each database (MariaDB's `||` is OR).
 pub fn concat(backend: Backend, parts: &[&str]) -> String {
     match backend {
@@ -88,9 +104,11 @@ impl Job for SeedDemoUsers {
         let valid = concat(b, &["'  User'", "CAST(n AS CHAR(20))", "'@Example.COM '"]);
         let invalid = concat(b, &["'not-an-email-'", "CAST(n AS CHAR(20))"]);
         let sql = format!(
-            "INSERT INTO users (id, email) SELECT n, CASE WHEN n % {} = 0 THEN {invalid} ELSE {valid} END FROM ({}) AS numbers",
+            "{} INTO users (id, email) SELECT n, CASE WHEN n % {} = 0 THEN {invalid} ELSE {valid} END FROM ({}) AS numbers{}",
+            insert_ignore(b),
             args.invalid_every,
-            numbers(b)
+            numbers(b),
+            on_conflict_ignore(b)
         );
         Ok(Plan {
             source: Source::Range {

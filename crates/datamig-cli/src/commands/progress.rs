@@ -29,13 +29,18 @@ impl Display {
         };
         let bar = bar.then(|| {
             let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8));
-            pb.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {pos}/{len} rows ({percent}%) {per_sec} ETA {eta} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
+            let style = ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} rows ({percent}%) {rate} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} rows/s", state.per_sec());
+                },
+            )
+            .progress_chars("=> ");
+            pb.set_style(style);
             pb.set_prefix(job.to_string());
             pb
         });

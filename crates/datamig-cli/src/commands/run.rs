@@ -99,7 +99,7 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
     let secs = report.elapsed.as_secs_f64();
     #[allow(clippy::cast_precision_loss)] // a rate for humans
     let rate = if secs > 0.0 {
-        report.rows_done as f64 / secs
+        report.rows_this_process as f64 / secs
     } else {
         0.0
     };

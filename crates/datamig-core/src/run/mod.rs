@@ -349,12 +349,11 @@ async fn run_locked(
                 .map(|p| format!(" ({p:.1}%)"))
                 .unwrap_or_default();
             return Err(Error::Interrupted(format!(
-                "interrupted run {run_id} of {} after {} batches, at {} {}{pct}; every finished batch is committed. \
+                "interrupted run {run_id} of {} after {} batches, at {}{pct}; every finished batch is committed. \
                  Resume with: {}",
                 job.name(),
                 progress.batches,
-                key_name(plan),
-                progress.position,
+                at(plan, &progress.position),
                 opts.resume_command
             )));
         }
@@ -379,12 +378,11 @@ async fn run_locked(
                     store::set_state(conn, run_id, RunState::Failed, Some(&e.to_string())).await;
                 obs.finished(&progress);
                 return Err(Error::JobFailed(format!(
-                    "run {run_id} of {} failed at batch {} (after {} {}): {e}. The {} batches before it are \
+                    "run {run_id} of {} failed at batch {} (at {}): {e}. The {} batches before it are \
                      committed; fix the cause and resume with: {}",
                     job.name(),
                     progress.batches + 1,
-                    key_name(plan),
-                    if progress.position.is_empty() { "the start" } else { &progress.position },
+                    at(plan, &progress.position),
                     progress.batches,
                     opts.resume_command
                 )));
@@ -420,6 +418,15 @@ async fn run_locked(
         )));
     }
     Ok(report)
+}
+
+/// `id 4180000`, or `the start` before the first batch.
+fn at(plan: &Plan, position: &str) -> String {
+    if position.is_empty() {
+        "the start".into()
+    } else {
+        format!("{} {position}", key_name(plan))
+    }
 }
 
 /// `id`, or `(a, b)` for a composite key.
