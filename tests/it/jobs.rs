@@ -180,6 +180,19 @@ each_db! {
         assert_each_row_once(&p, 20_000, "count_visits");
     }
 
+    fn concurrent_runners_of_one_job_never_overlap(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 20_000);
+        let args = ["run", "count_visits", "--batch", "100", "--arg", "pause_ms=5"];
+        let children: Vec<Child> = (0..4).map(|_| spawn(&p, &args)).collect();
+        let runs: Vec<Run> = children.into_iter().map(|c| to_run(c.wait_with_output().unwrap())).collect();
+        let codes: Vec<i32> = runs.iter().map(|r| r.code).collect();
+        assert_eq!(codes.iter().filter(|c| **c == 0).count(), 1, "exactly one runs: {runs:?}");
+        assert_eq!(codes.iter().filter(|c| **c == 12).count(), 3, "the others are refused: {runs:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM datamig_runs"), 1);
+        assert_each_row_once(&p, 20_000, "count_visits");
+    }
+
     fn restart_starts_over_deliberately(kind: Db) {
         let p = Project::new(kind);
         visits(&p, 3_000);

@@ -75,7 +75,8 @@ pub enum Source {
         key: Vec<String>,
         /// Columns a [`Transform`] reads (besides the key).
         columns: Vec<String>,
-        /// A predicate over the table, with `?` placeholders for `params`.
+        /// A predicate over the table, with `?` placeholders for `params`, applied
+        /// within each batch's key range.
         filter: Option<Filter>,
     },
     /// The numbers `start..=end`, for jobs that generate rows (seeding). The cursor
@@ -103,7 +104,9 @@ impl Source {
         self
     }
 
-    /// Restricts the rows visited.
+    /// Restricts the rows acted on. The run still pages through every key (so each
+    /// batch is an index range, whatever the filter); rows outside the filter are
+    /// counted as visited and left alone.
     #[must_use]
     pub fn filter(mut self, sql: &str, params: Vec<Value>) -> Source {
         if let Source::Table { filter, .. } = &mut self {

@@ -221,6 +221,14 @@ pub(crate) async fn catalogue_lines<D: Driver>(
     Ok(lines)
 }
 
+/// datamig's own tables, all created by [`Conn::ensure_bookkeeping`].
+pub const BOOKKEEPING_TABLES: &[&str] = &[
+    "datamig_schema_history",
+    "datamig_schema_log",
+    "datamig_runs",
+    "datamig_rejects",
+];
+
 enum Inner {
     Sqlite(sqlite::SqliteConn),
     Postgres(sqlx::PgConnection),
@@ -361,14 +369,38 @@ impl Conn {
     }
 
     /// Creates datamig's own tables if they are not there.
+    ///
+    /// Two runners creating them at once can collide even with `IF NOT EXISTS`
+    /// (PostgreSQL's catalogue race), so creation happens under a lock of its own.
     pub async fn ensure_bookkeeping(&mut self) -> Result<()> {
-        let ddl = dispatch_static!(self, D => D::BOOKKEEPING_DDL);
-        for statement in ddl {
-            self.script(statement)
-                .await
-                .map_err(|e| Error::db("cannot create datamig's tables", db_message(&e)))?;
+        let creating = |e: sqlx::Error| Error::db("cannot create datamig's tables", db_message(&e));
+        let mut missing = false;
+        for table in BOOKKEEPING_TABLES {
+            missing |= !self.table_exists(table).await.map_err(creating)?;
         }
-        Ok(())
+        if !missing {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        while !self.try_lock("bookkeeping").await? {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(Error::LockTimeout(
+                    "another runner is creating datamig's tables and has not finished in 30 s"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ddl = dispatch_static!(self, D => D::BOOKKEEPING_DDL);
+        let mut result = Ok(());
+        for statement in ddl {
+            if let Err(e) = self.script(statement).await {
+                result = Err(creating(e));
+                break;
+            }
+        }
+        self.unlock("bookkeeping").await?;
+        result
     }
 
     pub(crate) async fn try_lock(&mut self, name: &str) -> Result<bool> {

@@ -1,9 +1,12 @@
 //! One batch: read, transform, write, checkpoint, commit — in one transaction.
 //!
-//! Table sources page by keyset (`key > cursor ORDER BY key LIMIT n`), never by
-//! OFFSET, so every batch costs the same wherever the run is. The checkpoint is
-//! written in the batch's own transaction: a batch is either wholly done and
-//! counted, or not done at all.
+//! Table sources are cut into chunks of the next `n` keys after the cursor
+//! (`key > cursor ORDER BY key LIMIT n`: an index range, never OFFSET), and the
+//! source filter is applied inside the chunk. So every batch costs the same
+//! wherever the run is and whatever the planner believes about the filter (with
+//! the filter in the paging query, stale statistics made PostgreSQL sort the
+//! whole table for every batch). The checkpoint is written in the batch's own
+//! transaction: a batch is either wholly done and counted, or not done at all.
 
 use std::time::Instant;
 
@@ -68,16 +71,17 @@ impl Prepared {
         })
     }
 
-    /// `WHERE` conditions: the filter, `key > after`, `key <= upto`.
+    /// Key range conditions `key > after AND key <= upto`, with the filter when asked.
     fn conditions(
         &self,
         conn: &Conn,
+        with_filter: bool,
         after: Option<&[Value]>,
         upto: Option<&[Value]>,
     ) -> (String, Vec<Value>) {
         let mut parts = Vec::new();
         let mut params = Vec::new();
-        if let Some(f) = &self.filter {
+        if let (true, Some(f)) = (with_filter, &self.filter) {
             parts.push(format!("({})", f.sql));
             params.extend(f.params.iter().cloned());
         }
@@ -104,9 +108,9 @@ impl Prepared {
             .join(", ")
     }
 
-    /// Rows left after `after` (all rows without it): the progress total.
+    /// Keys left after `after` (all without it): the progress total, in rows visited.
     pub async fn count(&self, conn: &mut Conn, after: Option<&[Value]>) -> Result<i64> {
-        let (cond, params) = self.conditions(conn, after, None);
+        let (cond, params) = self.conditions(conn, false, after, None);
         let sql = format!(
             "SELECT count(*) FROM {} WHERE {cond}",
             conn.quote_ident(&self.table)
@@ -202,7 +206,7 @@ async fn body(
         (Source::Table { .. }, step) => {
             // Bound the batch by its last key, then act on the key range.
             let keys = prep.key_list(conn);
-            let (cond, params) = prep.conditions(conn, after, None);
+            let (cond, params) = prep.conditions(conn, false, after, None);
             let sql = format!(
                 "SELECT {keys}, count(*) OVER () FROM (SELECT {keys} FROM {} WHERE {cond} ORDER BY {keys} LIMIT {size}) s \
                  ORDER BY {} LIMIT 1",
@@ -217,7 +221,7 @@ async fn body(
                 return Ok(None);
             };
             let rows_in_batch = last.pop().and_then(|v| v.as_i64()).unwrap_or(0);
-            let (range, params) = prep.conditions(conn, after, Some(&last));
+            let (range, params) = prep.conditions(conn, true, after, Some(&last));
             let sql = match step {
                 Step::Delete => format!(
                     "DELETE FROM {} WHERE {range}",
@@ -264,14 +268,22 @@ async fn transform_batch(
     let keys = prep.key_list(conn);
     let mut select: Vec<String> = prep.keys.iter().map(|k| conn.quote_ident(k)).collect();
     select.extend(prep.columns.iter().map(|c| conn.quote_ident(c)));
-    let (cond, params) = prep.conditions(conn, after, None);
+    // The filter is evaluated per row as a last column, not used to page: the
+    // read stays an index range scan of the next `size` keys.
+    let mut params = Vec::new();
+    if let Some(f) = &prep.filter {
+        select.push(format!("CASE WHEN {} THEN 1 ELSE 0 END", f.sql));
+        params.extend(f.params.iter().cloned());
+    }
+    let (cond, key_params) = prep.conditions(conn, false, after, None);
+    params.extend(key_params);
     let sql = format!(
         "SELECT {} FROM {} WHERE {cond} ORDER BY {keys} LIMIT {size}{}",
         select.join(", "),
         conn.quote_ident(&prep.table),
         conn.for_update()
     );
-    let rows = conn
+    let mut rows = conn
         .fetch(&sql, &params)
         .await
         .map_err(|e| failed("reading the batch failed", &e))?;
@@ -280,6 +292,11 @@ async fn transform_batch(
     };
     let n_keys = prep.keys.len();
     let cursor: Vec<Value> = last[..n_keys].to_vec();
+    let visited = to_i64(rows.len());
+    let (lo, hi) = (rows[0][0].clone(), last[0].clone());
+    if prep.filter.is_some() {
+        rows.retain_mut(|row| row.pop().and_then(|m| m.as_i64()) == Some(1));
+    }
 
     let names: Vec<String> = prep.keys.iter().chain(&prep.columns).cloned().collect();
     let apply = |row: &Vec<Value>| {
@@ -318,8 +335,8 @@ async fn transform_batch(
     }
     if let (Some(bulk), false) = (&prep.bulk, updates.is_empty()) {
         let spec = BulkUpdate {
-            lo: rows[0][0].clone(),
-            hi: last[0].clone(),
+            lo,
+            hi,
             ..bulk.clone()
         };
         conn.bulk_update(&spec, &updates)
@@ -332,7 +349,7 @@ async fn transform_batch(
             .map_err(|e| failed("recording rejected rows failed", &e))?;
     }
     let counts = BatchCounts {
-        rows: to_i64(rows.len()),
+        rows: visited,
         changed: to_i64(updates.len()),
         rejected: to_i64(rejects.len()),
         elapsed_ms: 0,

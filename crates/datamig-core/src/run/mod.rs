@@ -123,6 +123,9 @@ pub fn plan(conn: &Conn, job: &dyn DynJob, args: &ParsedArgs) -> Result<Plan> {
         (Source::Table { .. }, Step::Sql(sql)) if !sql.contains("{batch}") => {
             return bad("its SQL step must contain {batch} where the batch's key range goes".into())
         }
+        (Source::Table { .. }, Step::Sql(sql)) if sql.matches("{batch}").count() > 1 => {
+            return bad("its SQL step must contain {batch} once".into())
+        }
         (Source::Table { .. }, Step::Sql(sql)) if sql.contains('?') => {
             return bad("its SQL step may not hold `?`: put parameters in the source filter".into())
         }
