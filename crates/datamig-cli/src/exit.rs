@@ -63,3 +63,24 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         _ => FAILURE,
     }
 }
+
+/// Every exit code datamig uses; the README's table lists exactly these (a test checks).
+pub const ALL: &[u8] = &[
+    OK,
+    FAILURE,
+    USAGE,
+    CONFIG,
+    CONNECT,
+    INVALID_MIGRATIONS,
+    MIGRATION_FAILED,
+    DIRTY,
+    LOCK_TIMEOUT,
+    PENDING,
+    SCHEMA_TEST_FAILED,
+    VERIFICATION_FAILED,
+    ALREADY_RUNNING,
+    JOB_FAILED,
+    SCHEMA_NOT_READY,
+    CORRUPT_CHECKPOINT,
+    INTERRUPTED,
+];

@@ -25,8 +25,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalOpts {
     /// Database URL: sqlite:FILE, postgres://USER@HOST/DB or mysql://USER@HOST/DB.
-    /// Default: DATABASE_URL (from the environment or .env), then datamig.toml,
-    /// then sqlite:datamig.db in the current directory.
+    /// Without it: the --env profile of datamig.toml, DATABASE_URL (environment or
+    /// .env), datamig.toml's default_env, then sqlite:datamig.db here.
     #[arg(long, global = true, value_name = "URL")]
     pub database_url: Option<String>,
 
