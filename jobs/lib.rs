@@ -5,6 +5,7 @@
 //! added to [`registry`] below. A test checks that every file here is registered.
 
 pub mod backfill_emails;
+pub mod backfill_emails_sql;
 pub mod purge_expired_sessions;
 pub mod seed_demo_sessions;
 pub mod seed_demo_users;
@@ -15,6 +16,7 @@ use datamig_core::job::Registry;
 pub fn registry() -> Registry {
     Registry::new()
         .with(backfill_emails::BackfillEmails)
+        .with(backfill_emails_sql::BackfillEmailsSql)
         .with(purge_expired_sessions::PurgeExpiredSessions)
         .with(seed_demo_sessions::SeedDemoSessions)
         .with(seed_demo_users::SeedDemoUsers)

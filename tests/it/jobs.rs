@@ -81,7 +81,10 @@ fn kill_and_resume(p: &Project, n: i64, args: &[&str], kills: usize, max_ms: u64
         let _ = child.wait();
     }
     assert_eq!(killed_mid_run, kills, "every kill must land mid-run");
-    assert!(rows_done(p) < n, "the run must not have finished before the last kill");
+    assert!(
+        rows_done(p) < n,
+        "the run must not have finished before the last kill"
+    );
     let done = to_run(p.fixtures(args).output().unwrap());
     assert_eq!(done.code, 0, "{done:?}");
     done

@@ -4,6 +4,7 @@
 //! Each test gets a database of its own, so they run in parallel.
 
 mod bad_inputs;
+mod bench_smoke;
 mod docs;
 mod jobs;
 mod schema;

@@ -98,6 +98,9 @@ pub struct RunCmd {
     /// Progress display: a bar on a terminal and log lines otherwise (auto), or as chosen.
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     pub progress: ProgressArg,
+    /// Print the run's summary as one JSON object on stdout (for scripts and benchmarks).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -74,6 +74,7 @@ fn install_signal_handlers(stop: Arc<AtomicBool>) {
 }
 
 pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Result<()> {
+    let cmd_json = cmd.json;
     let job = find(registry, &cmd.job)?;
     let args = parse_args(job, &cmd.args)?;
     let settings = settings(global)?;
@@ -103,6 +104,18 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
     } else {
         0.0
     };
+    if cmd_json {
+        let summary = serde_json::json!({
+            "run_id": report.run_id, "job": job.name(), "resumed": report.resumed,
+            "rows_done": report.rows_done, "rows_changed": report.rows_changed,
+            "rows_rejected": report.rows_rejected, "batches": report.batches,
+            "rows_this_process": report.rows_this_process,
+            "elapsed_ms": report.elapsed.as_millis(), "max_batch_ms": report.max_batch.as_millis(),
+            "bookkeeping_ms": report.bookkeeping.as_millis(), "checks": report.checks,
+        });
+        line(&summary.to_string());
+        return Ok(());
+    }
     line(&format!(
         "completed run {} of {}: {} rows in {} batches ({} changed, {} rejected){}; {} rows this time in {:.1}s, {:.0} rows/s",
         report.run_id,
@@ -115,6 +128,11 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
         report.rows_this_process,
         secs,
         rate
+    ));
+    line(&format!(
+        "longest batch transaction {} ms; checkpoints took {} ms in all",
+        report.max_batch.as_millis(),
+        report.bookkeeping.as_millis()
     ));
     print_checks(&report.checks);
     if report.rows_rejected > 0 {

@@ -73,6 +73,7 @@ pub async fn run(global: &GlobalOpts, job: Option<&str>, json: bool, limit: i64)
                         "state": r.state.as_str(), "rows_done": r.rows_done, "total_rows": r.total_rows,
                         "percent": percent(r), "rows_changed": r.rows_changed, "rows_rejected": r.rows_rejected,
                         "batches_done": r.batches_done, "batch_size": r.batch_size, "rows_per_second": rate(r),
+                        "elapsed_ms": r.elapsed_ms, "max_batch_ms": r.max_batch_ms, "bookkeeping_ms": r.bookkeeping_ms,
                         "position": r.position.as_deref().and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()),
                         "started_at": r.started_at, "updated_at": r.updated_at, "finished_at": r.finished_at,
                         "owner": r.owner, "last_error": r.last_error,

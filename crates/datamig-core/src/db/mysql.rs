@@ -105,6 +105,8 @@ impl Driver for MySql {
             total_rows BIGINT NULL,
             batch_size BIGINT NOT NULL,
             elapsed_ms BIGINT NOT NULL DEFAULT 0,
+            max_batch_ms BIGINT NOT NULL DEFAULT 0,
+            bookkeeping_ms BIGINT NOT NULL DEFAULT 0,
             started_at DATETIME(6) NOT NULL,
             updated_at DATETIME(6) NOT NULL,
             finished_at DATETIME(6) NULL,

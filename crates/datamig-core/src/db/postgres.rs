@@ -181,6 +181,8 @@ impl Driver for Postgres {
             total_rows BIGINT,
             batch_size BIGINT NOT NULL,
             elapsed_ms BIGINT NOT NULL DEFAULT 0,
+            max_batch_ms BIGINT NOT NULL DEFAULT 0,
+            bookkeeping_ms BIGINT NOT NULL DEFAULT 0,
             started_at TIMESTAMPTZ NOT NULL,
             updated_at TIMESTAMPTZ NOT NULL,
             finished_at TIMESTAMPTZ,

@@ -16,6 +16,9 @@ use crate::{Error, Result};
 
 pub(crate) struct Sqlite;
 
+/// SQLite allows 32 766 parameters a statement; a bulk update is split below that.
+const MAX_PARAMETERS: usize = 32_000;
+
 pub(crate) struct SqliteConn {
     conn: SqliteConnection,
     /// The database file; `None` for an in-memory database (one process only, no locks needed).
@@ -90,6 +93,8 @@ impl Driver for Sqlite {
             total_rows INTEGER,
             batch_size INTEGER NOT NULL,
             elapsed_ms INTEGER NOT NULL DEFAULT 0,
+            max_batch_ms INTEGER NOT NULL DEFAULT 0,
+            bookkeeping_ms INTEGER NOT NULL DEFAULT 0,
             started_at TEXT NOT NULL,
             updated_at TEXT NOT NULL,
             finished_at TEXT,
@@ -199,22 +204,35 @@ impl Driver for Sqlite {
     }
 
     async fn bulk_update(c: &mut SqliteConn, spec: &BulkUpdate, rows: &[Row]) -> sqlx::Result<u64> {
-        // In-process, so no round trips to save: one prepared statement, run per
-        // row inside the batch's transaction.
+        // One `UPDATE … FROM (VALUES …)` per chunk of rows. Even in-process, one
+        // statement per row cost more than the work itself (measured 0.06× the
+        // single statement at 1M rows: each statement is a trip to sqlx's worker thread).
         let q = |n: &str| Self::quote_ident(n);
-        let sets: Vec<String> = spec.sets.iter().map(|s| format!("{} = ?", q(s))).collect();
-        let keys: Vec<String> = spec.keys.iter().map(|k| format!("{} = ?", q(k))).collect();
-        let sql = format!(
-            "UPDATE {} SET {} WHERE {}",
-            q(&spec.table),
-            sets.join(", "),
-            keys.join(" AND ")
-        );
+        let table = q(&spec.table);
         let n_keys = spec.keys.len();
+        let width = n_keys + spec.sets.len();
+        let sets: Vec<String> = spec
+            .sets
+            .iter()
+            .enumerate()
+            .map(|(j, s)| format!("{} = v.column{}", q(s), n_keys + j + 1))
+            .collect();
+        let join: Vec<String> = spec
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{table}.{} = v.column{}", q(k), i + 1))
+            .collect();
+        let tuple = format!("({})", vec!["?"; width].join(", "));
         let mut changed = 0;
-        for row in rows {
-            let params: Vec<&Value> = row[n_keys..].iter().chain(&row[..n_keys]).collect();
-            changed += super::bind_values!(sqlx::query(&sql), params)
+        for chunk in rows.chunks((MAX_PARAMETERS / width).max(1)) {
+            let values = vec![tuple.as_str(); chunk.len()].join(", ");
+            let sql = format!(
+                "UPDATE {table} SET {} FROM (VALUES {values}) AS v WHERE {}",
+                sets.join(", "),
+                join.join(" AND ")
+            );
+            changed += super::bind_values!(sqlx::query(&sql), chunk.iter().flatten())
                 .execute(&mut c.conn)
                 .await?
                 .rows_affected();

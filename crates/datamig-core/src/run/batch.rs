@@ -8,7 +8,7 @@
 //! whole table for every batch). The checkpoint is written in the batch's own
 //! transaction: a batch is either wholly done and counted, or not done at all.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -22,6 +22,10 @@ use crate::{Error, Result};
 pub(crate) struct Done {
     pub cursor: Vec<Value>,
     pub counts: BatchCounts,
+    /// BEGIN to the end of COMMIT: how long the batch held its locks.
+    pub transaction: Duration,
+    /// The checkpoint statement: datamig's own overhead in the batch.
+    pub bookkeeping: Duration,
 }
 
 /// Per-run facts computed once: quoted names, the bulk-update shape.
@@ -138,10 +142,11 @@ pub(crate) async fn run(
         .map_err(|e| failed("cannot begin the batch", &e))?;
     let result = body(conn, plan, prep, run_id, after, size, started).await;
     match result {
-        Ok(Some(done)) => {
+        Ok(Some(mut done)) => {
             conn.commit()
                 .await
                 .map_err(|e| failed("the batch's commit failed", &e))?;
+            done.transaction = started.elapsed();
             Ok(Some(done))
         }
         Ok(None) => {
@@ -246,15 +251,22 @@ async fn body(
     };
     counts.elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
     let position = cursor::encode(&cursor).map_err(Error::JobFailed)?;
+    let checkpoint_started = Instant::now();
     let moved = store::checkpoint(conn, run_id, &position, &counts)
         .await
         .map_err(|e| failed("the checkpoint failed", &e))?;
+    let bookkeeping = checkpoint_started.elapsed();
     if !moved {
         return Err(Error::JobFailed(format!(
             "run {run_id} is no longer running in datamig_runs (cancelled from elsewhere?); this batch was rolled back"
         )));
     }
-    Ok(Some(Done { cursor, counts }))
+    Ok(Some(Done {
+        cursor,
+        counts,
+        transaction: Duration::ZERO,
+        bookkeeping,
+    }))
 }
 
 async fn transform_batch(

@@ -64,6 +64,10 @@ pub struct Progress {
     /// Rows done by this process (for its rate).
     pub rows_this_process: i64,
     pub elapsed: Duration,
+    /// The longest batch transaction so far, over every invocation of the run.
+    pub max_batch: Duration,
+    /// Checkpoint time so far, over every invocation of the run.
+    pub bookkeeping: Duration,
 }
 
 /// Receives a run's progress: a bar on a terminal, log lines elsewhere.
@@ -96,6 +100,8 @@ pub struct Report {
     /// Rows done by this process (less than `rows_done` when resumed).
     pub rows_this_process: i64,
     pub elapsed: Duration,
+    pub max_batch: Duration,
+    pub bookkeeping: Duration,
     pub checks: Vec<CheckResult>,
 }
 
@@ -341,11 +347,20 @@ async fn run_locked(
         position: cursor.as_deref().map(cursor::display).unwrap_or_default(),
         rows_this_process: 0,
         elapsed: Duration::ZERO,
+        max_batch: millis(record.as_ref().map_or(0, |r| r.max_batch_ms)),
+        bookkeeping: millis(record.as_ref().map_or(0, |r| r.bookkeeping_ms)),
     };
     obs.started(&progress);
 
     loop {
         if stop.load(Ordering::SeqCst) {
+            store::set_timings(
+                conn,
+                run_id,
+                ms(progress.max_batch),
+                ms(progress.bookkeeping),
+            )
+            .await?;
             store::set_state(conn, run_id, RunState::Interrupted, None).await?;
             obs.finished(&progress);
             let pct = percent(progress.rows_done, total)
@@ -370,6 +385,8 @@ async fn run_locked(
                 progress.batches += 1;
                 progress.position = cursor::display(&done.cursor);
                 progress.elapsed = started.elapsed();
+                progress.max_batch = progress.max_batch.max(done.transaction);
+                progress.bookkeeping += done.bookkeeping;
                 if let Some(t) = progress.total.as_mut() {
                     *t = (*t).max(progress.rows_done);
                 }
@@ -377,6 +394,13 @@ async fn run_locked(
                 obs.batch(&progress);
             }
             Err(e) => {
+                let _ = store::set_timings(
+                    conn,
+                    run_id,
+                    ms(progress.max_batch),
+                    ms(progress.bookkeeping),
+                )
+                .await;
                 let _ =
                     store::set_state(conn, run_id, RunState::Failed, Some(&e.to_string())).await;
                 obs.finished(&progress);
@@ -402,6 +426,13 @@ async fn run_locked(
         &serde_json::to_string(&checks).unwrap_or_default(),
     )
     .await?;
+    store::set_timings(
+        conn,
+        run_id,
+        ms(progress.max_batch),
+        ms(progress.bookkeeping),
+    )
+    .await?;
     store::set_state(conn, run_id, RunState::Completed, None).await?;
     let report = Report {
         run_id,
@@ -412,6 +443,8 @@ async fn run_locked(
         batches: progress.batches,
         rows_this_process: progress.rows_this_process,
         elapsed: progress.elapsed,
+        max_batch: progress.max_batch,
+        bookkeeping: progress.bookkeeping,
         checks,
     };
     if let Some(bad) = failed_checks(&report.checks) {
@@ -421,6 +454,14 @@ async fn run_locked(
         )));
     }
     Ok(report)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 /// `id 4180000`, or `the start` before the first batch.

@@ -66,6 +66,10 @@ pub struct RunRecord {
     pub total_rows: Option<i64>,
     pub batch_size: i64,
     pub elapsed_ms: i64,
+    /// The longest batch transaction (BEGIN to COMMIT): how long locks were held.
+    pub max_batch_ms: i64,
+    /// Time spent writing checkpoints and rejects: datamig's own overhead.
+    pub bookkeeping_ms: i64,
     pub started_at: String,
     pub updated_at: String,
     pub finished_at: Option<String>,
@@ -77,7 +81,7 @@ pub struct RunRecord {
 fn columns(conn: &Conn) -> String {
     format!(
         "id, job, args, state, position, rows_done, rows_changed, rows_rejected, batches_done, total_rows, batch_size, \
-         elapsed_ms, {}, {}, {}, owner, last_error, verification",
+         elapsed_ms, max_batch_ms, bookkeeping_ms, {}, {}, {}, owner, last_error, verification",
         conn.timestamp_text("started_at"),
         conn.timestamp_text("updated_at"),
         conn.timestamp_text("finished_at"),
@@ -114,6 +118,8 @@ fn parse(row: Vec<Value>) -> Result<RunRecord> {
         total_rows: next().as_i64(),
         batch_size: next().as_i64().unwrap_or(0),
         elapsed_ms: next().as_i64().unwrap_or(0),
+        max_batch_ms: next().as_i64().unwrap_or(0),
+        bookkeeping_ms: next().as_i64().unwrap_or(0),
         started_at: next().into_string().unwrap_or_default(),
         updated_at: next().into_string().unwrap_or_default(),
         finished_at: next().into_string(),
@@ -239,6 +245,22 @@ pub async fn set_state(
     .await
     .map(drop)
     .map_err(failed("cannot update the run"))
+}
+
+/// Stores the run's timing figures (kept across invocations by the caller).
+pub async fn set_timings(
+    conn: &mut Conn,
+    id: i64,
+    max_batch_ms: i64,
+    bookkeeping_ms: i64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE datamig_runs SET max_batch_ms = ?, bookkeeping_ms = ? WHERE id = ?",
+        &[max_batch_ms.into(), bookkeeping_ms.into(), id.into()],
+    )
+    .await
+    .map(drop)
+    .map_err(failed("cannot store the run's timings"))
 }
 
 pub async fn set_verification(conn: &mut Conn, id: i64, json: &str) -> Result<()> {

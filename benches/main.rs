@@ -1,0 +1,596 @@
+//! `datamig-bench`: datamig against the database's own limit, measured in one run.
+//!
+//! For each database it seeds the tables the shipped jobs use, then times, in the
+//! same run and alternating their order round by round, the same change done as
+//! one SQL statement (the limit) and as datamig jobs, and prints Markdown tables
+//! (BENCHMARKS.md holds a copy of the results with the machine they ran on).
+//!
+//! ```text
+//! cargo build --release && ./target/release/datamig-bench [--db sqlite,postgres,mariadb]
+//!     [--rows 1000000] [--rounds 3] [--batch 5000] [--only main,delete,sweep,cpu,growth]
+//! ```
+//!
+//! Jobs run as a user runs them: the release `datamig-fixtures` binary (the
+//! project's jobs plus the CPU-heavy fixture), under `/usr/bin/time` for peak RSS,
+//! with `--json` for the run's own figures: time spent in batches, the longest
+//! batch transaction, and checkpoint time.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use datamig_core::config::{Backend, DatabaseUrl};
+use datamig_core::db::{Conn, ConnectOptions};
+
+struct Opts {
+    dbs: Vec<Backend>,
+    rows: i64,
+    rounds: usize,
+    batch: i64,
+    parts: Vec<String>,
+}
+
+fn parse_opts() -> Result<Opts, String> {
+    let mut opts = Opts {
+        dbs: vec![Backend::Postgres, Backend::MySql, Backend::Sqlite],
+        rows: 1_000_000,
+        rounds: 3,
+        batch: 5000,
+        parts: ["main", "delete", "sweep", "cpu", "growth"]
+            .map(String::from)
+            .to_vec(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--db" => {
+                opts.dbs = value()?
+                    .split(',')
+                    .map(|d| match d {
+                        "sqlite" => Ok(Backend::Sqlite),
+                        "postgres" => Ok(Backend::Postgres),
+                        "mariadb" | "mysql" => Ok(Backend::MySql),
+                        other => Err(format!(
+                            "unknown database `{other}`; use sqlite, postgres, mariadb"
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--rows" => opts.rows = value()?.parse().map_err(|_| "--rows takes a number")?,
+            "--rounds" => opts.rounds = value()?.parse().map_err(|_| "--rounds takes a number")?,
+            "--batch" => opts.batch = value()?.parse().map_err(|_| "--batch takes a number")?,
+            "--only" => opts.parts = value()?.split(',').map(String::from).collect(),
+            other => {
+                return Err(format!(
+                    "unknown flag `{other}`; see the top of benches/main.rs"
+                ))
+            }
+        }
+    }
+    if opts.rows < 100 || opts.rounds == 0 || opts.batch < 1 {
+        return Err("--rows must be at least 100, --rounds and --batch at least 1".into());
+    }
+    Ok(opts)
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "# datamig-bench: {} rows, batch {}, median of {} round(s), {} cores, {}\n",
+        opts.rows,
+        opts.batch,
+        opts.rounds,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    for db in &opts.dbs {
+        if let Err(e) = runtime.block_on(bench_database(*db, &opts)) {
+            eprintln!("error: {db}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+type Res<T> = Result<T, String>;
+
+/// A fresh `datamig_bench` database (or SQLite file) and a connection to it.
+struct Bench {
+    backend: Backend,
+    url: DatabaseUrl,
+    conn: Conn,
+    _dir: Option<TempDir>,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn server_url(backend: Backend) -> String {
+    match backend {
+        Backend::Postgres => std::env::var("DATAMIG_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        _ => std::env::var("DATAMIG_TEST_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into()),
+    }
+}
+
+impl Bench {
+    async fn new(backend: Backend) -> Res<Bench> {
+        let opts = ConnectOptions::default();
+        let (url, dir) = match backend {
+            Backend::Sqlite => {
+                let dir =
+                    std::env::temp_dir().join(format!("datamig-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                let url = DatabaseUrl::parse(&format!("sqlite:{}", dir.join("bench.db").display()))
+                    .map_err(s)?;
+                (url, Some(TempDir(dir)))
+            }
+            _ => {
+                let server = DatabaseUrl::parse(&server_url(backend)).map_err(s)?;
+                let mut admin = Conn::connect(&server, &opts).await.map_err(s)?;
+                admin
+                    .script(&format!("DROP DATABASE IF EXISTS {}", db_name()))
+                    .await
+                    .map_err(s)?;
+                admin
+                    .script(&format!("CREATE DATABASE {}", db_name()))
+                    .await
+                    .map_err(s)?;
+                admin.close().await;
+                (server.with_database(&db_name()).map_err(s)?, None)
+            }
+        };
+        let conn = Conn::connect(&url, &opts).await.map_err(s)?;
+        Ok(Bench {
+            backend,
+            url,
+            conn,
+            _dir: dir,
+        })
+    }
+
+    /// Runs a statement and returns how long it took.
+    async fn timed(&mut self, sql: &str) -> Res<Duration> {
+        let started = Instant::now();
+        self.conn
+            .script(sql)
+            .await
+            .map_err(|e| format!("{sql}: {e}"))?;
+        Ok(started.elapsed())
+    }
+
+    async fn scalar(&mut self, sql: &str) -> Res<i64> {
+        let row = self
+            .conn
+            .fetch_one(sql, &[])
+            .await
+            .map_err(|e| format!("{sql}: {e}"))?;
+        row.first()
+            .and_then(|v| v.as_i64())
+            .ok_or(format!("{sql}: no integer"))
+    }
+
+    /// Makes the planner's statistics current and, on PostgreSQL, reclaims dead rows,
+    /// so every measurement starts from the same state.
+    async fn settle(&mut self, table: &str) -> Res<()> {
+        let sql = match self.backend {
+            Backend::Postgres => format!("VACUUM ANALYZE {table}"),
+            Backend::MySql => format!("ANALYZE TABLE {table}"),
+            Backend::Sqlite => format!("ANALYZE {table}"),
+        };
+        self.conn
+            .script(&sql)
+            .await
+            .map_err(|e| format!("{sql}: {e}"))
+    }
+
+    async fn reset_users(&mut self) -> Res<()> {
+        self.conn
+            .script("UPDATE users SET email_normalized = NULL")
+            .await
+            .map_err(s)?;
+        self.settle("users").await
+    }
+
+    /// Runs the CLI on this database; returns wall time, peak RSS and its `--json` summary.
+    fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> Res<JobRun> {
+        let bin = sibling("datamig-fixtures")?;
+        let time_file =
+            std::env::temp_dir().join(format!("datamig-bench-time-{}", std::process::id()));
+        let started = Instant::now();
+        let out = Command::new("/usr/bin/time")
+            .args(["-f", "%M", "-o"])
+            .arg(&time_file)
+            .arg(&bin)
+            .args(args)
+            .env("DATABASE_URL", self.url_secret())
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .output()
+            .map_err(|e| format!("cannot run /usr/bin/time {}: {e}", bin.display()))?;
+        let wall = started.elapsed();
+        if !out.status.success() {
+            return Err(format!(
+                "datamig {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let rss_kb: u64 = std::fs::read_to_string(&time_file)
+            .ok()
+            .and_then(|t| t.lines().last().and_then(|l| l.trim().parse().ok()))
+            .unwrap_or(0);
+        let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_default();
+        let ms = |k: &str| Duration::from_millis(summary[k].as_u64().unwrap_or(0));
+        Ok(JobRun {
+            wall,
+            rss_kb,
+            batches: ms("elapsed_ms"),
+            max_tx: ms("max_batch_ms"),
+            bookkeeping: ms("bookkeeping_ms"),
+        })
+    }
+
+    fn url_secret(&self) -> String {
+        // The bench databases have no passwords; the redacted form is the URL.
+        self.url.redacted().to_string()
+    }
+
+    fn job(&self, job: &str, batch: i64, extra: &[&str], env: &[(&str, &str)]) -> Res<JobRun> {
+        let batch = batch.to_string();
+        let mut args = vec![
+            "run",
+            job,
+            "--batch",
+            &batch,
+            "--restart",
+            "--progress",
+            "none",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args, env)
+    }
+
+    fn seed(&self, job: &str, rows: i64, first_id: i64) -> Res<()> {
+        let (rows, first) = (format!("rows={rows}"), format!("first_id={first_id}"));
+        self.cli(
+            &[
+                "run", job, "--arg", &rows, "--arg", &first, "--batch", "50000", "--count", "none",
+                "--json",
+            ],
+            &[],
+        )
+        .map(drop)
+    }
+
+    fn cutoff_sql(&self) -> String {
+        let cutoff = (chrono::Utc::now() - chrono::Duration::days(30)).format("%Y-%m-%d %H:%M:%S");
+        match self.backend {
+            Backend::Postgres => format!("CAST('{cutoff}' AS TIMESTAMP)"),
+            Backend::MySql => format!("CAST('{cutoff}' AS DATETIME)"),
+            Backend::Sqlite => format!("'{cutoff}'"),
+        }
+    }
+}
+
+/// One database per harness process, so a smoke run and a long run never collide.
+fn db_name() -> String {
+    format!("datamig_bench_{}", std::process::id())
+}
+
+fn s(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn sibling(name: &str) -> Res<PathBuf> {
+    let exe = std::env::current_exe().map_err(s)?;
+    let path = exe.with_file_name(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: build it (cargo build --release)",
+            path.display()
+        ))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct JobRun {
+    wall: Duration,
+    rss_kb: u64,
+    /// Time inside the batch loop (the run's own `elapsed_ms`).
+    batches: Duration,
+    max_tx: Duration,
+    bookkeeping: Duration,
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn median_by(runs: &[JobRun], f: impl Fn(&JobRun) -> Duration) -> Duration {
+    median(runs.iter().map(f).collect())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64())
+}
+
+fn rate(rows: i64, d: Duration) -> String {
+    #[allow(clippy::cast_precision_loss)] // a rate for a table
+    let r = rows as f64 / d.as_secs_f64().max(1e-9);
+    format!("{r:.0}")
+}
+
+fn ratio(limit: Duration, d: Duration) -> String {
+    format!("{:.2}", limit.as_secs_f64() / d.as_secs_f64().max(1e-9))
+}
+
+fn job_row(name: &str, rows: i64, limit: Duration, runs: &[JobRun]) -> String {
+    let batches = median_by(runs, |r| r.batches);
+    let wall = median_by(runs, |r| r.wall);
+    let max_tx = median_by(runs, |r| r.max_tx);
+    let book = median_by(runs, |r| r.bookkeeping);
+    let rss = runs.iter().map(|r| r.rss_kb).max().unwrap_or(0);
+    format!(
+        "| {name} | {} | {} | {} | {} | **{}** | {} | {} | {:.1}% |",
+        secs(batches),
+        secs(wall),
+        rate(rows, batches),
+        ratio(limit, wall),
+        ratio(limit, batches),
+        max_tx.as_millis(),
+        rss / 1024,
+        100.0 * book.as_secs_f64() / batches.as_secs_f64().max(1e-9)
+    )
+}
+
+const HEADER: &str = "| method | time in batches (s) | wall (s) | rows/s | × limit (wall) | × limit (batches) | longest transaction (ms) | peak RSS (MB) | checkpoints |\n|---|---|---|---|---|---|---|---|---|";
+
+fn limit_row(name: &str, rows: i64, d: Duration) -> String {
+    format!(
+        "| {name} | {} | {} | {} | 1.00 | 1.00 | {} | - | - |",
+        secs(d),
+        secs(d),
+        rate(rows, d),
+        d.as_millis()
+    )
+}
+
+async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
+    let mut b = Bench::new(backend).await?;
+    let version = match backend {
+        Backend::Postgres => "SELECT current_setting('server_version_num')::bigint",
+        Backend::MySql => "SELECT 0",
+        Backend::Sqlite => "SELECT 0",
+    };
+    let _ = b.scalar(version).await;
+    println!("## {backend}\n");
+    b.cli(&["schema", "upgrade", "head"], &[])
+        .map_err(|e| format!("schema: {e}"))?;
+    let n = opts.rows;
+    b.seed("seed_demo_users", n, 1)?;
+    b.settle("users").await?;
+    let update = "UPDATE users SET email_normalized = lower(trim(email))";
+    let want = |p: &str| opts.parts.iter().any(|x| x == p);
+
+    let mut limit_1m = Duration::ZERO;
+    let mut transform_1m = Duration::ZERO;
+    let mut set_1m = Duration::ZERO;
+    if want("main") || want("growth") {
+        let (mut limits, mut sets, mut transforms) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..opts.rounds {
+            // Alternate the order so drift (caches, vacuum) does not favour one method.
+            let order: [u8; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+            for which in order {
+                b.reset_users().await?;
+                match which {
+                    0 => limits.push(b.timed(update).await?),
+                    1 => sets.push(b.job("backfill_emails_sql", opts.batch, &[], &[])?),
+                    _ => transforms.push(b.job("backfill_emails", opts.batch, &[], &[])?),
+                }
+            }
+        }
+        limit_1m = median(limits);
+        set_1m = median_by(&sets, |r| r.batches);
+        transform_1m = median_by(&transforms, |r| r.batches);
+        println!(
+            "### Backfill of {n} rows (batch {})\n\n{HEADER}",
+            opts.batch
+        );
+        println!(
+            "{}",
+            limit_row("one `UPDATE` statement (the limit)", n, limit_1m)
+        );
+        println!(
+            "{}",
+            job_row("set-based job (`backfill_emails_sql`)", n, limit_1m, &sets)
+        );
+        println!(
+            "{}",
+            job_row(
+                "Rust transform (`backfill_emails`)",
+                n,
+                limit_1m,
+                &transforms
+            )
+        );
+        println!();
+    }
+
+    if want("delete") {
+        let (mut limits, mut jobs) = (Vec::new(), Vec::new());
+        let delete = format!("DELETE FROM sessions WHERE created_at < {}", b.cutoff_sql());
+        let mut deleted = 0;
+        for round in 0..opts.rounds {
+            for which in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
+                b.conn.script("DELETE FROM sessions").await.map_err(s)?;
+                b.seed("seed_demo_sessions", n, 1)?;
+                b.settle("sessions").await?;
+                let before = b.scalar("SELECT count(*) FROM sessions").await?;
+                if which == 0 {
+                    limits.push(b.timed(&delete).await?);
+                } else {
+                    jobs.push(b.job(
+                        "purge_expired_sessions",
+                        opts.batch,
+                        &["--arg", "older_than=30d"],
+                        &[],
+                    )?);
+                }
+                deleted = before - b.scalar("SELECT count(*) FROM sessions").await?;
+            }
+        }
+        let limit = median(limits);
+        println!(
+            "### Delete of {deleted} of {n} sessions (older than 30 days, batch {})\n\n{HEADER}",
+            opts.batch
+        );
+        println!(
+            "{}",
+            limit_row("one `DELETE` statement (the limit)", deleted, limit)
+        );
+        println!(
+            "{}",
+            job_row(
+                "batched delete (`purge_expired_sessions`)",
+                deleted,
+                limit,
+                &jobs
+            )
+        );
+        println!();
+    }
+
+    if want("sweep") {
+        println!(
+            "### Batch size: time against the longest transaction (`backfill_emails`, {n} rows)\n"
+        );
+        println!("| batch | time in batches (s) | rows/s | longest transaction (ms) | checkpoints |\n|---|---|---|---|---|");
+        for batch in [500, 1000, 5000, 20000, 100000] {
+            b.reset_users().await?;
+            let r = b.job("backfill_emails", batch, &[], &[])?;
+            println!(
+                "| {batch} | {} | {} | {} | {:.1}% |",
+                secs(r.batches),
+                rate(n, r.batches),
+                r.max_tx.as_millis(),
+                100.0 * r.bookkeeping.as_secs_f64() / r.batches.as_secs_f64().max(1e-9)
+            );
+        }
+        println!();
+    }
+
+    if want("cpu") {
+        let m = (n / 10).max(100);
+        b.conn
+            .script("CREATE TABLE IF NOT EXISTS digests (id BIGINT NOT NULL PRIMARY KEY, payload VARCHAR(64) NOT NULL, digest VARCHAR(64))")
+            .await
+            .map_err(s)?;
+        b.conn.script("DELETE FROM digests").await.map_err(s)?;
+        b.conn
+            .script(&format!(
+                "INSERT INTO digests (id, payload) SELECT id, email FROM users WHERE id <= {m}"
+            ))
+            .await
+            .map_err(s)?;
+        println!("### CPU-heavy transform (`digest_payloads`: 200 rounds of SHA-256 per row, {m} rows)\n");
+        println!("| threads | time in batches (s) | rows/s | speed-up |\n|---|---|---|---|");
+        let mut one = Duration::ZERO;
+        for threads in ["1", "2"] {
+            let mut times = Vec::new();
+            for _ in 0..opts.rounds {
+                b.conn
+                    .script("UPDATE digests SET digest = NULL")
+                    .await
+                    .map_err(s)?;
+                times.push(
+                    b.job(
+                        "digest_payloads",
+                        opts.batch,
+                        &[],
+                        &[("RAYON_NUM_THREADS", threads)],
+                    )?
+                    .batches,
+                );
+            }
+            let t = median(times);
+            if threads == "1" {
+                one = t;
+            }
+            println!(
+                "| {threads} | {} | {} | {} |",
+                secs(t),
+                rate(m, t),
+                ratio(one, t)
+            );
+        }
+        println!();
+    }
+
+    if want("growth") {
+        b.seed("seed_demo_users", 4 * n, n + 1)?;
+        b.reset_users().await?;
+        let limit = b.timed(update).await?;
+        b.reset_users().await?;
+        let set = b.job("backfill_emails_sql", opts.batch, &[], &[])?;
+        b.reset_users().await?;
+        let transform = b.job("backfill_emails", opts.batch, &[], &[])?;
+        let five = 5 * n;
+        println!("### Growth: {five} rows against {n}\n\n{HEADER}");
+        println!(
+            "{}",
+            limit_row("one `UPDATE` statement (the limit)", five, limit)
+        );
+        println!("{}", job_row("set-based job", five, limit, &[set]));
+        println!("{}", job_row("Rust transform", five, limit, &[transform]));
+        println!(
+            "\nt({five})/t({n}): limit {:.2}, set-based job {:.2}, Rust transform {:.2}\n",
+            limit.as_secs_f64() / limit_1m.as_secs_f64().max(1e-9),
+            set.batches.as_secs_f64() / set_1m.as_secs_f64().max(1e-9),
+            transform.batches.as_secs_f64() / transform_1m.as_secs_f64().max(1e-9),
+        );
+    }
+    let mut b = b;
+    b.conn.script("SELECT 1").await.map_err(s)?;
+    if backend != Backend::Sqlite {
+        let server = DatabaseUrl::parse(&server_url(backend)).map_err(s)?;
+        let mut admin = Conn::connect(&server, &ConnectOptions::default())
+            .await
+            .map_err(s)?;
+        let force = if backend == Backend::Postgres {
+            " WITH (FORCE)"
+        } else {
+            ""
+        };
+        let _ = admin
+            .script(&format!("DROP DATABASE IF EXISTS {}{force}", db_name()))
+            .await;
+        admin.close().await;
+    }
+    Ok(())
+}
