@@ -103,9 +103,9 @@ each_db! {
 
     fn sigkill_set_based_job_loses_and_repeats_nothing(kind: Db) {
         let p = Project::new(kind);
-        let n = 100_000;
+        let n = 200_000;
         visits(&p, n);
-        kill_and_resume(&p, n, &["run", "count_visits_sql", "--batch", "100"], 5, 50);
+        kill_and_resume(&p, n, &["run", "count_visits_sql", "--batch", "100"], 5, 40);
         assert_each_row_once(&p, n, "count_visits_sql");
     }
 
