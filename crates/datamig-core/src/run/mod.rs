@@ -354,14 +354,7 @@ async fn run_locked(
 
     loop {
         if stop.load(Ordering::SeqCst) {
-            store::set_timings(
-                conn,
-                run_id,
-                ms(progress.max_batch),
-                ms(progress.bookkeeping),
-            )
-            .await?;
-            store::set_state(conn, run_id, RunState::Interrupted, None).await?;
+            end_run(conn, &progress, RunState::Interrupted, None).await?;
             obs.finished(&progress);
             let pct = percent(progress.rows_done, total)
                 .map(|p| format!(" ({p:.1}%)"))
@@ -394,15 +387,8 @@ async fn run_locked(
                 obs.batch(&progress);
             }
             Err(e) => {
-                let _ = store::set_timings(
-                    conn,
-                    run_id,
-                    ms(progress.max_batch),
-                    ms(progress.bookkeeping),
-                )
-                .await;
-                let _ =
-                    store::set_state(conn, run_id, RunState::Failed, Some(&e.to_string())).await;
+                // The batch's error is the one to report, even if recording it fails too.
+                let _ = end_run(conn, &progress, RunState::Failed, Some(&e.to_string())).await;
                 obs.finished(&progress);
                 return Err(Error::JobFailed(format!(
                     "run {run_id} of {} failed at batch {} (at {}): {e}. The {} batches before it are \
@@ -419,21 +405,21 @@ async fn run_locked(
     progress.elapsed = started.elapsed();
     obs.finished(&progress);
 
-    let checks = run_checks(conn, &plan.checks, &baseline).await?;
+    let checks = match run_checks(conn, &plan.checks, &baseline).await {
+        Ok(checks) => checks,
+        Err(e) => {
+            // Every batch is done; running the job again re-runs only the checks.
+            let _ = end_run(conn, &progress, RunState::Failed, Some(&e.to_string())).await;
+            return Err(e);
+        }
+    };
     store::set_verification(
         conn,
         run_id,
         &serde_json::to_string(&checks).unwrap_or_default(),
     )
     .await?;
-    store::set_timings(
-        conn,
-        run_id,
-        ms(progress.max_batch),
-        ms(progress.bookkeeping),
-    )
-    .await?;
-    store::set_state(conn, run_id, RunState::Completed, None).await?;
+    end_run(conn, &progress, RunState::Completed, None).await?;
     let report = Report {
         run_id,
         resumed,
@@ -454,6 +440,18 @@ async fn run_locked(
         )));
     }
     Ok(report)
+}
+
+/// Records how a run ended, with its timing figures.
+async fn end_run(
+    conn: &mut Conn,
+    progress: &Progress,
+    state: RunState,
+    error: Option<&str>,
+) -> Result<()> {
+    let id = progress.run_id;
+    store::set_timings(conn, id, ms(progress.max_batch), ms(progress.bookkeeping)).await?;
+    store::set_state(conn, id, state, error).await
 }
 
 fn ms(d: Duration) -> i64 {
