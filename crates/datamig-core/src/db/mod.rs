@@ -160,6 +160,9 @@ pub(crate) trait Driver {
     /// Locks the rows a transform reads until the batch commits.
     const FOR_UPDATE: &'static str = " FOR UPDATE";
 
+    /// Session settings for running batches (not schema migrations).
+    const BATCH_SESSION: &'static [&'static str] = &[];
+
     /// `keys OP (?, …)` for keyset pagination, and which key value each `?` takes.
     /// Row values by default; MariaDB plans the expanded form better.
     fn compare_keys(keys: &[String], op: &str) -> (String, Vec<usize>) {
@@ -429,6 +432,15 @@ impl Conn {
 
     pub async fn estimate_rows(&mut self, table: &str) -> sqlx::Result<Option<i64>> {
         dispatch!(self, c => estimate_rows(table))
+    }
+
+    /// Applies the driver's session settings for running batches.
+    pub async fn prepare_for_batches(&mut self) -> sqlx::Result<()> {
+        let statements = dispatch_static!(self, D => D::BATCH_SESSION);
+        for sql in statements {
+            self.script(sql).await?;
+        }
+        Ok(())
     }
 
     pub fn for_update(&self) -> &'static str {

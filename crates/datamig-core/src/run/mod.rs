@@ -243,6 +243,9 @@ async fn run_locked(
     obs: &mut dyn Observer,
 ) -> Result<Report> {
     conn.ensure_bookkeeping().await?;
+    conn.prepare_for_batches()
+        .await
+        .map_err(|e| Error::db("cannot prepare the session for batches", db_message(&e)))?;
     let prep = batch::Prepared::new(conn, plan).await?;
     let batch_size = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
     let arity = match &plan.source {
