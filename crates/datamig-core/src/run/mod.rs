@@ -326,13 +326,9 @@ async fn run_locked(
         }
         None => {
             let baseline = run_checks(conn, &plan.checks, &[]).await?;
-            let id = store::insert(conn, job.name(), &args.canonical, batch_size, total).await?;
-            store::set_verification(
-                conn,
-                id,
-                &serde_json::to_string(&baseline).unwrap_or_default(),
-            )
-            .await?;
+            let json = serde_json::to_string(&baseline).unwrap_or_default();
+            let id =
+                store::insert(conn, job.name(), &args.canonical, batch_size, total, &json).await?;
             let of = total.map(|t| format!(" over {t} rows")).unwrap_or_default();
             obs.message(&format!("starting run {id} of {}{of}", job.name()));
             (id, baseline)

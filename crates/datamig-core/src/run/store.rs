@@ -169,11 +169,14 @@ pub async fn insert(
     args: &str,
     batch_size: i64,
     total: Option<i64>,
+    baseline: &str,
 ) -> Result<i64> {
+    // The baseline goes in with the run: a run without one would compare its
+    // `unchanged` checks with nothing.
     let now = conn.now_sql();
     let sql = format!(
-        "INSERT INTO datamig_runs (job, args, state, batch_size, total_rows, started_at, updated_at, owner) \
-         VALUES (?, ?, 'running', ?, ?, {now}, {now}, ?)"
+        "INSERT INTO datamig_runs (job, args, state, batch_size, total_rows, started_at, updated_at, owner, verification) \
+         VALUES (?, ?, 'running', ?, ?, {now}, {now}, ?, ?)"
     );
     let params = [
         job.into(),
@@ -181,6 +184,7 @@ pub async fn insert(
         batch_size.into(),
         total.into(),
         who_am_i().into(),
+        baseline.into(),
     ];
     conn.execute(&sql, &params)
         .await
