@@ -76,7 +76,9 @@ pub enum Source {
         /// Columns a [`Transform`] reads (besides the key).
         columns: Vec<String>,
         /// A predicate over the table, with `?` placeholders for `params`, applied
-        /// within each batch's key range.
+        /// within each batch's key range. Every `?` outside a string literal is a
+        /// placeholder (datamig numbers them for PostgreSQL), so PostgreSQL's `?`
+        /// JSON operators must be written as functions (`jsonb_exists`).
         filter: Option<Filter>,
     },
     /// The numbers `start..=end`, for jobs that generate rows (seeding). The cursor
@@ -192,7 +194,8 @@ impl SourceRow<'_> {
 #[derive(Debug, Clone)]
 pub struct Check {
     pub name: String,
-    /// Yields one integer: `SELECT count(*) FROM users WHERE …`.
+    /// Yields one integer: `SELECT count(*) FROM users WHERE …`. `?` marks `params`,
+    /// as in a source filter.
     pub sql: String,
     pub params: Vec<Value>,
     pub expect: Expect,
