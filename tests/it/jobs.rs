@@ -1,20 +1,21 @@
 //! `datamig run`: batches, checkpoints, resume after SIGKILL and SIGTERM,
 //! verification, status, and the project's own jobs, on each database.
 
+use std::io::Read as _;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::each_db;
-use crate::support::{to_run, Project, Run};
+use crate::support::{to_run, Db, Project, Run};
 
 /// A `visits(id, hits)` table of `n` rows, every `hits` 0.
-fn visits(p: &Project, n: i64) {
+pub(crate) fn visits(p: &Project, n: i64) {
     p.db.exec("CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, hits INT NOT NULL DEFAULT 0)");
     p.db.fill_ids("visits", n);
 }
 
 /// Every row visited exactly once, and the run's counters say so.
-fn assert_each_row_once(p: &Project, n: i64, job: &str) {
+pub(crate) fn assert_each_row_once(p: &Project, n: i64, job: &str) {
     assert_eq!(
         p.db.scalar("SELECT count(*) FROM visits WHERE hits = 0"),
         0,
@@ -36,7 +37,7 @@ fn assert_each_row_once(p: &Project, n: i64, job: &str) {
     );
 }
 
-fn spawn(p: &Project, args: &[&str]) -> Child {
+pub(crate) fn spawn(p: &Project, args: &[&str]) -> Child {
     p.fixtures(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -44,7 +45,7 @@ fn spawn(p: &Project, args: &[&str]) -> Child {
         .expect("spawn")
 }
 
-fn rows_done(p: &Project) -> i64 {
+pub(crate) fn rows_done(p: &Project) -> i64 {
     if !p.db.table_exists("datamig_runs") {
         return 0;
     }
@@ -52,13 +53,29 @@ fn rows_done(p: &Project) -> i64 {
 }
 
 /// Waits until the run has committed at least `rows`, or the child exits.
-fn wait_for_progress(p: &Project, child: &mut Child, rows: i64) {
+pub(crate) fn wait_for_progress(p: &Project, child: &mut Child, rows: i64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while rows_done(p) < rows {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before reaching {rows} rows"
-        );
+        if child.try_wait().unwrap().is_some() {
+            let mut out = String::new();
+            for stream in [
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn std::io::Read>),
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn std::io::Read>),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let mut stream = stream;
+                let _ = stream.read_to_string(&mut out);
+            }
+            panic!("the run ended before reaching {rows} rows: {out}");
+        }
         assert!(Instant::now() < deadline, "no progress within 60 s");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -88,6 +105,61 @@ fn kill_and_resume(p: &Project, n: i64, args: &[&str], kills: usize, max_ms: u64
     let done = to_run(p.fixtures(args).output().unwrap());
     assert_eq!(done.code, 0, "{done:?}");
     done
+}
+
+/// Adds 1000 to rows of `visits` until `child` exits, half of them just ahead of
+/// the run's checkpoint (where rows are read but not yet written); returns how
+/// often each id was changed.
+fn bump_rows_until_exit(p: &Project, child: &mut Child, n: i64) -> Vec<i64> {
+    use datamig_core::config::DatabaseUrl;
+    use datamig_core::db::{Conn, ConnectOptions, Value};
+    let mut bumps = vec![0_i64; usize::try_from(n).unwrap() + 1];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let url = DatabaseUrl::parse(&p.db.url).unwrap();
+        let mut conn = Conn::connect(&url, &ConnectOptions::default())
+            .await
+            .unwrap();
+        let mut i = 0_u64;
+        while child.try_wait().unwrap().is_none() {
+            i += 1;
+            let position = conn
+                .fetch(
+                    "SELECT position FROM datamig_runs WHERE state = 'running'",
+                    &[],
+                )
+                .await
+                .ok()
+                .and_then(|rows| rows.into_iter().next())
+                .and_then(|row| row.into_iter().next())
+                .and_then(|v| {
+                    v.as_str()
+                        .map(|s| s.trim_matches(['[', ']']).parse::<i64>().unwrap_or(0))
+                });
+            let id = match position {
+                Some(at) if i.is_multiple_of(2) => {
+                    (at + 1 + (rand::random::<i64>().rem_euclid(400))).min(n)
+                }
+                _ => 1 + rand::random::<i64>().rem_euclid(n),
+            };
+            let changed = conn
+                .execute(
+                    "UPDATE visits SET hits = hits + 1000 WHERE id = ?",
+                    &[Value::Int(id)],
+                )
+                .await
+                .unwrap();
+            if changed == 1 {
+                bumps[usize::try_from(id).unwrap()] += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        conn.close().await;
+    });
+    bumps
 }
 
 each_db! {
@@ -224,6 +296,41 @@ each_db! {
         assert_eq!(verify.code, 0, "{verify:?}");
     }
 
+    fn concurrent_writes_are_never_overwritten(kind: Db) {
+        // The application adds 1000 to rows while count_visits adds 1 to each: a
+        // batch written from a stale read would erase an application write.
+        let p = Project::new(kind);
+        let n = 20_000;
+        visits(&p, n);
+        let mut child = p
+            .fixtures(&["run", "count_visits", "--batch", "200", "--arg", "pause_ms=5", "--arg", "unchecked=true"])
+            .env("RUST_LOG", "datamig_core=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let bumps = bump_rows_until_exit(&p, &mut child, n);
+        let run = to_run(child.wait_with_output().unwrap());
+        assert_eq!(run.code, 0, "{run:?}");
+        let total: i64 = bumps.iter().sum();
+        // SQLite serialises every writer: the application's writes land between
+        // batches, and few do while a run takes the lock again right after each commit.
+        let least = if kind == Db::Sqlite { 1 } else { 50 };
+        assert!(total >= least, "only {total} application writes landed during the run");
+        let mut wrong = Vec::new();
+        for row in p.db.query("SELECT id, hits FROM visits ORDER BY id") {
+            let (id, hits): (usize, i64) = (row[0].parse().unwrap(), row[1].parse().unwrap());
+            if hits != 1000 * bumps[id] + 1 {
+                wrong.push(format!("id {id}: hits {hits}, expected {}", 1000 * bumps[id] + 1));
+            }
+        }
+        assert!(wrong.is_empty(), "{} rows wrong: {:?}", wrong.len(), &wrong[..wrong.len().min(10)]);
+        if kind != Db::Sqlite {
+            // The guard did fire: rows changed between a read ahead and its write.
+            assert!(run.stderr.contains("redoing the batch under row locks"), "{run:?}");
+        }
+    }
+
     fn backfill_emails_end_to_end(kind: Db) {
         let p = Project::new(kind);
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
@@ -256,9 +363,15 @@ each_db! {
         assert_eq!(runs[0]["rows_rejected"], 50);
         assert_eq!(runs[0]["position"], serde_json::json!([5000]));
 
-        p.ok(&["run", "seed_demo_sessions", "--arg", "rows=6000", "--batch", "2500"]);
+        let seeded = p.ok(&["run", "seed_demo_sessions", "--arg", "rows=6000", "--batch", "2500", "--json"]);
+        let summary: serde_json::Value = serde_json::from_str(&seeded.stdout).unwrap();
+        assert_eq!(summary["batches"], 3, "{summary}");
+        let (p50, p99, max) = (&summary["batch_p50_ms"], &summary["batch_p99_ms"], &summary["max_batch_ms"]);
+        assert!(p50.as_u64().unwrap() <= p99.as_u64().unwrap() && p99.as_u64().unwrap() <= max.as_u64().unwrap(), "{summary}");
         let run = p.ok(&["run", "purge_expired_sessions", "--arg", "older_than=30d", "--batch", "500"]);
         assert!(run.stdout.contains("ok    sessions older than the cutoff"), "{run:?}");
+        assert!(run.stdout.contains("longest batch transaction "), "{run:?}");
+        assert!(run.stdout.contains("99th percentile"), "{run:?}");
         // Sessions 0-29 days old (plus minutes) stay; 30-59 days old go.
         let left = p.db.scalar("SELECT count(*) FROM sessions");
         assert!((2900..=3100).contains(&left), "{left}");

@@ -6,6 +6,8 @@
 mod bad_inputs;
 mod bench_smoke;
 mod docs;
+mod guard;
 mod jobs;
+mod production;
 mod schema;
 mod support;

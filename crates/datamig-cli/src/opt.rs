@@ -95,6 +95,27 @@ pub struct RunCmd {
     /// How to find the progress total: exact count, the planner's estimate, or none.
     #[arg(long, value_enum, default_value_t = CountArg::Exact)]
     pub count: CountArg,
+    /// How long a batch waits for a row or table lock before it gives up (and is
+    /// retried): set on datamig's sessions, whatever the server's default.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_lock_wait, allow_hyphen_values = true)]
+    pub lock_timeout: Duration,
+    /// How long one statement of a batch may run ("0" for no limit); a batch that
+    /// runs out is retried at half the size. Not enforced on SQLite.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub statement_timeout: Duration,
+    /// Pause after each batch, so that other writers get their turn (on SQLite,
+    /// where a run otherwise takes the database's lock again at once) and the load
+    /// stays low.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub sleep: Duration,
+    /// How often a batch that failed transiently (lock or statement timeout,
+    /// deadlock, lost connection) is retried, with growing waits, before the run fails.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub max_retries: u32,
+    /// Use one connection: read each batch inside its own transaction instead of
+    /// reading the next batch on a second connection while the current one is written.
+    #[arg(long)]
+    pub no_read_ahead: bool,
     /// Progress display: a bar on a terminal and log lines otherwise (auto), or as chosen.
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     pub progress: ProgressArg,
@@ -116,6 +137,14 @@ pub enum ProgressArg {
     Bar,
     Log,
     None,
+}
+
+/// A lock wait: a duration above zero (zero would fail every batch that meets a lock).
+fn parse_lock_wait(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("a lock timeout must be above zero; write e.g. 5s or 500ms".into()),
+        d => Ok(d),
+    }
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

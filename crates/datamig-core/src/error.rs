@@ -63,6 +63,15 @@ pub enum Error {
     #[error("{0}")]
     JobFailed(String),
 
+    /// A batch met a condition that passes: a lock or statement timeout, a
+    /// deadlock, a lost connection. The run retries it; once the retries are
+    /// spent it fails as [`Error::JobFailed`].
+    #[error("{message}")]
+    Transient {
+        message: String,
+        kind: crate::db::Transient,
+    },
+
     /// Stopped by a signal between batches; the run resumes where it stopped.
     #[error("{0}")]
     Interrupted(String),

@@ -81,6 +81,11 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
     let opts = Options {
         batch_size: u64::try_from(cmd.batch).unwrap_or(0),
         restart: cmd.restart,
+        read_ahead: !cmd.no_read_ahead,
+        lock_timeout: cmd.lock_timeout,
+        statement_timeout: (!cmd.statement_timeout.is_zero()).then_some(cmd.statement_timeout),
+        max_retries: cmd.max_retries,
+        sleep: cmd.sleep,
         count: match cmd.count {
             CountArg::Exact => CountMode::Exact,
             CountArg::Estimate => CountMode::Estimate,
@@ -104,6 +109,10 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
     } else {
         0.0
     };
+    let (p50, p99) = (
+        report.batch_times.percentile(50),
+        report.batch_times.percentile(99),
+    );
     if cmd_json {
         let summary = serde_json::json!({
             "run_id": report.run_id, "job": job.name(), "resumed": report.resumed,
@@ -111,7 +120,9 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
             "rows_rejected": report.rows_rejected, "batches": report.batches,
             "rows_this_process": report.rows_this_process,
             "elapsed_ms": report.elapsed.as_millis(), "max_batch_ms": report.max_batch.as_millis(),
-            "bookkeeping_ms": report.bookkeeping.as_millis(), "checks": report.checks,
+            "bookkeeping_ms": report.bookkeeping.as_millis(),
+            "batch_p50_ms": p50.map(|d| d.as_millis()), "batch_p99_ms": p99.map(|d| d.as_millis()),
+            "checks": report.checks,
         });
         line(&summary.to_string());
         return Ok(());
@@ -129,8 +140,16 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
         secs,
         rate
     ));
+    let spread = match (p50, p99) {
+        (Some(p50), Some(p99)) => format!(
+            " (this time: median {} ms, 99th percentile {} ms)",
+            p50.as_millis(),
+            p99.as_millis()
+        ),
+        _ => String::new(),
+    };
     line(&format!(
-        "longest batch transaction {} ms; checkpoints took {} ms in all",
+        "longest batch transaction {} ms{spread}; checkpoints took {} ms in all",
         report.max_batch.as_millis(),
         report.bookkeeping.as_millis()
     ));

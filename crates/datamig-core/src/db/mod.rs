@@ -160,6 +160,25 @@ pub(crate) trait Driver {
     /// Locks the rows a transform reads until the batch commits.
     const FOR_UPDATE: &'static str = " FOR UPDATE";
 
+    /// Whether a transform reads its next batch on a second connection while the
+    /// current one is written (see `run::batch`).
+    const READ_AHEAD: bool = true;
+
+    /// Session settings that bound how long a batch's statement waits for a lock
+    /// and how long it may run (`None`: no limit).
+    fn timeouts(lock: Duration, statement: Option<Duration>) -> Vec<String>;
+
+    /// Whether a database error passes if the batch is tried again.
+    fn transient(err: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Transient>;
+
+    /// What a read outside the write's transaction selects with each row so that
+    /// the write can tell whether the row changed since: a guarded
+    /// [`Driver::bulk_update`] takes these values after the keys and new values.
+    /// The source columns themselves by default; a row version where there is one.
+    fn guard_select(columns: &[String]) -> Vec<String> {
+        columns.iter().map(|c| Self::quote_ident(c)).collect()
+    }
+
     /// Session settings for running batches (not schema migrations).
     const BATCH_SESSION: &'static [&'static str] = &[];
 
@@ -434,6 +453,24 @@ impl Conn {
         dispatch!(self, c => estimate_rows(table))
     }
 
+    /// Bounds lock waits and (with `statement`) statement time for this session.
+    pub async fn set_timeouts(
+        &mut self,
+        lock: Duration,
+        statement: Option<Duration>,
+    ) -> sqlx::Result<()> {
+        let statements = dispatch_static!(self, D => D::timeouts(lock, statement));
+        for sql in statements {
+            self.script(&sql).await?;
+        }
+        Ok(())
+    }
+
+    /// See [`Transient::of`].
+    pub fn transient(&self, err: &sqlx::Error) -> Option<Transient> {
+        Transient::of(self.backend(), err)
+    }
+
     /// Applies the driver's session settings for running batches.
     pub async fn prepare_for_batches(&mut self) -> sqlx::Result<()> {
         let statements = dispatch_static!(self, D => D::BATCH_SESSION);
@@ -445,6 +482,16 @@ impl Conn {
 
     pub fn for_update(&self) -> &'static str {
         dispatch_static!(self, D => D::FOR_UPDATE)
+    }
+
+    /// See [`Driver::READ_AHEAD`].
+    pub fn reads_ahead(&self) -> bool {
+        dispatch_static!(self, D => D::READ_AHEAD)
+    }
+
+    /// See [`Driver::guard_select`].
+    pub fn guard_select(&self, columns: &[String]) -> Vec<String> {
+        dispatch_static!(self, D => D::guard_select(columns))
     }
 
     /// `keys OP (?, …)` with quoted key columns; see [`Driver::compare_keys`].
@@ -506,6 +553,51 @@ impl fmt::Debug for Conn {
     }
 }
 
+/// Why a statement failed in a way that trying again can fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transient {
+    /// It waited longer than the lock timeout for a row or table lock.
+    LockTimeout,
+    /// It ran longer than the statement timeout.
+    StatementTimeout,
+    /// The server chose it as a deadlock's victim, or a serialization failure.
+    Deadlock,
+    /// The connection was lost: killed from the server, a restart, the network.
+    ConnectionLost,
+}
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transient::LockTimeout => "lock timeout",
+            Transient::StatementTimeout => "statement timeout",
+            Transient::Deadlock => "deadlock",
+            Transient::ConnectionLost => "connection lost",
+        })
+    }
+}
+
+impl Transient {
+    /// Classifies an error from a `backend` connection; `None` when trying again
+    /// would fail the same way.
+    pub fn of(backend: Backend, err: &sqlx::Error) -> Option<Transient> {
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::PoolTimedOut => Some(Transient::ConnectionLost),
+            sqlx::Error::Database(db) => match backend {
+                Backend::Sqlite => sqlite::Sqlite::transient(db.as_ref()),
+                Backend::Postgres => postgres::Postgres::transient(db.as_ref()),
+                Backend::MySql => mysql::MySql::transient(db.as_ref()),
+            },
+            _ => None,
+        }
+    }
+}
+
 /// A bulk write of new values, keyed by the source key, bounded to the batch's
 /// key range (so the planner uses the index: see BENCHMARKS.md).
 #[derive(Debug, Clone)]
@@ -518,6 +610,24 @@ pub struct BulkUpdate {
     /// The first key column's lowest and highest value in the batch.
     pub lo: Value,
     pub hi: Value,
+    /// Write a row only if it is as it was read; see [`Guard`].
+    pub guard: Option<Guard>,
+}
+
+/// For a write whose rows were read outside its transaction (overlapped with the
+/// previous batch's write): each row carries, after its keys and new values, the
+/// values [`Conn::guard_select`] read with it, and is written only if the row is
+/// unchanged since and still matches the source filter. The caller compares the
+/// rows written with the rows given and redoes the batch under row locks when
+/// they differ.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// The source columns the transform read.
+    pub columns: Vec<String>,
+    /// Their SQL types, from [`Conn::column_types`].
+    pub types: Vec<String>,
+    /// The source filter (`?` placeholders) and its parameters.
+    pub filter: Option<(String, Vec<Value>)>,
 }
 
 /// A stable 64-bit key for a named lock (PostgreSQL advisory locks).

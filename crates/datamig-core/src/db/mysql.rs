@@ -8,7 +8,7 @@ use std::str::FromStr;
 use sqlx::mysql::{MySqlConnectOptions, MySqlRow};
 use sqlx::{Column, Connection, MySqlConnection, Row as _, TypeInfo, ValueRef};
 
-use super::{BulkUpdate, ConnectOptions, Driver, Row, Value};
+use super::{BulkUpdate, ConnectOptions, Driver, Row, Transient, Value};
 use crate::config::DatabaseUrl;
 use crate::{Error, Result};
 
@@ -221,46 +221,103 @@ impl Driver for MySql {
         ))
     }
 
+    fn timeouts(lock: std::time::Duration, statement: Option<std::time::Duration>) -> Vec<String> {
+        // InnoDB row locks and metadata locks wait whole seconds (at least 1);
+        // max_statement_time takes fractions, 0 is no limit.
+        let lock_secs = lock.as_secs_f64().ceil().max(1.0);
+        vec![
+            format!("SET SESSION innodb_lock_wait_timeout = {lock_secs:.0}"),
+            format!("SET SESSION lock_wait_timeout = {lock_secs:.0}"),
+            format!(
+                "SET SESSION max_statement_time = {:.3}",
+                statement.map_or(0.0, |d| d.as_secs_f64().max(0.001))
+            ),
+        ]
+    }
+
+    fn transient(err: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Transient> {
+        match error_number(err)? {
+            1205 => Some(Transient::LockTimeout),
+            // MariaDB's max_statement_time, MySQL's max_execution_time.
+            1969 | 3024 => Some(Transient::StatementTimeout),
+            1213 => Some(Transient::Deadlock),
+            // Killed (KILL), server shutdown, gone away, lost during a query.
+            1927 | 1053 | 2006 | 2013 => Some(Transient::ConnectionLost),
+            _ => None,
+        }
+    }
+
     async fn bulk_update(
         c: &mut MySqlConnection,
         spec: &BulkUpdate,
         rows: &[Row],
     ) -> sqlx::Result<u64> {
         // A derived table of the new values joined on the key: one statement per
-        // chunk of rows that fits MySQL's placeholder limit.
+        // chunk of rows that fits MySQL's placeholder limit. Its columns are
+        // c0, c1, … so that a guard's filter names only the table's columns.
         let q = |n: &str| super::quote_with(n, '`');
-        let names: Vec<&String> = spec.keys.iter().chain(&spec.sets).collect();
-        let first = names
-            .iter()
-            .map(|n| format!("? AS {}", q(n)))
+        let n_keys = spec.keys.len();
+        let guards = spec.guard.as_ref().map_or(0, |g| g.columns.len());
+        let width = n_keys + spec.sets.len() + guards;
+        let first = (0..width)
+            .map(|i| format!("? AS c{i}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let rest = vec!["?"; names.len()].join(", ");
+        let rest = vec!["?"; width].join(", ");
         let join: Vec<String> = spec
             .keys
             .iter()
-            .map(|k| format!("t.{} = v.{}", q(k), q(k)))
+            .enumerate()
+            .map(|(i, k)| format!("t.{} = v.c{i}", q(k)))
             .collect();
         let sets: Vec<String> = spec
             .sets
             .iter()
-            .map(|s| format!("t.{} = v.{}", q(s), q(s)))
+            .enumerate()
+            .map(|(j, s)| format!("t.{} = v.c{}", q(s), n_keys + j))
             .collect();
+        let mut conditions = vec![format!("t.{} BETWEEN ? AND ?", q(&spec.keys[0]))];
+        let mut tail = vec![&spec.lo, &spec.hi];
+        if let Some(guard) = &spec.guard {
+            let first_guard = n_keys + spec.sets.len();
+            for (i, col) in guard.columns.iter().enumerate() {
+                // Text compares as bytes: under a case-insensitive collation `<=>`
+                // would take a change from 'A' to 'a' for no change.
+                let textual = guard.types.get(i).is_some_and(|t| {
+                    let t = t.to_ascii_lowercase();
+                    t.contains("char") || t.contains("text") || t == "enum" || t == "set"
+                });
+                let v = format!("v.c{}", first_guard + i);
+                conditions.push(if textual {
+                    format!("BINARY t.{} <=> BINARY {v}", q(col))
+                } else {
+                    format!("t.{} <=> {v}", q(col))
+                });
+            }
+            if let Some((sql, params)) = &guard.filter {
+                conditions.push(format!("({sql})"));
+                tail.extend(params);
+            }
+        }
         let mut changed = 0;
-        for chunk in rows.chunks((MAX_PLACEHOLDERS / names.len()).max(1)) {
+        for chunk in rows.chunks((MAX_PLACEHOLDERS.saturating_sub(tail.len()) / width).max(1)) {
             let mut values = format!("SELECT {first}");
             for _ in 1..chunk.len() {
                 values.push_str(" UNION ALL SELECT ");
                 values.push_str(&rest);
             }
             let sql = format!(
-                "UPDATE {} AS t JOIN ({values}) AS v ON {} SET {} WHERE t.{} BETWEEN ? AND ?",
+                "UPDATE {} AS t JOIN ({values}) AS v ON {} SET {} WHERE {}",
                 quote_name(&spec.table),
                 join.join(" AND "),
                 sets.join(", "),
-                q(&spec.keys[0])
+                conditions.join(" AND ")
             );
-            let params: Vec<&Value> = chunk.iter().flatten().chain([&spec.lo, &spec.hi]).collect();
+            let params: Vec<&Value> = chunk
+                .iter()
+                .flat_map(|r| &r[..width])
+                .chain(tail.iter().copied())
+                .collect();
             let query = super::bind_values!(sqlx::query(&sql), params);
             changed += query.execute(&mut *c).await?.rows_affected();
         }
@@ -268,12 +325,32 @@ impl Driver for MySql {
     }
 
     async fn column_types(
-        _c: &mut MySqlConnection,
-        _table: &str,
+        c: &mut MySqlConnection,
+        table: &str,
         columns: &[String],
     ) -> sqlx::Result<Vec<String>> {
-        // The join and SET convert on assignment; no casts needed.
-        Ok(vec![String::new(); columns.len()])
+        // The bulk update needs no casts (the join and SET convert on assignment);
+        // a guard compares text columns as bytes.
+        let name = table.rsplit('.').next().unwrap_or(table);
+        let mut types = Vec::with_capacity(columns.len());
+        for col in columns {
+            let rows = Self::fetch(
+                c,
+                "SELECT DATA_TYPE FROM information_schema.COLUMNS
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+                &[name.into(), col.as_str().into()],
+            )
+            .await?;
+            let ty = rows
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next())
+                .and_then(Value::into_string);
+            types.push(ty.ok_or_else(|| {
+                sqlx::Error::Protocol(format!("column `{col}` of table `{table}` does not exist"))
+            })?);
+        }
+        Ok(types)
     }
 
     async fn estimate_rows(c: &mut MySqlConnection, table: &str) -> sqlx::Result<Option<i64>> {

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Column, Connection, PgConnection, Row as _, TypeInfo, ValueRef};
 
-use super::{BulkUpdate, ConnectOptions, Driver, Row, Value};
+use super::{BulkUpdate, ConnectOptions, Driver, Row, Transient, Value};
 use crate::config::DatabaseUrl;
 use crate::{Error, Result};
 
@@ -117,8 +117,7 @@ fn decode(row: &PgRow) -> sqlx::Result<Row> {
             out.push(Value::Null);
             continue;
         }
-        let kind = col.type_info().name().to_string();
-        out.push(match kind.as_str() {
+        out.push(match col.type_info().name() {
             "INT2" => Value::Int(row.try_get::<i16, _>(i)?.into()),
             "INT4" => Value::Int(row.try_get::<i32, _>(i)?.into()),
             "INT8" => Value::Int(row.try_get(i)?),
@@ -154,6 +153,35 @@ impl Driver for Postgres {
     // the flush, the batch and its checkpoint are lost together and the resumed run
     // redoes the batch. Exactly-once holds; only the last moments are redone.
     const BATCH_SESSION: &'static [&'static str] = &["SET synchronous_commit = off"];
+
+    fn timeouts(lock: std::time::Duration, statement: Option<std::time::Duration>) -> Vec<String> {
+        // 0 turns a timeout off; a set one is at least 1 ms.
+        let ms = |d: std::time::Duration| d.as_millis().max(1);
+        vec![
+            format!("SET lock_timeout = {}", ms(lock)),
+            format!("SET statement_timeout = {}", statement.map_or(0, ms)),
+        ]
+    }
+
+    fn transient(err: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Transient> {
+        // SQLSTATEs: https://www.postgresql.org/docs/15/errcodes-appendix.html
+        match err.code()?.as_ref() {
+            "55P03" => Some(Transient::LockTimeout),
+            "57014" => Some(Transient::StatementTimeout),
+            "40001" | "40P01" => Some(Transient::Deadlock),
+            // Terminated by an administrator or a shutdown, or the connection broke.
+            "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006" | "08001" | "08004" => {
+                Some(Transient::ConnectionLost)
+            }
+            _ => None,
+        }
+    }
+
+    /// `xmin` changes with every write to a row, whichever columns it touched (a
+    /// filter column the transform does not read included); frozen rows keep it.
+    fn guard_select(_columns: &[String]) -> Vec<String> {
+        vec!["xmin::text".into()]
+    }
     const BOOKKEEPING_DDL: &'static [&'static str] = &[
         "CREATE TABLE IF NOT EXISTS datamig_schema_history (
             version BIGINT PRIMARY KEY,
@@ -316,7 +344,11 @@ impl Driver for Postgres {
         // UPDATE … FROM unnest(arrays): one statement, one round trip. The explicit
         // key range keeps PostgreSQL on the index (without it, it scans the table).
         let q = |n: &str| Self::quote_ident(n);
-        let names: Vec<&String> = spec.keys.iter().chain(&spec.sets).collect();
+        let version = "datamig_row_version".to_string();
+        let mut names: Vec<&String> = spec.keys.iter().chain(&spec.sets).collect();
+        if spec.guard.is_some() {
+            names.push(&version);
+        }
         let arrays: Vec<Array> = (0..names.len())
             .map(|i| Array::of(rows.iter().map(|r| &r[i])))
             .collect();
@@ -335,12 +367,15 @@ impl Driver for Postgres {
             .enumerate()
             .map(|(i, a)| format!("${}::{}[]", i + 1, a.sql_type()))
             .collect();
-        let join: Vec<String> = spec
+        let mut join: Vec<String> = spec
             .keys
             .iter()
             .enumerate()
             .map(|(i, k)| format!("t.{} = v.{}{}", q(k), q(k), cast(i)))
             .collect();
+        if spec.guard.is_some() {
+            join.push(format!("t.xmin = v.{version}::xid"));
+        }
         let n = arrays.len();
         let sql = format!(
             "UPDATE {} AS t SET {} FROM unnest({}) AS v({}) WHERE {} AND t.{} BETWEEN ${} AND ${}",

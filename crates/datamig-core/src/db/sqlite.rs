@@ -10,7 +10,7 @@ use std::str::FromStr;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow};
 use sqlx::{Column, Connection, Row as _, SqliteConnection, TypeInfo, ValueRef};
 
-use super::{BulkUpdate, ConnectOptions, Driver, Row, Value};
+use super::{BulkUpdate, ConnectOptions, Driver, Row, Transient, Value};
 use crate::config::DatabaseUrl;
 use crate::{Error, Result};
 
@@ -210,29 +210,49 @@ impl Driver for Sqlite {
         let q = |n: &str| Self::quote_ident(n);
         let table = q(&spec.table);
         let n_keys = spec.keys.len();
-        let width = n_keys + spec.sets.len();
+        let guards = spec.guard.as_ref().map_or(0, |g| g.columns.len());
+        let width = n_keys + spec.sets.len() + guards;
         let sets: Vec<String> = spec
             .sets
             .iter()
             .enumerate()
             .map(|(j, s)| format!("{} = v.column{}", q(s), n_keys + j + 1))
             .collect();
-        let join: Vec<String> = spec
+        let mut join: Vec<String> = spec
             .keys
             .iter()
             .enumerate()
             .map(|(i, k)| format!("{table}.{} = v.column{}", q(k), i + 1))
             .collect();
+        let mut tail: Vec<&Value> = Vec::new();
+        if let Some(guard) = &spec.guard {
+            let first_guard = n_keys + spec.sets.len();
+            for (i, col) in guard.columns.iter().enumerate() {
+                join.push(format!(
+                    "{table}.{} IS v.column{}",
+                    q(col),
+                    first_guard + i + 1
+                ));
+            }
+            if let Some((sql, params)) = &guard.filter {
+                join.push(format!("({sql})"));
+                tail.extend(params);
+            }
+        }
         let tuple = format!("({})", vec!["?"; width].join(", "));
         let mut changed = 0;
-        for chunk in rows.chunks((MAX_PARAMETERS / width).max(1)) {
+        for chunk in rows.chunks((MAX_PARAMETERS.saturating_sub(tail.len()) / width).max(1)) {
             let values = vec![tuple.as_str(); chunk.len()].join(", ");
             let sql = format!(
                 "UPDATE {table} SET {} FROM (VALUES {values}) AS v WHERE {}",
                 sets.join(", "),
                 join.join(" AND ")
             );
-            changed += super::bind_values!(sqlx::query(&sql), chunk.iter().flatten())
+            let params = chunk
+                .iter()
+                .flat_map(|r| &r[..width])
+                .chain(tail.iter().copied());
+            changed += super::bind_values!(sqlx::query(&sql), params)
                 .execute(&mut c.conn)
                 .await?
                 .rows_affected();
@@ -255,6 +275,23 @@ impl Driver for Sqlite {
 
     // BEGIN IMMEDIATE already holds the database's write lock for the batch.
     const FOR_UPDATE: &'static str = "";
+
+    fn timeouts(lock: std::time::Duration, _statement: Option<std::time::Duration>) -> Vec<String> {
+        // SQLite has no statement timeout; waiting for the database's lock is
+        // the busy timeout.
+        vec![format!("PRAGMA busy_timeout = {}", lock.as_millis().max(1))]
+    }
+
+    fn transient(err: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Transient> {
+        // SQLITE_BUSY and SQLITE_LOCKED, with their extended codes.
+        let code: i64 = err.code()?.parse().ok()?;
+        matches!(code & 0xff, 5 | 6).then_some(Transient::LockTimeout)
+    }
+
+    // One writer at a time, in this process: reading the next batch on a second
+    // connection measured no faster (BENCHMARKS.md), so batches read in their own
+    // transaction.
+    const READ_AHEAD: bool = false;
 
     async fn snapshot(c: &mut SqliteConn) -> Result<Vec<String>> {
         const USER_TABLES: &str = "m.name NOT LIKE 'datamig\\_%' ESCAPE '\\' AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'";

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 pub use store::{RunRecord, RunState};
 
-use crate::db::{db_message, Conn, Value};
+use crate::db::{db_message, Conn, ConnectOptions, Transient, Value};
 use crate::job::{Check, DynJob, ParsedArgs, Plan, PlanContext, Source, Step};
 use crate::{migrate, Error, Result};
 
@@ -46,6 +46,19 @@ pub struct Options {
     /// Abandon an unfinished run and start over.
     pub restart: bool,
     pub count: CountMode,
+    /// Read the next batch on a second connection while the current one is
+    /// written (server databases; see `batch`).
+    pub read_ahead: bool,
+    /// How long a batch waits for a lock before it fails (and is retried).
+    pub lock_timeout: Duration,
+    /// How long a batch's statement may run (`None`: no limit); a batch that
+    /// runs out is retried at half the size.
+    pub statement_timeout: Option<Duration>,
+    /// How often a batch that failed transiently (a timeout, a deadlock, a lost
+    /// connection) is retried before the run fails.
+    pub max_retries: u32,
+    /// A pause after each batch.
+    pub sleep: Duration,
     /// The command that resumes this run, for the messages that need it.
     pub resume_command: String,
 }
@@ -88,6 +101,48 @@ pub struct CheckResult {
     pub ok: bool,
 }
 
+/// This process's batch transaction times, for percentiles: 1 ms buckets up to
+/// 10 s (longer batches count in the last), so memory stays fixed however long the run.
+#[derive(Debug, Clone)]
+pub struct BatchTimes {
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+impl Default for BatchTimes {
+    fn default() -> Self {
+        Self {
+            buckets: vec![0; 10_001],
+            count: 0,
+        }
+    }
+}
+
+impl BatchTimes {
+    pub fn record(&mut self, d: Duration) {
+        let ms = usize::try_from(d.as_millis()).unwrap_or(usize::MAX);
+        let last = self.buckets.len() - 1;
+        self.buckets[ms.min(last)] += 1;
+        self.count += 1;
+    }
+
+    /// The `p`th percentile (nearest rank), to the millisecond below; `None` before any batch.
+    pub fn percentile(&self, p: u64) -> Option<Duration> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (self.count * p.min(100)).div_ceil(100).max(1);
+        let mut seen = 0;
+        for (ms, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)));
+            }
+        }
+        None
+    }
+}
+
 /// What a finished run did.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -102,6 +157,8 @@ pub struct Report {
     pub elapsed: Duration,
     pub max_batch: Duration,
     pub bookkeeping: Duration,
+    /// This process's batch transaction times.
+    pub batch_times: BatchTimes,
     pub checks: Vec<CheckResult>,
 }
 
@@ -187,6 +244,28 @@ fn job_lock(job: &dyn DynJob) -> String {
     format!("job.{}", job.name())
 }
 
+/// How long a new run waits for the lock of a run whose process has died.
+const DEAD_HOLDER_GRACE: Duration = Duration::from_secs(30);
+
+/// Whether `owner` (as written by [`who_am_i`](crate::db::who_am_i)) names a
+/// process on this machine that no longer exists. Only Linux can tell; elsewhere
+/// a holder is taken to be alive.
+fn died_here(owner: &str) -> bool {
+    let Some((who, pid)) = owner.rsplit_once(" pid ") else {
+        return false;
+    };
+    let ours = gethostname::gethostname().to_string_lossy().into_owned();
+    let same_host = who.rsplit_once('@').is_some_and(|(_, host)| host == ours);
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    same_host
+        && pid != std::process::id()
+        && cfg!(target_os = "linux")
+        && std::path::Path::new("/proc/self").exists()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Runs (or resumes) a job to the end, or until `stop` is set between batches.
 pub async fn run(
     conn: &mut Conn,
@@ -204,15 +283,20 @@ pub async fn run(
     let plan = plan(conn, job, args)?;
     check_schema(conn, job, &plan).await?;
     let lock = job_lock(job);
-    if !conn.try_lock(&lock).await? {
+    let mut waited = Duration::ZERO;
+    while !conn.try_lock(&lock).await? {
         let holder = match store::latest(conn, job.name()).await.ok().flatten() {
             Some(r) if r.state == RunState::Running => {
-                format!(
-                    "run {} by {} (last checkpoint {})",
-                    r.id,
-                    r.owner.unwrap_or_default(),
-                    r.updated_at
-                )
+                let owner = r.owner.unwrap_or_default();
+                // A run killed on this machine a moment ago: the server drops its
+                // lock once it notices the closed connection. Wait for that rather
+                // than refuse a resume typed right after the kill.
+                if died_here(&owner) && waited < DEAD_HOLDER_GRACE {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    waited += Duration::from_millis(100);
+                    continue;
+                }
+                format!("run {} by {owner} (last checkpoint {})", r.id, r.updated_at)
             }
             _ => conn
                 .lock_holder(&lock)
@@ -243,9 +327,16 @@ async fn run_locked(
     obs: &mut dyn Observer,
 ) -> Result<Report> {
     conn.ensure_bookkeeping().await?;
-    conn.prepare_for_batches()
+    // Lock waits are bounded from here on; statement time only inside the batch
+    // loop (a count or a check over a huge table may rightly take long).
+    let limits = batch::Limits {
+        lock_timeout: opts.lock_timeout,
+        statement_timeout: None,
+    };
+    limits
+        .apply(conn)
         .await
-        .map_err(|e| Error::db("cannot prepare the session for batches", db_message(&e)))?;
+        .map_err(|e| Error::db("cannot prepare the session for batches", e.to_string()))?;
     let prep = batch::Prepared::new(conn, plan).await?;
     let batch_size = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
     let arity = match &plan.source {
@@ -351,14 +442,28 @@ async fn run_locked(
     };
     obs.started(&progress);
 
-    loop {
+    let mut batch_times = BatchTimes::default();
+    let limits = batch::Limits {
+        statement_timeout: opts.statement_timeout,
+        ..limits
+    };
+    if let Err(e) = limits.apply(conn).await {
+        let _ = end_run(conn, &progress, RunState::Failed, Some(&e.to_string())).await;
+        return Err(e);
+    }
+    let mut batches = batch::Batches::new(conn, plan, prep, run_id, limits, opts.read_ahead);
+    // Retries of the batch at hand, and its size (halved after a statement timeout).
+    let (mut attempt, mut size) = (0_u32, batch_size);
+    let looped = loop {
         if stop.load(Ordering::SeqCst) {
-            end_run(conn, &progress, RunState::Interrupted, None).await?;
+            if let Err(e) = end_run(conn, &progress, RunState::Interrupted, None).await {
+                break Err(e);
+            }
             obs.finished(&progress);
             let pct = percent(progress.rows_done, total)
                 .map(|p| format!(" ({p:.1}%)"))
                 .unwrap_or_default();
-            return Err(Error::Interrupted(format!(
+            break Err(Error::Interrupted(format!(
                 "interrupted run {run_id} of {} after {} batches, at {}{pct}; every finished batch is committed. \
                  Resume with: {}",
                 job.name(),
@@ -367,9 +472,10 @@ async fn run_locked(
                 opts.resume_command
             )));
         }
-        match batch::run(conn, plan, &prep, run_id, cursor.as_deref(), batch_size).await {
-            Ok(None) => break,
+        match batches.next(conn, cursor.as_deref(), size).await {
+            Ok(None) => break Ok(()),
             Ok(Some(done)) => {
+                (attempt, size) = (0, batch_size);
                 progress.rows_done += done.counts.rows;
                 progress.rows_this_process += done.counts.rows;
                 progress.rows_changed += done.counts.changed;
@@ -378,18 +484,90 @@ async fn run_locked(
                 progress.position = cursor::display(&done.cursor);
                 progress.elapsed = started.elapsed();
                 progress.max_batch = progress.max_batch.max(done.transaction);
+                batch_times.record(done.transaction);
                 progress.bookkeeping += done.bookkeeping;
                 if let Some(t) = progress.total.as_mut() {
                     *t = (*t).max(progress.rows_done);
                 }
                 cursor = Some(done.cursor);
                 obs.batch(&progress);
+                if !opts.sleep.is_zero() {
+                    pause(opts.sleep, stop).await;
+                }
+            }
+            Err(Error::Transient { message, kind }) if attempt < opts.max_retries => {
+                attempt += 1;
+                if kind == Transient::StatementTimeout {
+                    size = (size / 2).max(1);
+                }
+                let wait = backoff(attempt);
+                let smaller = if kind == Transient::StatementTimeout {
+                    format!(" at {size} rows")
+                } else {
+                    String::new()
+                };
+                obs.message(&format!(
+                    "batch {} ({kind}): {message}; retrying{smaller} in {:.1}s (attempt {attempt} of {})",
+                    progress.batches + 1,
+                    wait.as_secs_f64(),
+                    opts.max_retries
+                ));
+                batches.reset();
+                if pause(wait, stop).await {
+                    continue; // the loop's stop check ends the run
+                }
+                if kind == Transient::ConnectionLost || !alive(conn).await {
+                    if let Err(e) = reconnect(conn, &job_lock(job), &limits).await {
+                        match e {
+                            // The server is not back yet: count it as another attempt.
+                            Error::Transient { .. } => continue,
+                            e => break Err(e),
+                        }
+                    }
+                }
+                // A COMMIT cut off by the error may have landed: the checkpoint in
+                // the database, not this process's memory, says where the run is.
+                match store::latest(conn, job.name()).await {
+                    Ok(Some(r)) if r.id == run_id && r.rows_done > progress.rows_done => {
+                        let position = r.position.as_deref().unwrap_or_default();
+                        match cursor::decode(position, arity) {
+                            Ok(c) => {
+                                obs.message(&format!(
+                                    "batch {} had committed before the error; going on after it",
+                                    r.batches_done
+                                ));
+                                progress.rows_this_process += r.rows_done - progress.rows_done;
+                                progress.rows_done = r.rows_done;
+                                progress.rows_changed = r.rows_changed;
+                                progress.rows_rejected = r.rows_rejected;
+                                progress.batches = r.batches_done;
+                                progress.position = cursor::display(&c);
+                                cursor = Some(c);
+                            }
+                            Err(why) => {
+                                break Err(Error::CorruptCheckpoint(format!(
+                                    "run {run_id} of {}: the checkpoint is unreadable after a retry ({why})",
+                                    job.name()
+                                )))
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => continue, // still failing: the next attempt finds out
+                }
             }
             Err(e) => {
+                let e = match e {
+                    Error::Transient { message, kind } => Error::JobFailed(format!(
+                        "{message} ({kind}; still failing after {} retries)",
+                        opts.max_retries
+                    )),
+                    e => e,
+                };
                 // The batch's error is the one to report, even if recording it fails too.
                 let _ = end_run(conn, &progress, RunState::Failed, Some(&e.to_string())).await;
                 obs.finished(&progress);
-                return Err(Error::JobFailed(format!(
+                break Err(Error::JobFailed(format!(
                     "run {run_id} of {} failed at batch {} (at {}): {e}. The {} batches before it are \
                      committed; fix the cause and resume with: {}",
                     job.name(),
@@ -400,6 +578,11 @@ async fn run_locked(
                 )));
             }
         }
+    };
+    batches.close().await;
+    looped?;
+    if let Err(e) = conn.set_timeouts(opts.lock_timeout, None).await {
+        tracing::warn!("could not lift the statement timeout for the checks: {e}");
     }
     progress.elapsed = started.elapsed();
     obs.finished(&progress);
@@ -430,6 +613,7 @@ async fn run_locked(
         elapsed: progress.elapsed,
         max_batch: progress.max_batch,
         bookkeeping: progress.bookkeeping,
+        batch_times,
         checks,
     };
     if let Some(bad) = failed_checks(&report.checks) {
@@ -439,6 +623,59 @@ async fn run_locked(
         )));
     }
     Ok(report)
+}
+
+/// How long to wait before retry `attempt` (1, 2, …): doubling from 100 ms up
+/// to 10 s, each wait drawn between half and all of that (so that runs that
+/// failed together do not retry together).
+fn backoff(attempt: u32) -> Duration {
+    let full = Duration::from_millis(100)
+        .saturating_mul(1 << attempt.saturating_sub(1).min(10))
+        .min(Duration::from_secs(10));
+    full.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+/// Sleeps `wait`, waking early when `stop` is set; returns whether it was.
+async fn pause(wait: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        tokio::time::sleep((until - Instant::now()).min(Duration::from_millis(100))).await;
+    }
+    stop.load(Ordering::SeqCst)
+}
+
+/// Whether a connection still answers.
+async fn alive(conn: &mut Conn) -> bool {
+    conn.fetch_one("SELECT 1", &[]).await.is_ok()
+}
+
+/// Replaces a lost batch connection: a new session with the batch settings,
+/// and the job lock again (it ended with the old session). Another process
+/// that took the job meanwhile wins, and this run stops.
+async fn reconnect(conn: &mut Conn, lock: &str, limits: &batch::Limits) -> Result<()> {
+    let fresh = Conn::connect(conn.url(), &ConnectOptions::default())
+        .await
+        .map_err(|e| Error::Transient {
+            message: e.to_string(),
+            kind: Transient::ConnectionLost,
+        })?;
+    std::mem::replace(conn, fresh).close().await;
+    limits.apply(conn).await?;
+    // The old session's lock goes when its server process ends, a moment after.
+    for _ in 0..50 {
+        if conn.try_lock(lock).await? {
+            tracing::info!("reconnected, and holding the job lock again");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::AlreadyRunning(format!(
+        "lost the database connection, and with it the job lock ({lock}); another process holds it now, \
+         so this one stops here (every committed batch is kept)"
+    )))
 }
 
 /// Records how a run ended, with its timing figures.
@@ -545,4 +782,34 @@ pub fn failed_checks(results: &[CheckResult]) -> Option<String> {
         })
         .collect();
     (!bad.is_empty()).then(|| bad.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_holder_is_recognised_only_on_this_machine() {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        // Beyond any pid_max, so no such process.
+        assert!(died_here(&format!("ann@{host} pid 4294967295")));
+        assert!(!died_here(&crate::db::who_am_i()), "this process is alive");
+        assert!(!died_here("ann@elsewhere.example pid 4294967295"));
+        assert!(!died_here("garbage"));
+        assert!(!died_here(&format!("ann@{host} pid x")));
+    }
+
+    #[test]
+    fn batch_time_percentiles() {
+        let mut t = BatchTimes::default();
+        assert_eq!(t.percentile(50), None);
+        for ms in 1..=100 {
+            t.record(Duration::from_millis(ms));
+        }
+        t.record(Duration::from_secs(60));
+        assert_eq!(t.percentile(50), Some(Duration::from_millis(51)));
+        assert_eq!(t.percentile(99), Some(Duration::from_millis(100)));
+        // Beyond 10 s everything counts in the last bucket.
+        assert_eq!(t.percentile(100), Some(Duration::from_millis(10_000)));
+    }
 }
