@@ -331,6 +331,39 @@ each_db! {
         }
     }
 
+    fn a_batch_is_n_rows_of_the_source_not_n_keys(kind: Db) {
+        // 30,000 keys: the first 10,000 all flagged, the next 10,000 none, the
+        // last 10,000 one in 50. 10,200 rows match the jobs' filter.
+        let p = Project::new(kind);
+        p.db.exec("CREATE TABLE flags (id BIGINT NOT NULL PRIMARY KEY, flag INT NOT NULL DEFAULT 0, hits INT NOT NULL DEFAULT 0)");
+        p.db.fill_ids("flags", 30_000);
+        p.db.exec("UPDATE flags SET flag = 1 WHERE id <= 10000 OR (id > 20000 AND id % 50 = 0)");
+        let summary = |run: &Run| -> serde_json::Value {
+            assert_eq!(run.code, 0, "{run:?}");
+            serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap()
+        };
+        // Batches of 500 keys would take 60; batches of 500 rows take 21 for the
+        // dense part and a few growing chunks over the empty and the sparse ones.
+        for read in [&[][..], &["--no-read-ahead"][..]] {
+            p.db.exec("UPDATE flags SET hits = 0");
+            let mut args = vec!["run", "touch_flagged", "--batch", "500", "--json"];
+            args.extend_from_slice(read);
+            let s = summary(&p.run_fixtures(&args));
+            assert_eq!(s["rows_done"], 10_200, "{read:?}: {s}");
+            assert_eq!(s["rows_changed"], 10_200, "{read:?}: {s}");
+            let batches = s["batches"].as_i64().unwrap();
+            assert!((21..=32).contains(&batches), "{read:?}: {batches} batches: {s}");
+            assert_eq!(p.db.scalar("SELECT count(*) FROM flags WHERE flag = 1 AND hits = 1"), 10_200, "{read:?}");
+            assert_eq!(p.db.scalar("SELECT count(*) FROM flags WHERE hits <> flag"), 0, "{read:?}");
+        }
+        let run = p.run_fixtures(&["run", "purge_flagged", "--batch", "500", "--count", "estimate", "--json"]);
+        let s = summary(&run);
+        assert_eq!(s["rows_changed"], 10_200, "{s}");
+        assert!((21..=32).contains(&s["batches"].as_i64().unwrap()), "{s}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM flags"), 19_800);
+        assert_eq!(p.db.scalar("SELECT count(*) FROM flags WHERE flag = 1"), 0);
+    }
+
     fn backfill_emails_end_to_end(kind: Db) {
         let p = Project::new(kind);
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");

@@ -45,18 +45,6 @@ pub struct PlanContext {
     pub backend: Backend,
 }
 
-impl PlanContext {
-    /// SQL for a placeholder holding a `YYYY-MM-DD HH:MM:SS` UTC timestamp as text,
-    /// comparable with a `TIMESTAMP` column on every database.
-    pub fn timestamp_param(&self) -> &'static str {
-        match self.backend {
-            Backend::Postgres => "CAST(? AS TIMESTAMP)",
-            Backend::MySql => "CAST(? AS DATETIME)",
-            Backend::Sqlite => "?",
-        }
-    }
-}
-
 /// A job's plan: where its rows come from, what it does with a batch, how to check it.
 pub struct Plan {
     pub source: Source,
@@ -75,8 +63,8 @@ pub enum Source {
         key: Vec<String>,
         /// Columns a [`Transform`] reads (besides the key).
         columns: Vec<String>,
-        /// A predicate over the table, with `?` placeholders for `params`, applied
-        /// within each batch's key range. Every `?` outside a string literal is a
+        /// A predicate over the table, with `?` placeholders for `params`: the rows
+        /// the job acts on. Applied within each batch's key range. Every `?` outside a string literal is a
         /// placeholder (datamig numbers them for PostgreSQL), so PostgreSQL's `?`
         /// JSON operators must be written as functions (`jsonb_exists`).
         filter: Option<Filter>,
@@ -106,9 +94,11 @@ impl Source {
         self
     }
 
-    /// Restricts the rows acted on. The run still pages through every key (so each
-    /// batch is an index range, whatever the filter); rows outside the filter are
-    /// counted as visited and left alone.
+    /// Restricts the rows the source selects: a batch is the next `--batch` rows
+    /// that match. The run still pages through the keys in order (each batch is
+    /// an index range scan, whatever the planner thinks of the filter), scanning
+    /// at most 20 times the batch size in keys for one batch; keys outside the
+    /// filter are passed over. Bind times as [`Value::Timestamp`], not text.
     #[must_use]
     pub fn filter(mut self, sql: &str, params: Vec<Value>) -> Source {
         if let Source::Table { filter, .. } = &mut self {

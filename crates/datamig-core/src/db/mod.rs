@@ -25,6 +25,11 @@ pub enum Value {
     Float(f64),
     Text(String),
     Bytes(Vec<u8>),
+    /// A date and time without a zone, by convention UTC (`TIMESTAMP` on
+    /// PostgreSQL, `DATETIME` on MariaDB, `YYYY-MM-DD HH:MM:SS` text on SQLite).
+    /// Bind timestamps as this, not as text: PostgreSQL evaluates
+    /// `CAST(? AS TIMESTAMP)` of a text parameter again for every row it filters.
+    Timestamp(chrono::NaiveDateTime),
 }
 
 impl Value {
@@ -68,6 +73,11 @@ impl From<i64> for Value {
 impl From<&str> for Value {
     fn from(v: &str) -> Self {
         Value::Text(v.to_string())
+    }
+}
+impl From<chrono::NaiveDateTime> for Value {
+    fn from(v: chrono::NaiveDateTime) -> Self {
+        Value::Timestamp(v)
     }
 }
 impl From<String> for Value {
@@ -154,8 +164,13 @@ pub(crate) trait Driver {
         table: &str,
         columns: &[String],
     ) -> sqlx::Result<Vec<String>>;
-    /// The planner's row estimate for a table, cheap on huge tables.
-    async fn estimate_rows(c: &mut Self::Connection, table: &str) -> sqlx::Result<Option<i64>>;
+    /// The planner's estimate of how many rows a query returns (from EXPLAIN,
+    /// without running it): cheap on huge tables. `None` where there is none.
+    async fn estimate(
+        c: &mut Self::Connection,
+        sql: &str,
+        params: &[Value],
+    ) -> sqlx::Result<Option<i64>>;
 
     /// Locks the rows a transform reads until the batch commits.
     const FOR_UPDATE: &'static str = " FOR UPDATE";
@@ -217,6 +232,7 @@ macro_rules! bind_values {
                 Value::Float(v) => q.bind(*v),
                 Value::Text(v) => q.bind(v.as_str()),
                 Value::Bytes(v) => q.bind(v.as_slice()),
+                Value::Timestamp(v) => q.bind(*v),
             };
         }
         q
@@ -449,8 +465,10 @@ impl Conn {
         dispatch!(self, c => column_types(table, columns))
     }
 
-    pub async fn estimate_rows(&mut self, table: &str) -> sqlx::Result<Option<i64>> {
-        dispatch!(self, c => estimate_rows(table))
+    /// See [`Driver::estimate`].
+    pub async fn estimate(&mut self, sql: &str, params: &[Value]) -> sqlx::Result<Option<i64>> {
+        let sql = self.placeholders(sql);
+        dispatch!(self, c => estimate(&sql, params))
     }
 
     /// Bounds lock waits and (with `statement`) statement time for this session.
@@ -628,6 +646,13 @@ pub struct Guard {
     pub types: Vec<String>,
     /// The source filter (`?` placeholders) and its parameters.
     pub filter: Option<(String, Vec<Value>)>,
+}
+
+/// A planner's row estimate (a float in EXPLAIN's output) as a row count.
+pub(crate) fn rows_estimate(value: f64) -> Option<i64> {
+    // EXPLAIN's figures are guesses: rounding one loses nothing.
+    #[allow(clippy::cast_possible_truncation)]
+    (0.0..9.0e18).contains(&value).then(|| value.round() as i64)
 }
 
 /// A stable 64-bit key for a named lock (PostgreSQL advisory locks).

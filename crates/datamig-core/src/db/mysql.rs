@@ -20,6 +20,18 @@ pub(crate) fn error_number(err: &dyn sqlx::error::DatabaseError) -> Option<u16> 
         .map(|e| e.number())
 }
 
+/// The first `"table"` object of an `EXPLAIN FORMAT=JSON` plan (MariaDB nests
+/// it in `nested_loop`, MySQL puts it under `query_block`).
+fn first_table(plan: &serde_json::Value) -> Option<&serde_json::Value> {
+    match plan {
+        serde_json::Value::Object(map) => map
+            .get("table")
+            .or_else(|| map.values().find_map(first_table)),
+        serde_json::Value::Array(items) => items.iter().find_map(first_table),
+        _ => None,
+    }
+}
+
 /// Lock names are server-wide, so the lock is named after the database too.
 const LOCK_NAME: &str = super::MYSQL_LOCK_NAME_SQL;
 
@@ -55,6 +67,8 @@ fn decode(row: &MySqlRow) -> sqlx::Result<Row> {
             }
             "FLOAT" => Value::Float(row.try_get::<f32, _>(i)?.into()),
             "DOUBLE" => Value::Float(row.try_get(i)?),
+            "DATETIME" | "TIMESTAMP" => Value::Timestamp(row.try_get(i)?),
+            "DATE" => Value::Text(row.try_get::<chrono::NaiveDate, _>(i)?.to_string()),
             "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BINARY" | "VARBINARY" => {
                 Value::Bytes(row.try_get_unchecked(i)?)
             }
@@ -353,18 +367,31 @@ impl Driver for MySql {
         Ok(types)
     }
 
-    async fn estimate_rows(c: &mut MySqlConnection, table: &str) -> sqlx::Result<Option<i64>> {
-        let name = table.rsplit('.').next().unwrap_or(table);
-        let rows = Self::fetch(
-            c,
-            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
-            &[name.into()],
-        )
-        .await?;
-        Ok(rows
+    async fn estimate(
+        c: &mut MySqlConnection,
+        sql: &str,
+        params: &[Value],
+    ) -> sqlx::Result<Option<i64>> {
+        let rows = Self::fetch(c, &format!("EXPLAIN FORMAT=JSON {sql}"), params).await?;
+        let plan = rows
             .into_iter()
             .next()
-            .and_then(|r| r.first().and_then(Value::as_i64)))
+            .and_then(|r| r.into_iter().next())
+            .and_then(Value::into_string)
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        Ok(plan.as_ref().and_then(first_table).and_then(|table| {
+            // The rows the planner expects to read, and the share its filter keeps:
+            // `rows` on MariaDB, `rows_examined_per_scan` on MySQL; `filtered` a
+            // number on MariaDB, a string on MySQL.
+            let number = |v: &serde_json::Value| {
+                v.as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            };
+            let rows =
+                number(&table["rows"]).or_else(|| number(&table["rows_examined_per_scan"]))?;
+            let filtered = number(&table["filtered"]).unwrap_or(100.0);
+            super::rows_estimate(rows * filtered / 100.0)
+        }))
     }
 
     fn compare_keys(keys: &[String], op: &str) -> (String, Vec<usize>) {

@@ -20,6 +20,7 @@ enum Array {
     Bool(Vec<Option<bool>>),
     Text(Vec<Option<String>>),
     Bytes(Vec<Option<Vec<u8>>>),
+    Timestamp(Vec<Option<chrono::NaiveDateTime>>),
 }
 
 impl Array {
@@ -34,6 +35,7 @@ impl Array {
                 Value::Bool(_) => Some(2),
                 Value::Text(_) => Some(3),
                 Value::Bytes(_) => Some(4),
+                Value::Timestamp(_) => Some(5),
             })
             .collect();
         let only = if kinds.len() == 1 {
@@ -76,12 +78,24 @@ impl Array {
                     })
                     .collect(),
             ),
+            Some(5) => Array::Timestamp(
+                values
+                    .map(|v| {
+                        if let Value::Timestamp(t) = v {
+                            Some(*t)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            ),
             _ => Array::Text(
                 values
                     .map(|v| match v {
                         Value::Null => None,
                         Value::Float(f) => Some(f.to_string()),
                         Value::Bool(b) => Some(b.to_string()),
+                        Value::Timestamp(t) => Some(t.format("%Y-%m-%d %H:%M:%S%.f").to_string()),
                         other => other.clone().into_string(),
                     })
                     .collect(),
@@ -96,6 +110,7 @@ impl Array {
             Array::Bool(_) => "bool",
             Array::Text(_) => "text",
             Array::Bytes(_) => "bytea",
+            Array::Timestamp(_) => "timestamp",
         }
     }
 }
@@ -126,9 +141,16 @@ fn decode(row: &PgRow) -> sqlx::Result<Row> {
             "FLOAT4" => Value::Float(row.try_get::<f32, _>(i)?.into()),
             "FLOAT8" => Value::Float(row.try_get(i)?),
             "BYTEA" => Value::Bytes(row.try_get(i)?),
+            "TIMESTAMP" => Value::Timestamp(row.try_get(i)?),
+            "TIMESTAMPTZ" => Value::Timestamp(
+                row.try_get::<chrono::DateTime<chrono::Utc>, _>(i)?
+                    .naive_utc(),
+            ),
             "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "UNKNOWN" => {
                 Value::Text(row.try_get(i)?)
             }
+            // `json` travels as its text in either protocol (EXPLAIN's output, for one).
+            "JSON" => Value::Text(row.try_get_unchecked(i)?),
             other => {
                 return Err(sqlx::Error::Decode(
                     format!(
@@ -396,6 +418,7 @@ impl Driver for Postgres {
                 Array::Bool(v) => query.bind(v),
                 Array::Text(v) => query.bind(v),
                 Array::Bytes(v) => query.bind(v),
+                Array::Timestamp(v) => query.bind(v),
             };
         }
         let bounds = [spec.lo.clone(), spec.hi.clone()];
@@ -429,18 +452,22 @@ impl Driver for Postgres {
         Ok(types)
     }
 
-    async fn estimate_rows(c: &mut PgConnection, table: &str) -> sqlx::Result<Option<i64>> {
-        let rows = Self::fetch(
-            c,
-            "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass($1)",
-            &[quote_name(table).into()],
-        )
-        .await?;
-        Ok(rows
+    async fn estimate(
+        c: &mut PgConnection,
+        sql: &str,
+        params: &[Value],
+    ) -> sqlx::Result<Option<i64>> {
+        let rows = Self::fetch(c, &format!("EXPLAIN (FORMAT JSON) {sql}"), params).await?;
+        let plan = rows
             .into_iter()
             .next()
-            .and_then(|r| r.first().and_then(Value::as_i64))
-            .filter(|n| *n >= 0))
+            .and_then(|r| r.into_iter().next())
+            .and_then(Value::into_string)
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        Ok(plan
+            .as_ref()
+            .and_then(|p| p[0]["Plan"]["Plan Rows"].as_f64())
+            .and_then(super::rows_estimate))
     }
 
     async fn snapshot(c: &mut PgConnection) -> Result<Vec<String>> {

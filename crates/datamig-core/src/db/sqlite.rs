@@ -268,8 +268,12 @@ impl Driver for Sqlite {
         Ok(vec![String::new(); columns.len()])
     }
 
-    async fn estimate_rows(_c: &mut SqliteConn, _table: &str) -> sqlx::Result<Option<i64>> {
-        // SQLite keeps no row estimate; counting a local table is the estimate.
+    async fn estimate(
+        _c: &mut SqliteConn,
+        _sql: &str,
+        _params: &[Value],
+    ) -> sqlx::Result<Option<i64>> {
+        // SQLite's planner gives no row estimate; counting a local table is the estimate.
         Ok(None)
     }
 

@@ -1,11 +1,17 @@
 //! One batch: read, transform, write, checkpoint, commit — in one transaction.
 //!
-//! Table sources are cut into chunks of the next `n` keys after the cursor
-//! (`key > cursor ORDER BY key LIMIT n`: an index range, never OFFSET), and the
-//! source filter is applied inside the chunk. So every batch costs the same
-//! wherever the run is and whatever the planner believes about the filter (with
-//! the filter in the paging query, stale statistics made PostgreSQL sort the
-//! whole table for every batch). The checkpoint is written in the batch's own
+//! A batch is the next `n` rows the source selects after the cursor. To find
+//! them, a table source scans a chunk of the next keys (`key > cursor ORDER BY
+//! key LIMIT k`: an index range, never OFFSET) and applies the source filter
+//! inside it, ending the batch at its `n`-th matching row. So every batch costs
+//! the same wherever the run is and whatever the planner believes about the
+//! filter (with the filter in the paging query, stale statistics made PostgreSQL
+//! sort the whole table for every batch). The chunk's size `k` follows what the
+//! chunks before it found ([`Density`]), at most [`MAX_SCAN`] times `n`: a
+//! purge whose filter matches half the rows scans about `2n` keys for its `n`
+//! rows. Where no row lock is taken (reading ahead, and SQLite) the filter is
+//! applied over the chunk in the query, which stops at the `n`-th match and
+//! returns only matching rows. The checkpoint is written in the batch's own
 //! transaction: a batch is either wholly done and counted, or not done at all.
 //!
 //! A Rust transform reads its next batch on a second connection while the
@@ -32,6 +38,68 @@ use crate::db::{db_message, BulkUpdate, Conn, ConnectOptions, Guard, Row, Value}
 use crate::job::{Filter, Outcome, Plan, Source, SourceRow, Step, Transform};
 use crate::{Error, Result};
 
+/// A batch scans at most this many times its size in keys to find its rows.
+pub(crate) const MAX_SCAN: i64 = 20;
+
+/// How big a batch is: `rows` the source selects (rows matching its filter),
+/// found among at most `keys` keys after the cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Size {
+    pub rows: i64,
+    pub keys: i64,
+}
+
+/// What a batch's chunk held: the rows the filter matched, and, when that was
+/// fewer than the batch's size, how many keys the chunk had (`None`: the batch
+/// found all its rows before the chunk's end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scanned {
+    pub matched: i64,
+    pub ran_out: Option<i64>,
+}
+
+/// Keys per matching row, in thousandths: how large a chunk to scan for a batch.
+/// It follows what the chunks found: after a batch that ran out of keys, the
+/// density its chunk saw and a quarter to spare (doubling where nothing
+/// matched); after one that found all its rows, 2% less, so that a chunk does
+/// not stay larger than the filter needs. A larger chunk than needed costs
+/// PostgreSQL and SQLite nothing (their scan stops at the batch's last row) and
+/// MariaDB a little; one too small costs a second query and a short batch, so
+/// the chunk shrinks slowly and grows at once. Between 1 (every key matches)
+/// and [`MAX_SCAN`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Density(i64);
+
+impl Default for Density {
+    fn default() -> Self {
+        Density(1000)
+    }
+}
+
+impl Density {
+    pub fn after(self, scanned: Scanned) -> Density {
+        let per_mille = match scanned.ran_out {
+            None => self.0 * 49 / 50,
+            Some(_) if scanned.matched == 0 => self.0.saturating_mul(2),
+            Some(keys) => keys.saturating_mul(1250) / scanned.matched,
+        };
+        Density(per_mille.clamp(1000, MAX_SCAN * 1000))
+    }
+
+    /// The size of a batch of `rows` rows (a key is a row without a filter).
+    pub fn size(self, rows: i64, filtered: bool) -> Size {
+        let keys = if filtered {
+            i64::try_from(i128::from(rows) * i128::from(self.0) / 1000).unwrap_or(i64::MAX)
+        } else {
+            rows
+        };
+        Size {
+            rows,
+            keys: keys.max(rows),
+        }
+    }
+}
+
 /// What a batch did.
 pub(crate) struct Done {
     pub cursor: Vec<Value>,
@@ -40,6 +108,8 @@ pub(crate) struct Done {
     pub transaction: Duration,
     /// The checkpoint statement: datamig's own overhead in the batch.
     pub bookkeeping: Duration,
+    /// What its chunk's scan found, which sizes the next chunk.
+    pub scanned: Scanned,
 }
 
 /// Per-run facts computed once: quoted names, the bulk-update shape.
@@ -128,6 +198,64 @@ impl Prepared {
         (sql, params)
     }
 
+    /// The rows of the batch after `after`: `outer` (names of `inner`'s
+    /// columns) of the rows matching the filter, at most `size.rows`, among the
+    /// next `size.keys` keys. The chunk's own `ORDER BY … LIMIT` keeps it an
+    /// index range scan in key order whatever the planner thinks of the filter,
+    /// and the outer `LIMIT` stops the scan at the batch's last row (PostgreSQL
+    /// and SQLite run the two as one pipeline; MariaDB fills the chunk first,
+    /// which is why its size follows the density). Takes no row locks: a lock on
+    /// the chunk makes PostgreSQL lock and sort all of it.
+    fn matching(
+        &self,
+        conn: &Conn,
+        filter: &Filter,
+        inner: &[String],
+        outer: &[String],
+        after: Option<&[Value]>,
+        size: Size,
+    ) -> (String, Vec<Value>) {
+        let keys = self.key_list(conn);
+        let (cond, key_params) = self.conditions(conn, false, after, None);
+        let sql = format!(
+            "SELECT {} FROM (SELECT {}, CASE WHEN ({}) THEN 1 ELSE 0 END AS datamig_m FROM {} \
+             WHERE {cond} ORDER BY {keys} LIMIT {}) c WHERE datamig_m = 1 ORDER BY {keys} LIMIT {}",
+            outer.join(", "),
+            inner.join(", "),
+            filter.sql,
+            conn.quote_ident(&self.table),
+            size.keys,
+            size.rows
+        );
+        let mut params = filter.params.clone();
+        params.extend(key_params);
+        (sql, params)
+    }
+
+    /// `(last key…, count)` of the rows of `sql`, which selects the key columns.
+    /// One key: max() and count(), an aggregate over an index scan (a window and
+    /// a sort cost PostgreSQL 4.5 ms a batch of 5000).
+    fn last_of(&self, conn: &Conn, sql: &str) -> String {
+        let keys = self.key_list(conn);
+        if self.keys.len() == 1 {
+            format!("SELECT max({keys}), count(*) FROM ({sql}) s")
+        } else {
+            format!(
+                "SELECT {keys}, count(*) OVER () FROM ({sql}) s ORDER BY {} LIMIT 1",
+                self.keys_desc(conn)
+            )
+        }
+    }
+
+    /// `k1 DESC, k2 DESC`: the keys in reverse order, for the last row of a chunk.
+    fn keys_desc(&self, conn: &Conn) -> String {
+        self.keys
+            .iter()
+            .map(|k| format!("{} DESC", conn.quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn key_list(&self, conn: &Conn) -> String {
         self.keys
             .iter()
@@ -136,9 +264,19 @@ impl Prepared {
             .join(", ")
     }
 
-    /// Keys left after `after` (all without it): the progress total, in rows visited.
+    /// The planner's estimate of [`Prepared::count`], without counting.
+    pub async fn estimate(&self, conn: &mut Conn, after: Option<&[Value]>) -> Option<i64> {
+        let (cond, params) = self.conditions(conn, true, after, None);
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE {cond}",
+            conn.quote_ident(&self.table)
+        );
+        conn.estimate(&sql, &params).await.ok().flatten()
+    }
+
+    /// Rows the source selects after `after` (all without it): the progress total.
     pub async fn count(&self, conn: &mut Conn, after: Option<&[Value]>) -> Result<i64> {
-        let (cond, params) = self.conditions(conn, false, after, None);
+        let (cond, params) = self.conditions(conn, true, after, None);
         let sql = format!(
             "SELECT count(*) FROM {} WHERE {cond}",
             conn.quote_ident(&self.table)
@@ -163,8 +301,8 @@ pub(crate) enum Batch {
 
 /// What a batch's transaction does.
 enum Work<'a> {
-    /// Read (under row locks, for a transform), act and checkpoint: the keys
-    /// after `after`, `size` of them, or all up to `upto` when redoing a range.
+    /// Read (under row locks, for a transform), act and checkpoint: the batch
+    /// after `after`, or every key up to `upto` when redoing a range.
     Serial {
         after: Option<&'a [Value]>,
         upto: Option<&'a [Value]>,
@@ -210,6 +348,8 @@ pub(crate) struct Batches<'p> {
     reader: Option<Conn>,
     /// The read of the next batch, in flight on the reader connection.
     in_flight: Option<JoinHandle<InFlight>>,
+    /// How many keys a chunk scans per row, from what the chunks so far found.
+    density: Density,
 }
 
 /// What is read ahead of a batch's transaction.
@@ -227,13 +367,20 @@ impl Ahead {
             Ahead::Bound(bound) => &bound.last,
         }
     }
+
+    fn scanned(&self) -> Scanned {
+        match self {
+            Ahead::Rows(applied) => applied.scanned,
+            Ahead::Bound(bound) => bound.scanned,
+        }
+    }
 }
 
 /// A finished read ahead: the reader connection back, where the read started, what it read.
 struct InFlight {
     reader: Conn,
     after: Option<Vec<Value>>,
-    size: i64,
+    rows: i64,
     read: Result<Option<Ahead>>,
 }
 
@@ -258,6 +405,7 @@ impl<'p> Batches<'p> {
             reads_ahead,
             reader: None,
             in_flight: None,
+            density: Density::default(),
         }
     }
 
@@ -268,12 +416,17 @@ impl<'p> Batches<'p> {
         self.reader = None;
     }
 
-    /// Runs the batch of `size` keys after `after`; `None` when there is nothing left.
+    /// The size of a batch of `rows` rows from here.
+    fn size(&self, rows: i64) -> Size {
+        self.density.size(rows, self.prep.filter.is_some())
+    }
+
+    /// Runs the batch of the next `rows` rows after `after`; `None` when there is nothing left.
     pub async fn next(
         &mut self,
         conn: &mut Conn,
         after: Option<&[Value]>,
-        size: i64,
+        rows: i64,
     ) -> Result<Option<Done>> {
         if self.reads_ahead && self.reader.is_none() && self.in_flight.is_none() {
             let mut reader = Conn::connect(conn.url(), &ConnectOptions::default())
@@ -285,13 +438,14 @@ impl<'p> Batches<'p> {
             self.limits.apply(&mut reader).await?;
             self.reader = Some(reader);
         }
+        let size = self.size(rows);
         let (reader, read) = match (self.in_flight.take(), self.reader.take()) {
             (Some(handle), _) => {
                 let done = handle.await.map_err(|e| {
                     Error::JobFailed(format!("reading ahead stopped unexpectedly: {e}"))
                 })?;
                 let mut reader = done.reader;
-                if done.after.as_deref() == after && done.size == size {
+                if done.after.as_deref() == after && done.rows == rows {
                     (reader, done.read)
                 } else {
                     let read =
@@ -312,17 +466,19 @@ impl<'p> Batches<'p> {
                 return other.map(|_| None);
             }
         };
+        self.density = self.density.after(ahead.scanned());
         // Read (and transform) the next batch while this one is written: the
         // task runs on another of the runtime's threads.
         let (prep, from) = (Arc::clone(&self.prep), ahead.cursor().to_vec());
         let transform = self.transform().cloned();
+        let next = self.size(rows);
         self.in_flight = Some(tokio::spawn(async move {
             let mut reader = reader;
-            let read = read_ahead(&mut reader, transform.as_ref(), &prep, Some(&from), size).await;
+            let read = read_ahead(&mut reader, transform.as_ref(), &prep, Some(&from), next).await;
             InFlight {
                 reader,
                 after: Some(from),
-                size,
+                rows,
                 read,
             }
         }));
@@ -359,11 +515,14 @@ impl<'p> Batches<'p> {
         conn: &mut Conn,
         after: Option<&[Value]>,
         upto: Option<&[Value]>,
-        size: i64,
+        size: Size,
     ) -> Result<Option<Done>> {
         let work = Work::Serial { after, upto };
         match run(conn, self.plan, &self.prep, self.run_id, work, size).await? {
-            Batch::Done(done) => Ok(Some(done)),
+            Batch::Done(done) => {
+                self.density = self.density.after(done.scanned);
+                Ok(Some(done))
+            }
             Batch::Empty => Ok(None),
             Batch::Changed => unreachable!("a serial batch holds its rows' locks"),
         }
@@ -389,7 +548,7 @@ async fn run(
     prep: &Prepared,
     run_id: i64,
     work: Work<'_>,
-    size: i64,
+    size: Size,
 ) -> Result<Batch> {
     let started = Instant::now();
     conn.begin()
@@ -430,15 +589,19 @@ async fn body(
     prep: &Prepared,
     run_id: i64,
     work: Work<'_>,
-    size: i64,
+    size: Size,
     started: Instant,
 ) -> Result<Batch> {
-    let (cursor, mut counts) = match (work, &plan.source, &plan.step) {
+    let (cursor, mut counts, scanned) = match (work, &plan.source, &plan.step) {
         (Work::Guarded(applied), _, _) => {
             if !write(conn, prep, run_id, applied, true).await? {
                 return Ok(Batch::Changed);
             }
-            (applied.cursor.clone(), applied.counts.clone())
+            (
+                applied.cursor.clone(),
+                applied.counts.clone(),
+                applied.scanned,
+            )
         }
         (Work::Serial { after, .. }, Source::Range { start, end }, Step::Sql(sql)) => {
             let lo = match after.and_then(|k| k.first()).and_then(Value::as_i64) {
@@ -448,7 +611,7 @@ async fn body(
             if lo > *end {
                 return Ok(Batch::Empty);
             }
-            let hi = lo.saturating_add(size - 1).min(*end);
+            let hi = lo.saturating_add(size.rows - 1).min(*end);
             let sql = sql
                 .replace("{lo}", &lo.to_string())
                 .replace("{hi}", &hi.to_string());
@@ -456,12 +619,17 @@ async fn body(
                 .execute(&sql, &[])
                 .await
                 .map_err(|e| failed(conn, "the batch's statement failed", &e))?;
+            let rows = hi - lo + 1;
             (
                 vec![Value::Int(hi)],
                 BatchCounts {
-                    rows: hi - lo + 1,
+                    rows,
                     changed: to_i64(changed),
                     ..Default::default()
+                },
+                Scanned {
+                    matched: rows,
+                    ran_out: None,
                 },
             )
         }
@@ -474,18 +642,18 @@ async fn body(
             };
             let applied = apply(t.as_ref(), prep, read, false)?;
             write(conn, prep, run_id, &applied, false).await?;
-            (applied.cursor, applied.counts)
+            (applied.cursor, applied.counts, applied.scanned)
         }
         (Work::Serial { after, .. }, Source::Table { .. }, step) => {
             let Some(bound) = bound(conn, prep, after, size).await? else {
                 return Ok(Batch::Empty);
             };
             let counts = key_range(conn, prep, step, after, &bound).await?;
-            (bound.last, counts)
+            (bound.last, counts, bound.scanned)
         }
         (Work::Bounded { after, bound }, _, step) => {
             let counts = key_range(conn, prep, step, after, bound).await?;
-            (bound.last.clone(), counts)
+            (bound.last.clone(), counts, bound.scanned)
         }
     };
     counts.elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -505,6 +673,7 @@ async fn body(
         counts,
         transaction: Duration::ZERO,
         bookkeeping,
+        scanned,
     }))
 }
 
@@ -512,45 +681,87 @@ async fn body(
 pub(crate) struct Bound {
     /// The batch's last key: its checkpoint.
     last: Vec<Value>,
-    /// Keys in the batch when it was bounded.
-    rows: i64,
+    /// Keys in the batch when it was bounded, and how many the filter matched.
+    scanned: Scanned,
 }
 
-/// Bounds the batch of the next `size` keys after `after` by its last key.
+/// Bounds the batch after `after` by its last key: the key of its `size.rows`-th
+/// row matching the source filter within the next `size.keys` keys, or, when
+/// fewer match, the last of those keys.
 async fn bound(
     conn: &mut Conn,
     prep: &Prepared,
     after: Option<&[Value]>,
-    size: i64,
+    size: Size,
 ) -> Result<Option<Bound>> {
-    let keys = prep.key_list(conn);
-    let (cond, params) = prep.conditions(conn, false, after, None);
-    let table = conn.quote_ident(&prep.table);
-    let chunk = format!("SELECT {keys} FROM {table} WHERE {cond} ORDER BY {keys} LIMIT {size}");
-    // One key: max() and count() over the chunk, an index-only scan and an
-    // aggregate (a window and a sort cost PostgreSQL 4.5 ms a batch of 5000).
-    let sql = if prep.keys.len() == 1 {
-        format!("SELECT max({keys}), count(*) FROM ({chunk}) s")
-    } else {
-        let desc: Vec<String> = prep
-            .keys
-            .iter()
-            .map(|k| format!("{} DESC", conn.quote_ident(k)))
-            .collect();
-        format!(
-            "SELECT {keys}, count(*) OVER () FROM ({chunk}) s ORDER BY {} LIMIT 1",
-            desc.join(", ")
-        )
+    let Some(filter) = &prep.filter else {
+        let last = last_key(conn, prep, after, size.rows).await?;
+        return Ok(last.map(|(last, keys)| Bound {
+            last,
+            scanned: Scanned {
+                matched: keys,
+                ran_out: None,
+            },
+        }));
     };
+    let keys: Vec<String> = prep.keys.iter().map(|k| conn.quote_ident(k)).collect();
+    let (matching, params) = prep.matching(conn, filter, &keys, &keys, after, size);
+    let sql = prep.last_of(conn, &matching);
     let rows = conn
         .fetch(&sql, &params)
         .await
         .map_err(|e| failed(conn, "reading the batch's bounds failed", &e))?;
-    let Some(mut last) = rows.into_iter().next() else {
-        return Ok(None);
+    let (last, matched) = split_count(rows.into_iter().next());
+    if matched >= size.rows {
+        return Ok(Some(Bound {
+            last,
+            scanned: Scanned {
+                matched,
+                ran_out: None,
+            },
+        }));
+    }
+    // Fewer matches than the batch's size: the batch is the whole chunk.
+    let end = last_key(conn, prep, after, size.keys).await?;
+    Ok(end.map(|(last, keys)| Bound {
+        last,
+        scanned: Scanned {
+            matched,
+            ran_out: Some(keys),
+        },
+    }))
+}
+
+/// A row of `(key…, count)` as the key and the count; an empty key for no rows.
+fn split_count(row: Option<Row>) -> (Vec<Value>, i64) {
+    let Some(mut row) = row else {
+        return (Vec::new(), 0);
     };
-    let rows = last.pop().and_then(|v| v.as_i64()).unwrap_or(0);
-    Ok((rows > 0).then_some(Bound { last, rows }))
+    let count = row.pop().and_then(|v| v.as_i64()).unwrap_or(0);
+    (row, count)
+}
+
+/// The last of the next `limit` keys after `after`, and how many there are;
+/// `None` when no key is left. An index-only scan.
+async fn last_key(
+    conn: &mut Conn,
+    prep: &Prepared,
+    after: Option<&[Value]>,
+    limit: i64,
+) -> Result<Option<(Vec<Value>, i64)>> {
+    let keys = prep.key_list(conn);
+    let (cond, params) = prep.conditions(conn, false, after, None);
+    let chunk = format!(
+        "SELECT {keys} FROM {} WHERE {cond} ORDER BY {keys} LIMIT {limit}",
+        conn.quote_ident(&prep.table)
+    );
+    let sql = prep.last_of(conn, &chunk);
+    let rows = conn
+        .fetch(&sql, &params)
+        .await
+        .map_err(|e| failed(conn, "reading the batch's bounds failed", &e))?;
+    let (last, count) = split_count(rows.into_iter().next());
+    Ok((count > 0 && last.iter().all(|v| !v.is_null())).then_some((last, count)))
 }
 
 /// Runs a SQL or delete step over the key range `(after, bound.last]`.
@@ -575,7 +786,7 @@ async fn key_range(
         .await
         .map_err(|e| failed(conn, "the batch's statement failed", &e))?;
     Ok(BatchCounts {
-        rows: bound.rows,
+        rows: bound.scanned.matched,
         changed: to_i64(changed),
         ..Default::default()
     })
@@ -588,7 +799,7 @@ async fn read_ahead(
     transform: Option<&Arc<dyn Transform>>,
     prep: &Prepared,
     after: Option<&[Value]>,
-    size: i64,
+    size: Size,
 ) -> Result<Option<Ahead>> {
     match transform {
         Some(t) => match read_rows(reader, prep, after, None, size, true).await? {
@@ -605,14 +816,15 @@ pub(crate) struct Read {
     rows: Vec<Row>,
     /// The batch's last key: its checkpoint.
     cursor: Vec<Value>,
-    /// Keys visited, matched by the filter or not.
-    visited: i64,
-    /// The first key column's lowest and highest value visited.
+    /// What the batch's chunk held.
+    scanned: Scanned,
+    /// The first key column's lowest and highest value among the rows.
     lo: Value,
     hi: Value,
 }
 
-/// Reads a transform batch: the next `size` keys after `after`, or every key up to
+/// Reads a transform batch: the rows after `after` up to the `size.rows`-th that
+/// the filter matches, among the next `size.keys` keys; or every key up to
 /// `upto`. Under row locks inside the batch's transaction, or (`ahead`) as a
 /// plain read with each row's guard values.
 async fn read_rows(
@@ -620,62 +832,119 @@ async fn read_rows(
     prep: &Prepared,
     after: Option<&[Value]>,
     upto: Option<&[Value]>,
-    size: i64,
+    size: Size,
     ahead: bool,
 ) -> Result<Option<Read>> {
-    let keys = prep.key_list(conn);
-    let mut select: Vec<String> = prep.keys.iter().map(|k| conn.quote_ident(k)).collect();
-    select.extend(prep.columns.iter().map(|c| conn.quote_ident(c)));
+    let mut inner: Vec<String> = prep.keys.iter().map(|k| conn.quote_ident(k)).collect();
+    inner.extend(prep.columns.iter().map(|c| conn.quote_ident(c)));
+    let mut outer = inner.clone();
     if ahead {
-        select.extend(prep.guard_select.iter().cloned());
-    }
-    // The filter is evaluated per row as a last column, not used to page: the
-    // read stays an index range scan of the next `size` keys.
-    let mut params = Vec::new();
-    if let Some(f) = &prep.filter {
-        select.push(format!("CASE WHEN {} THEN 1 ELSE 0 END", f.sql));
-        params.extend(f.params.iter().cloned());
-    }
-    let (cond, key_params) = prep.conditions(conn, false, after, upto);
-    params.extend(key_params);
-    let limit = match upto {
-        Some(_) => String::new(),
-        None => format!(" LIMIT {size}"),
-    };
-    let lock = if ahead { "" } else { conn.for_update() };
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {cond} ORDER BY {keys}{limit}{lock}",
-        select.join(", "),
-        conn.quote_ident(&prep.table),
-    );
-    let mut rows = conn
-        .fetch(&sql, &params)
-        .await
-        .map_err(|e| failed(conn, "reading the batch failed", &e))?;
-    let n_keys = prep.keys.len();
-    let (cursor, lo, hi) = match (upto, rows.first(), rows.last()) {
-        // A redone range ends where it ended when it was read ahead, whatever is in it now.
-        (Some(upto), first, last) => (
-            upto.to_vec(),
-            first.map_or(Value::Null, |r| r[0].clone()),
-            last.map_or(Value::Null, |r| r[0].clone()),
-        ),
-        (None, Some(first), Some(last)) => {
-            (last[..n_keys].to_vec(), first[0].clone(), last[0].clone())
+        for (i, guard) in prep.guard_select.iter().enumerate() {
+            inner.push(format!("{guard} AS datamig_g{i}"));
+            outer.push(format!("datamig_g{i}"));
         }
-        _ => return Ok(None),
-    };
-    let visited = to_i64(rows.len());
-    if prep.filter.is_some() {
-        rows.retain_mut(|row| row.pop().and_then(|m| m.as_i64()) == Some(1));
     }
-    Ok(Some(Read {
-        rows,
-        cursor,
-        visited,
-        lo,
-        hi,
-    }))
+    let lock = if ahead { "" } else { conn.for_update() };
+    let read = match (&prep.filter, upto) {
+        (Some(filter), None) if lock.is_empty() => {
+            // Only the matching rows come back; the batch ends at its last, or
+            // (fewer than its size in the chunk) at the chunk's last key.
+            let (sql, params) = prep.matching(conn, filter, &inner, &outer, after, size);
+            let rows = fetch_rows(conn, &sql, &params).await?;
+            let matched = to_i64(rows.len());
+            let (cursor, scanned) = match rows.last() {
+                Some(last) if matched >= size.rows => (
+                    last[..prep.keys.len()].to_vec(),
+                    Scanned {
+                        matched,
+                        ran_out: None,
+                    },
+                ),
+                _ => match last_key(conn, prep, after, size.keys).await? {
+                    Some((end, keys)) => (
+                        end,
+                        Scanned {
+                            matched,
+                            ran_out: Some(keys),
+                        },
+                    ),
+                    None => return Ok(None),
+                },
+            };
+            Read::new(rows, cursor, scanned)
+        }
+        (filter, _) => {
+            // Under row locks (or redoing a range): the chunk's every row, with
+            // whether the filter matches it, ended at the batch's last match.
+            let mut params = Vec::new();
+            if let Some(f) = filter {
+                inner.push(format!("CASE WHEN ({}) THEN 1 ELSE 0 END", f.sql));
+                params.extend(f.params.iter().cloned());
+            }
+            let (cond, key_params) = prep.conditions(conn, false, after, upto);
+            params.extend(key_params);
+            let limit = match (upto, filter) {
+                (Some(_), _) => String::new(),
+                (None, Some(_)) => format!(" LIMIT {}", size.keys),
+                (None, None) => format!(" LIMIT {}", size.rows),
+            };
+            let sql = format!(
+                "SELECT {} FROM {} WHERE {cond} ORDER BY {}{limit}{lock}",
+                inner.join(", "),
+                conn.quote_ident(&prep.table),
+                prep.key_list(conn),
+            );
+            let mut rows = fetch_rows(conn, &sql, &params).await?;
+            let visited = to_i64(rows.len());
+            let mut matched = visited;
+            if filter.is_some() {
+                matched = 0;
+                let mut end = rows.len();
+                for (i, row) in rows.iter().enumerate() {
+                    if row.last().and_then(Value::as_i64) == Some(1) {
+                        matched += 1;
+                        if upto.is_none() && matched == size.rows {
+                            end = i + 1;
+                            break;
+                        }
+                    }
+                }
+                rows.truncate(end);
+            }
+            // A redone range ends where it ended when it was read ahead, whatever is in it now.
+            let cursor = match (upto, rows.last()) {
+                (Some(upto), _) => upto.to_vec(),
+                (None, Some(last)) => last[..prep.keys.len()].to_vec(),
+                (None, None) => return Ok(None),
+            };
+            if filter.is_some() {
+                rows.retain_mut(|row| row.pop().and_then(|m| m.as_i64()) == Some(1));
+            }
+            let ran_out = (upto.is_none() && matched < size.rows).then_some(visited);
+            Read::new(rows, cursor, Scanned { matched, ran_out })
+        }
+    };
+    Ok(Some(read))
+}
+
+async fn fetch_rows(conn: &mut Conn, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+    conn.fetch(sql, params)
+        .await
+        .map_err(|e| failed(conn, "reading the batch failed", &e))
+}
+
+impl Read {
+    fn new(rows: Vec<Row>, cursor: Vec<Value>, scanned: Scanned) -> Read {
+        let lo = rows.first().map_or(Value::Null, |r| r[0].clone());
+        let hi = rows.last().map_or(Value::Null, |r| r[0].clone());
+        Read {
+            rows,
+            cursor,
+            scanned,
+            lo,
+            hi,
+        }
+    }
 }
 
 /// A transform's result for one batch, ready to write.
@@ -685,6 +954,7 @@ pub(crate) struct Applied {
     rejects: Vec<(String, String)>,
     cursor: Vec<Value>,
     counts: BatchCounts,
+    scanned: Scanned,
     lo: Value,
     hi: Value,
 }
@@ -735,7 +1005,7 @@ fn apply(transform: &dyn Transform, prep: &Prepared, read: Read, ahead: bool) ->
         }
     }
     let counts = BatchCounts {
-        rows: read.visited,
+        rows: read.scanned.matched,
         changed: to_i64(updates.len()),
         rejected: to_i64(rejects.len()),
         elapsed_ms: 0,
@@ -745,6 +1015,7 @@ fn apply(transform: &dyn Transform, prep: &Prepared, read: Read, ahead: bool) ->
         rejects,
         cursor: read.cursor,
         counts,
+        scanned: read.scanned,
         lo: read.lo,
         hi: read.hi,
     })
@@ -784,4 +1055,69 @@ async fn write(
 
 fn to_i64<T: TryInto<i64>>(n: T) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Density, Scanned, MAX_SCAN};
+
+    fn found(matched: i64) -> Scanned {
+        Scanned {
+            matched,
+            ran_out: None,
+        }
+    }
+
+    fn ran_out(matched: i64, keys: i64) -> Scanned {
+        Scanned {
+            matched,
+            ran_out: Some(keys),
+        }
+    }
+
+    #[test]
+    fn without_a_filter_a_key_is_a_row() {
+        let d = Density::default().after(ran_out(10, 5000));
+        assert_eq!(d.size(5000, false).keys, 5000);
+    }
+
+    #[test]
+    fn a_filtered_chunk_follows_what_the_last_one_found() {
+        let d = Density::default();
+        assert_eq!(
+            d.size(5000, true).keys,
+            5000,
+            "the first chunk guesses every key matches"
+        );
+        // Half the keys matched: twice as many keys, and a quarter to spare.
+        let d = d.after(ran_out(2500, 5000));
+        assert_eq!(d.size(5000, true).keys, 12_500);
+        // That was enough: the next chunk is a little smaller, never below a key a row.
+        let d = d.after(found(5000));
+        assert_eq!(d.size(5000, true).keys, 12_250);
+        let mut d = d;
+        for _ in 0..100 {
+            d = d.after(found(5000));
+        }
+        assert_eq!(d.size(5000, true).keys, 5000);
+    }
+
+    #[test]
+    fn sparse_and_empty_chunks_grow_but_stay_bounded() {
+        let d = Density::default().after(ran_out(0, 5000));
+        assert_eq!(d.size(5000, true).keys, 10_000, "nothing matched: double");
+        let d = d
+            .after(ran_out(0, 10_000))
+            .after(ran_out(0, 20_000))
+            .after(ran_out(0, 40_000))
+            .after(ran_out(0, 80_000));
+        assert_eq!(d.size(5000, true).keys, 5000 * MAX_SCAN);
+        let d = Density::default().after(ran_out(1, 100_000));
+        assert_eq!(d.size(5000, true).keys, 5000 * MAX_SCAN);
+        assert_eq!(d.size(i64::MAX / 2, true).keys, i64::MAX);
+        assert_eq!(
+            Density::default().after(ran_out(0, 1)).size(1, true).keys,
+            2
+        );
+    }
 }

@@ -32,9 +32,10 @@ pub const MAX_BATCH: u64 = 1_000_000;
 /// How the progress total is found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CountMode {
-    /// `SELECT count(*)` of the rows to visit: exact, slow on huge tables.
+    /// `SELECT count(*)` of the rows the source selects: exact, slow on huge tables.
     Exact,
-    /// The planner's estimate for the table (exact on SQLite, which keeps none).
+    /// The planner's estimate of that count, from EXPLAIN (exact on SQLite,
+    /// whose planner gives none).
     Estimate,
     /// No total: progress shows rows and rate, no percentage or ETA.
     None,
@@ -383,9 +384,9 @@ async fn run_locked(
     let total = match (&plan.source, opts.count) {
         (_, CountMode::None) => None,
         (Source::Range { start, end }, _) => Some(end - start + 1),
-        (Source::Table { table, .. }, CountMode::Estimate) => {
-            match conn.estimate_rows(table).await.ok().flatten() {
-                Some(n) => Some(n.max(rows_before)),
+        (Source::Table { .. }, CountMode::Estimate) => {
+            match prep.estimate(conn, cursor.as_deref()).await {
+                Some(n) => Some(rows_before + n),
                 None => Some(rows_before + prep.count(conn, cursor.as_deref()).await?),
             }
         }
