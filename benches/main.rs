@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo build --release && ./target/release/datamig-bench [--db sqlite,postgres,mariadb]
-//!     [--rows 1000000] [--rounds 3] [--batch 5000] [--only main,delete,sweep,cpu,growth]
+//!     [--rows 1000000] [--rounds 5] [--batch 5000] [--only main,delete,sweep,cpu,growth]
 //! ```
 //!
 //! Jobs run as a user runs them: the release `datamig-fixtures` binary (the
@@ -34,7 +34,7 @@ fn parse_opts() -> Result<Opts, String> {
     let mut opts = Opts {
         dbs: vec![Backend::Postgres, Backend::MySql, Backend::Sqlite],
         rows: 1_000_000,
-        rounds: 3,
+        rounds: 5,
         batch: 5000,
         parts: ["main", "delete", "sweep", "cpu", "growth"]
             .map(String::from)
@@ -225,12 +225,44 @@ impl Bench {
         Ok(())
     }
 
+    /// Keeps a copy of `table` as it is now, for [`Bench::restore`].
+    async fn keep(&mut self, table: &str) -> Res<()> {
+        for sql in [
+            format!("DROP TABLE IF EXISTS {table}_seed"),
+            format!("CREATE TABLE {table}_seed AS SELECT * FROM {table}"),
+        ] {
+            self.conn
+                .script(&sql)
+                .await
+                .map_err(|e| format!("{sql}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Puts `table` back as [`Bench::keep`] found it, compact, with fresh
+    /// statistics. Every measurement starts from this same state: resetting by
+    /// UPDATE instead left the heap half free after the first method, so later
+    /// methods' updates found room on the same page (cheaper, HOT on PostgreSQL)
+    /// and whichever ran first on the compact table paid more.
+    async fn restore(&mut self, table: &str) -> Res<()> {
+        let empty = match self.backend {
+            Backend::Sqlite => format!("DELETE FROM {table}"),
+            _ => format!("TRUNCATE TABLE {table}"),
+        };
+        for sql in [
+            empty,
+            format!("INSERT INTO {table} SELECT * FROM {table}_seed"),
+        ] {
+            self.conn
+                .script(&sql)
+                .await
+                .map_err(|e| format!("{sql}: {e}"))?;
+        }
+        self.settle(table).await
+    }
+
     async fn reset_users(&mut self) -> Res<()> {
-        self.conn
-            .script("UPDATE users SET email_normalized = NULL")
-            .await
-            .map_err(s)?;
-        self.settle("users").await
+        self.restore("users").await
     }
 
     /// Runs the CLI on this database; returns wall time, peak RSS and its `--json` summary.
@@ -274,6 +306,7 @@ impl Bench {
             max_tx: ms("max_batch_ms"),
             p99_tx: ms("batch_p99_ms"),
             bookkeeping: ms("bookkeeping_ms"),
+            batches_done: summary["batches"].as_i64().unwrap_or(0),
         })
     }
 
@@ -352,6 +385,8 @@ struct JobRun {
     /// The 99th percentile of the batch transactions.
     p99_tx: Duration,
     bookkeeping: Duration,
+    /// How many batches the run took.
+    batches_done: i64,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -371,6 +406,11 @@ fn rate(rows: i64, d: Duration) -> String {
     #[allow(clippy::cast_precision_loss)] // a rate for a table
     let r = rows as f64 / d.as_secs_f64().max(1e-9);
     format!("{r:.0}")
+}
+
+#[allow(clippy::cast_precision_loss)] // a ratio of memory sizes for a table
+fn ratio_of(a: u64, b: u64) -> f64 {
+    a as f64 / (b.max(1) as f64)
 }
 
 fn ratio(limit: Duration, d: Duration) -> String {
@@ -424,13 +464,15 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
     b.no_autovacuum(&["users", "sessions"]).await?;
     let n = opts.rows;
     b.seed("seed_demo_users", n, 1)?;
-    b.settle("users").await?;
+    b.keep("users").await?;
     let update = "UPDATE users SET email_normalized = lower(trim(email))";
     let want = |p: &str| opts.parts.iter().any(|x| x == p);
 
     let mut limit_1m = Duration::ZERO;
     let mut transform_1m = Duration::ZERO;
     let mut set_1m = Duration::ZERO;
+    // Peak RSS of the set-based and transform jobs at 1M rows, for the growth check.
+    let mut rss_1m = (0_u64, 0_u64);
     if want("main") || want("growth") {
         let (mut limits, mut sets, mut transforms) = (Vec::new(), Vec::new(), Vec::new());
         let mut serial = Vec::new();
@@ -464,6 +506,10 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
         limit_1m = median(limits);
         set_1m = median_by(&sets, |r| r.batches);
         transform_1m = median_by(&transforms, |r| r.batches);
+        rss_1m = (
+            sets.iter().map(|r| r.rss_kb).max().unwrap_or(0),
+            transforms.iter().map(|r| r.rss_kb).max().unwrap_or(0),
+        );
         println!(
             "### Backfill of {n} rows (batch {})\n\n{HEADER}",
             opts.batch
@@ -500,20 +546,25 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
     }
 
     if want("delete") {
+        b.seed("seed_demo_sessions", n, 1)?;
+        b.keep("sessions").await?;
         let (mut limits, mut jobs, mut loops) = (Vec::new(), Vec::new(), Vec::new());
         let cutoff = b.cutoff_sql();
         let delete = format!("DELETE FROM sessions WHERE created_at < {cutoff}");
-        // On PostgreSQL, also the same key-range batches, each committed, as a loop
-        // inside the server (no client, no round trips, no checkpoints): the floor of
-        // batching by key.
-        let server_loop = (backend == Backend::Postgres).then(|| {
+        // On PostgreSQL, also the job's batches as a loop inside the server (no
+        // client, no round trips, no checkpoints), committing as the job does
+        // (without waiting for the WAL flush): the floor of batching by key. It
+        // cuts the keys into as many equal ranges as the job's last run had batches.
+        let server_loop = (backend == Backend::Postgres).then_some(|batches: i64| {
+            let range = (n + batches - 1) / batches.max(1);
             format!(
-                "DO $$ DECLARE lo bigint := 0; BEGIN WHILE lo < {n} LOOP \
-                 DELETE FROM sessions WHERE id > lo AND id <= lo + {} AND created_at < {cutoff}; \
-                 COMMIT; lo := lo + {}; END LOOP; END $$",
-                opts.batch, opts.batch
+                "DO $$ DECLARE lo bigint := 0; BEGIN PERFORM set_config('synchronous_commit', 'off', false); \
+                 WHILE lo < {n} LOOP \
+                 DELETE FROM sessions WHERE id > lo AND id <= lo + {range} AND created_at < {cutoff}; \
+                 COMMIT; lo := lo + {range}; END LOOP; END $$"
             )
         });
+        let mut job_batches = (n + opts.batch - 1) / opts.batch;
         let methods: &[u8] = if server_loop.is_some() {
             &[0, 1, 2]
         } else {
@@ -526,19 +577,27 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
                 order.reverse();
             }
             for which in order {
-                b.conn.script("DELETE FROM sessions").await.map_err(s)?;
-                b.seed("seed_demo_sessions", n, 1)?;
-                b.settle("sessions").await?;
+                b.restore("sessions").await?;
                 let before = b.scalar("SELECT count(*) FROM sessions").await?;
                 match (which, &server_loop) {
                     (0, _) => limits.push(b.timed(&delete).await?),
-                    (1, _) => jobs.push(b.job(
-                        "purge_expired_sessions",
-                        opts.batch,
-                        &["--arg", "older_than=30d"],
-                        &[],
-                    )?),
-                    (_, Some(sql)) => loops.push(b.timed(sql).await?),
+                    (1, _) => {
+                        let run = b.job(
+                            "purge_expired_sessions",
+                            opts.batch,
+                            &["--arg", "older_than=30d"],
+                            &[],
+                        )?;
+                        job_batches = run.batches_done;
+                        jobs.push(run);
+                    }
+                    (_, Some(sql)) => {
+                        loops.push(b.timed(&sql(job_batches)).await?);
+                        b.conn
+                            .script("SET synchronous_commit = on")
+                            .await
+                            .map_err(s)?;
+                    }
                     (_, None) => unreachable!("only PostgreSQL runs the server loop"),
                 }
                 deleted = before - b.scalar("SELECT count(*) FROM sessions").await?;
@@ -565,7 +624,7 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
         if !loops.is_empty() {
             let floor = median(loops);
             println!(
-                "| the same key ranges, looped inside the server (PL/pgSQL) | {} | {} | {} | {} | **{}** | - | - | - | - |",
+                "| as many key ranges, looped inside the server (PL/pgSQL) | {} | {} | {} | {} | **{}** | - | - | - | - |",
                 secs(floor),
                 secs(floor),
                 rate(deleted, floor),
@@ -645,26 +704,46 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
     }
 
     if want("growth") {
+        b.restore("users").await?;
         b.seed("seed_demo_users", 4 * n, n + 1)?;
-        b.reset_users().await?;
-        let limit = b.timed(update).await?;
-        b.reset_users().await?;
-        let set = b.job("backfill_emails_sql", opts.batch, &[], &[])?;
-        b.reset_users().await?;
-        let transform = b.job("backfill_emails", opts.batch, &[], &[])?;
+        b.keep("users").await?;
+        let (mut limits, mut sets, mut transforms) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..opts.rounds.min(3) {
+            let mut order = vec![0, 1, 2];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for which in order {
+                b.reset_users().await?;
+                match which {
+                    0 => limits.push(b.timed(update).await?),
+                    1 => sets.push(b.job("backfill_emails_sql", opts.batch, &[], &[])?),
+                    _ => transforms.push(b.job("backfill_emails", opts.batch, &[], &[])?),
+                }
+            }
+        }
+        let limit = median(limits);
         let five = 5 * n;
-        println!("### Growth: {five} rows against {n}\n\n{HEADER}");
+        println!(
+            "### Growth: {five} rows against {n} (median of {} round(s))\n\n{HEADER}",
+            opts.rounds.min(3)
+        );
         println!(
             "{}",
             limit_row("one `UPDATE` statement (the limit)", five, limit)
         );
-        println!("{}", job_row("set-based job", five, limit, &[set]));
-        println!("{}", job_row("Rust transform", five, limit, &[transform]));
+        println!("{}", job_row("set-based job", five, limit, &sets));
+        println!("{}", job_row("Rust transform", five, limit, &transforms));
+        let peak = |runs: &[JobRun]| runs.iter().map(|r| r.rss_kb).max().unwrap_or(0);
         println!(
-            "\nt({five})/t({n}): limit {:.2}, set-based job {:.2}, Rust transform {:.2}\n",
+            "\nt({five})/t({n}): limit {:.2}, set-based job {:.2}, Rust transform {:.2}; \
+             peak RSS {five} against {n}: set-based job {:.2}, Rust transform {:.2}\n",
             limit.as_secs_f64() / limit_1m.as_secs_f64().max(1e-9),
-            set.batches.as_secs_f64() / set_1m.as_secs_f64().max(1e-9),
-            transform.batches.as_secs_f64() / transform_1m.as_secs_f64().max(1e-9),
+            median_by(&sets, |r| r.batches).as_secs_f64() / set_1m.as_secs_f64().max(1e-9),
+            median_by(&transforms, |r| r.batches).as_secs_f64()
+                / transform_1m.as_secs_f64().max(1e-9),
+            ratio_of(peak(&sets), rss_1m.0),
+            ratio_of(peak(&transforms), rss_1m.1),
         );
     }
     let mut b = b;
