@@ -2,7 +2,7 @@
 //! UTC), for trying `purge_expired_sessions`.
 
 use datamig_core::config::Backend;
-use datamig_core::job::{Check, Expect, Job, Plan, PlanContext, Source, Step};
+use datamig_core::job::{Check, Expect, Job, Plan, PlanContext, Source, Statistics, Step};
 
 use crate::seed_demo_users::{insert_ignore, numbers, on_conflict_ignore};
 
@@ -40,6 +40,11 @@ impl Job for SeedDemoSessions {
             ("rows", "how many sessions (default 1000000)"),
             ("first_id", "the first id (default 1)"),
         ]
+    }
+
+    // A range source names no table: the one it fills is refreshed after seeding.
+    fn statistics(&self) -> Statistics {
+        Statistics::Tables(&["sessions"])
     }
 
     fn requires_migration(&self) -> Option<i64> {

@@ -3,7 +3,7 @@
 //! `invalid_every`-th address is not an address, so the backfill has rows to reject.
 
 use datamig_core::config::Backend;
-use datamig_core::job::{Check, Expect, Job, Plan, PlanContext, Source, Step};
+use datamig_core::job::{Check, Expect, Job, Plan, PlanContext, Source, Statistics, Step};
 
 pub struct SeedDemoUsers;
 
@@ -83,6 +83,11 @@ impl Job for SeedDemoUsers {
                 "every Nth address is invalid (default 1000)",
             ),
         ]
+    }
+
+    // A range source names no table: the one it fills is refreshed after seeding.
+    fn statistics(&self) -> Statistics {
+        Statistics::Tables(&["users"])
     }
 
     fn requires_migration(&self) -> Option<i64> {

@@ -8,6 +8,7 @@ mod bench_smoke;
 mod docs;
 mod guard;
 mod jobs;
+mod operate;
 mod production;
 mod schema;
 mod support;

@@ -36,6 +36,8 @@ pub struct TestDb {
     pub url: String,
     name: String,
     _dir: Option<tempfile::TempDir>,
+    /// Whether this handle created the database (and drops it).
+    owned: bool,
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -58,6 +60,7 @@ impl TestDb {
                     url,
                     name,
                     _dir: Some(dir),
+                    owned: true,
                 }
             }
             Db::Postgres | Db::MySql => {
@@ -94,9 +97,57 @@ impl TestDb {
                     url: with_database(&server, &name),
                     name,
                     _dir: None,
+                    owned: true,
                 }
             }
         }
+    }
+
+    /// Another handle on the database at `url` (for a thread): it drops nothing.
+    pub fn attach(url: &str) -> TestDb {
+        let kind = if url.starts_with("postgres") {
+            Db::Postgres
+        } else if url.starts_with("mysql") {
+            Db::MySql
+        } else {
+            Db::Sqlite
+        };
+        TestDb {
+            kind,
+            url: url.to_string(),
+            name: String::new(),
+            _dir: None,
+            owned: false,
+        }
+    }
+
+    /// Runs `sql` (statements that open a transaction) on a connection of its
+    /// own, tells `held`, keeps the transaction open for `hold`, then rolls back.
+    pub fn hold(&self, sql: &str, hold: std::time::Duration, held: std::sync::mpsc::Sender<()>) {
+        let (url, sql, kind) = (self.url.clone(), sql.to_string(), self.kind);
+        block_on(async move {
+            macro_rules! hold {
+                ($conn:ty) => {{
+                    let mut c = <$conn>::connect(&url).await.expect("connect");
+                    sqlx::raw_sql(&sql)
+                        .execute(&mut c)
+                        .await
+                        .expect("open the transaction");
+                    held.send(()).unwrap();
+                    tokio::time::sleep(hold).await;
+                    sqlx::raw_sql("ROLLBACK")
+                        .execute(&mut c)
+                        .await
+                        .expect("rollback");
+                    c.close().await.unwrap();
+                }};
+            }
+            match kind {
+                Db::Sqlite => hold!(sqlx::SqliteConnection),
+                Db::Postgres => hold!(sqlx::PgConnection),
+                Db::MySql => hold!(sqlx::MySqlConnection),
+            }
+        });
     }
 
     /// Rows of a query, every column read as text (NULL as "NULL").
@@ -216,7 +267,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if self.kind == Db::Sqlite {
+        if self.kind == Db::Sqlite || !self.owned {
             return;
         }
         let (kind, name) = (self.kind, self.name.clone());

@@ -36,6 +36,12 @@ pub const JOB_FAILED: u8 = 13;
 pub const SCHEMA_NOT_READY: u8 = 14;
 /// `run`: datamig's record of the run is corrupt; nothing was changed.
 pub const CORRUPT_CHECKPOINT: u8 = 15;
+/// `run`: the job's run is paused (`datamig pause`); `datamig resume <job>` releases it.
+pub const PAUSED: u8 = 16;
+/// `run`: stopped by `datamig cancel` between batches; the run is cancelled.
+pub const CANCELLED: u8 = 17;
+/// `run`: more rows were rejected than `--max-errors` allows; the run is saved as failed.
+pub const ERROR_BUDGET: u8 = 18;
 /// `run`: stopped by Ctrl-C or SIGTERM between batches; run the same command to resume.
 pub const INTERRUPTED: u8 = 130;
 
@@ -60,6 +66,9 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         Error::SchemaNotReady(_) => SCHEMA_NOT_READY,
         Error::CorruptCheckpoint(_) => CORRUPT_CHECKPOINT,
         Error::Interrupted(_) => INTERRUPTED,
+        Error::Paused(_) => PAUSED,
+        Error::Cancelled(_) => CANCELLED,
+        Error::ErrorBudget(_) => ERROR_BUDGET,
         _ => FAILURE,
     }
 }
@@ -82,5 +91,8 @@ pub const ALL: &[u8] = &[
     JOB_FAILED,
     SCHEMA_NOT_READY,
     CORRUPT_CHECKPOINT,
+    PAUSED,
+    CANCELLED,
+    ERROR_BUDGET,
     INTERRUPTED,
 ];

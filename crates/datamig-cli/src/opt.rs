@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use datamig_core::config::parse_duration;
+use datamig_core::run::pace::Rate;
 
 /// Batched data migrations: versioned schema steps, and Rust data jobs that run in
 /// checkpointed, resumable batches.
@@ -58,7 +59,7 @@ pub enum Command {
     Jobs,
     /// Run a data job in checkpointed batches; run it again to resume after any interruption.
     #[command(allow_negative_numbers = true)]
-    Run(RunCmd),
+    Run(Box<RunCmd>),
     /// Show runs: state, progress, rate, cursor, times, last error.
     Status {
         /// Only this job's runs, with details of the newest.
@@ -77,6 +78,14 @@ pub enum Command {
         #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
         args: Vec<(String, String)>,
     },
+    /// Pause a job's run: its process waits at the next batch boundary (or, if none
+    /// runs it, `datamig run` leaves it alone) until `datamig resume`.
+    Pause { job: String },
+    /// Let a paused run go on.
+    Resume { job: String },
+    /// Stop a job's run at the next batch boundary, for good: it is cancelled, and
+    /// running the job again starts a new run.
+    Cancel { job: String },
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +131,97 @@ pub struct RunCmd {
     /// Print the run's summary as one JSON object on stdout (for scripts and benchmarks).
     #[arg(long)]
     pub json: bool,
+    /// Print nothing but one summary line (and errors): for cron.
+    #[arg(long, conflicts_with = "json")]
+    pub quiet: bool,
+
+    /// At most this many rows a second over the whole run (2000, 2000/s,
+    /// 120000/m, 500000/h), or batches with b (5b/s).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, help_heading = "Pace")]
+    pub rate: Option<Rate>,
+    /// Adapt the batch size so that each batch takes about this long (--batch is
+    /// where it starts; it moves at most 2x per batch).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, help_heading = "Pace")]
+    pub target_batch_time: Option<Duration>,
+    /// The smallest batch --target-batch-time may choose.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000), help_heading = "Pace")]
+    pub batch_min: u64,
+    /// The largest batch --target-batch-time may choose.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000), help_heading = "Pace")]
+    pub batch_max: u64,
+    /// Stop cleanly at a batch boundary after this long, exit 0, and leave the rest
+    /// to the next invocation (which continues the same run).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, help_heading = "Time window")]
+    pub max_runtime: Option<Duration>,
+    /// Stop cleanly at a batch boundary before this time: HH:MM local time (the
+    /// next such moment) or 2026-12-02T05:00:00Z.
+    #[arg(long, value_name = "TIME", value_parser = datamig_core::run::pace::parse_until, help_heading = "Time window")]
+    pub until: Option<Duration>,
+
+    /// Wait while more than this many other sessions are running statements
+    /// (PostgreSQL active backends, MariaDB's processlist).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..), help_heading = "Health throttle")]
+    pub max_active: Option<i64>,
+    /// Wait while another transaction has been open longer than this (it holds
+    /// back vacuum on PostgreSQL, purge on MariaDB).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, help_heading = "Health throttle")]
+    pub max_transaction_age: Option<Duration>,
+    /// Wait while a replica is further behind than this: the standbys of a
+    /// PostgreSQL primary, and every --replica.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, help_heading = "Health throttle")]
+    pub max_replica_lag: Option<Duration>,
+    /// A replica to watch for --max-replica-lag (repeatable; needed on MariaDB).
+    #[arg(long = "replica", value_name = "URL", help_heading = "Health throttle")]
+    pub replicas: Vec<String>,
+    /// A query whose latency is measured before batches: the run waits while it
+    /// takes longer than --probe-max.
+    #[arg(long, value_name = "SQL", help_heading = "Health throttle")]
+    pub probe: Option<String>,
+    /// The latency --probe must stay under.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, requires = "probe", help_heading = "Health throttle")]
+    pub probe_max: Option<Duration>,
+
+    /// Stop the run (saved as failed, exit 18) once more rows than this have been
+    /// rejected; without it, rejected rows never stop a run.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..), help_heading = "Errors")]
+    pub max_errors: Option<i64>,
+    /// Also write the run's rejected rows (key, reason) to this CSV file when the
+    /// invocation ends (they are always in datamig_rejects).
+    #[arg(long, value_name = "FILE", help_heading = "Errors")]
+    pub rejects_file: Option<std::path::PathBuf>,
+    /// Refresh the planner's statistics of the tables the job changed: when it
+    /// changed many rows (auto), always, or never.
+    #[arg(long, value_enum, default_value_t = AnalyzeArg::Auto)]
+    pub analyze: AnalyzeArg,
+    /// Run the first batches (--dry-run-batches) in transactions that are rolled
+    /// back; report what they would change, their timings, the projected total,
+    /// and batch queries that do not use an index. Nothing is written.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How many batches --dry-run runs.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub dry_run_batches: u32,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AnalyzeArg {
+    Auto,
+    Always,
+    Never,
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    Rate::parse(s)
+}
+
+/// A duration above zero.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!(
+            "`{s}` is zero; give a duration above zero, e.g. 500ms or 30m"
+        )),
+        d => Ok(d),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

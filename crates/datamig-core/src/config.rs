@@ -222,6 +222,9 @@ pub struct ConfigFile {
     pub default_env: Option<String>,
     #[serde(default, rename = "env")]
     pub envs: BTreeMap<String, EnvProfile>,
+    /// Health-throttle thresholds for `datamig run`, for every environment.
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
 }
 
 /// One `[env.NAME]` table of `datamig.toml`.
@@ -232,6 +235,99 @@ pub struct EnvProfile {
     pub database_url: Option<String>,
     /// The name of an environment variable that holds the URL.
     pub database_url_env: Option<String>,
+    /// Health-throttle thresholds for this environment (over `[throttle]`).
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+}
+
+/// `[throttle]` (and `[env.NAME.throttle]`) of `datamig.toml`: the health
+/// checks `datamig run` makes before batches. Durations as `10s`, `5m`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    pub max_active: Option<i64>,
+    pub max_transaction_age: Option<String>,
+    pub max_replica_lag: Option<String>,
+    /// Replica URLs, or `env:NAME` to read one from an environment variable
+    /// (keep passwords out of files).
+    pub replicas: Option<Vec<String>>,
+    pub probe: Option<String>,
+    pub probe_max: Option<String>,
+}
+
+impl ThrottleConfig {
+    /// `self` with `over`'s settings where it has them.
+    fn overlaid(&self, over: &ThrottleConfig) -> ThrottleConfig {
+        ThrottleConfig {
+            max_active: over.max_active.or(self.max_active),
+            max_transaction_age: over
+                .max_transaction_age
+                .clone()
+                .or_else(|| self.max_transaction_age.clone()),
+            max_replica_lag: over
+                .max_replica_lag
+                .clone()
+                .or_else(|| self.max_replica_lag.clone()),
+            replicas: over.replicas.clone().or_else(|| self.replicas.clone()),
+            probe: over.probe.clone().or_else(|| self.probe.clone()),
+            probe_max: over.probe_max.clone().or_else(|| self.probe_max.clone()),
+        }
+    }
+}
+
+/// The throttle settings of [`Settings`], parsed: what `datamig run` starts from.
+#[derive(Debug, Clone, Default)]
+pub struct ThrottleSettings {
+    pub max_active: Option<i64>,
+    pub max_transaction_age: Option<std::time::Duration>,
+    pub max_replica_lag: Option<std::time::Duration>,
+    pub replicas: Vec<DatabaseUrl>,
+    pub probe: Option<String>,
+    pub probe_max: Option<std::time::Duration>,
+}
+
+impl ThrottleConfig {
+    fn parse(&self, lookup: &dyn Fn(&str) -> Option<(String, bool)>) -> Result<ThrottleSettings> {
+        let duration = |key: &str, v: &Option<String>| -> Result<Option<std::time::Duration>> {
+            v.as_deref()
+                .map(|text| {
+                    parse_duration(text).map_err(|e| {
+                        Error::Config(format!("{CONFIG_FILE} is invalid: [throttle] {key}: {e}"))
+                    })
+                })
+                .transpose()
+        };
+        let mut replicas = Vec::new();
+        for entry in self.replicas.iter().flatten() {
+            let url = match entry.strip_prefix("env:") {
+                Some(var) => lookup(var).map(|(v, _)| v).ok_or_else(|| {
+                    Error::Config(format!(
+                        "[throttle] replicas reads a URL from ${var}, which is not set"
+                    ))
+                })?,
+                None => entry.clone(),
+            };
+            replicas.push(DatabaseUrl::parse(&url).map_err(|e| match e {
+                Error::Config(m) => {
+                    Error::Config(format!("[throttle] replicas of {CONFIG_FILE}: {m}"))
+                }
+                other => other,
+            })?);
+        }
+        if self.max_active.is_some_and(|n| n < 0) {
+            return Err(Error::Config(format!(
+                "{CONFIG_FILE} is invalid: [throttle] max_active must be 0 or more"
+            )));
+        }
+        Ok(ThrottleSettings {
+            max_active: self.max_active,
+            max_transaction_age: duration("max_transaction_age", &self.max_transaction_age)?,
+            max_replica_lag: duration("max_replica_lag", &self.max_replica_lag)?,
+            replicas,
+            probe: self.probe.clone(),
+            probe_max: duration("probe_max", &self.probe_max)?,
+        })
+    }
 }
 
 /// What the command line says about where to connect.
@@ -271,6 +367,8 @@ pub struct Settings {
     pub database_url: DatabaseUrl,
     pub url_source: UrlSource,
     pub migrations_dir: PathBuf,
+    /// Health-throttle thresholds from `datamig.toml` (the command line overrides them).
+    pub throttle: ThrottleSettings,
 }
 
 impl Settings {
@@ -323,11 +421,20 @@ impl Settings {
                 .as_deref()
                 .unwrap_or(Path::new("migrations")),
         );
+        let throttle = match &source {
+            UrlSource::Profile(name) => match file.envs.get(name) {
+                Some(profile) => file.throttle.overlaid(&profile.throttle),
+                None => file.throttle.clone(),
+            },
+            _ => file.throttle.clone(),
+        }
+        .parse(&lookup)?;
         Ok(Settings {
             project_dir: dir.clone(),
             database_url,
             url_source: source,
             migrations_dir,
+            throttle,
         })
     }
 }

@@ -76,6 +76,18 @@ pub enum Error {
     #[error("{0}")]
     Interrupted(String),
 
+    /// The job's run is paused by `datamig pause`; `datamig resume` lets it go on.
+    #[error("{0}")]
+    Paused(String),
+
+    /// Stopped by `datamig cancel` between batches.
+    #[error("{0}")]
+    Cancelled(String),
+
+    /// More rows were rejected than `--max-errors` allows; the run is saved as failed.
+    #[error("{0}")]
+    ErrorBudget(String),
+
     /// A verification check did not hold after the run.
     #[error("{0}")]
     VerificationFailed(String),

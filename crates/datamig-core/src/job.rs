@@ -37,6 +37,23 @@ pub trait Job: Send + Sync + 'static {
     /// What to do, for these arguments on this database. An `Err` is a message
     /// about the arguments, shown as a usage error.
     fn plan(&self, args: &Self::Args, ctx: &PlanContext) -> Result<Plan, String>;
+    /// Which tables' planner statistics datamig refreshes after a run that
+    /// changed many rows (`--analyze` decides when): the source table by default.
+    fn statistics(&self) -> Statistics {
+        Statistics::Source
+    }
+}
+
+/// The tables whose statistics a run refreshes (`ANALYZE`) when it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statistics {
+    /// The source's table (none for a range source).
+    Source,
+    /// These tables: for a job that writes elsewhere than its source (a seeding
+    /// job's range source inserts into a table).
+    Tables(&'static [&'static str]),
+    /// None.
+    Never,
 }
 
 /// What a job's plan may depend on: which database it runs on.
@@ -261,6 +278,7 @@ pub trait DynJob: Send + Sync {
     /// Parses `key=value` pairs; the error says which argument is wrong and what it takes.
     fn parse_args(&self, pairs: &[(String, String)]) -> Result<ParsedArgs, String>;
     fn plan(&self, args: &ParsedArgs, ctx: &PlanContext) -> Result<Plan, String>;
+    fn statistics(&self) -> Statistics;
 }
 
 impl<J: Job> DynJob for J {
@@ -315,6 +333,10 @@ impl<J: Job> DynJob for J {
             .downcast_ref::<J::Args>()
             .ok_or("arguments of another job")?;
         Job::plan(self, args, ctx)
+    }
+
+    fn statistics(&self) -> Statistics {
+        Job::statistics(self)
     }
 }
 

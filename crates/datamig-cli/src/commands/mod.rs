@@ -5,11 +5,13 @@ mod progress;
 mod run;
 mod schema;
 mod status;
+mod steer;
 
 use anyhow::Result;
 use datamig_core::config::{ConfigInputs, Settings};
 use datamig_core::db::{Conn, ConnectOptions};
 use datamig_core::job::Registry;
+use datamig_core::run::steer::Action;
 
 use crate::opt::{Cli, Command, GlobalOpts};
 
@@ -17,11 +19,14 @@ pub async fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
     match cli.command {
         Command::Schema(cmd) => schema::run(&cli.global, cmd).await,
         Command::Jobs => jobs::run(registry),
-        Command::Run(cmd) => run::run(&cli.global, registry, cmd).await,
+        Command::Run(cmd) => run::run(&cli.global, registry, *cmd).await,
         Command::Status { job, json, limit } => {
             status::run(&cli.global, job.as_deref(), json, limit).await
         }
         Command::Verify { job, args } => run::verify(&cli.global, registry, &job, &args).await,
+        Command::Pause { job } => steer::run(&cli.global, registry, &job, Action::Pause).await,
+        Command::Resume { job } => steer::run(&cli.global, registry, &job, Action::Resume).await,
+        Command::Cancel { job } => steer::run(&cli.global, registry, &job, Action::Cancel).await,
     }
 }
 

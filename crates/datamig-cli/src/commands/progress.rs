@@ -14,12 +14,16 @@ pub struct Display {
     bar: Option<ProgressBar>,
     log: bool,
     last_log: Instant,
+    /// `--quiet`: no messages either; the summary line says it all.
+    quiet: bool,
+    /// Why the run waits, while it waits.
+    waiting: Option<String>,
 }
 
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
 impl Display {
-    pub fn new(job: &str, mode: ProgressArg) -> Display {
+    pub fn new(job: &str, mode: ProgressArg, quiet: bool) -> Display {
         let terminal = std::io::stderr().is_terminal();
         let (bar, log) = match mode {
             ProgressArg::Auto if terminal => (true, false),
@@ -49,6 +53,8 @@ impl Display {
             bar,
             log,
             last_log: Instant::now(),
+            quiet,
+            waiting: None,
         }
     }
 
@@ -86,6 +92,9 @@ impl Display {
 
 impl Observer for Display {
     fn message(&mut self, text: &str) {
+        if self.quiet {
+            return;
+        }
         match &self.bar {
             Some(bar) => bar.println(text),
             None => eprintln!("{text}"),
@@ -114,6 +123,18 @@ impl Observer for Display {
         if self.log && self.last_log.elapsed() >= LOG_EVERY {
             self.log_line(p);
             self.last_log = Instant::now();
+        }
+    }
+
+    fn waiting(&mut self, why: Option<&str>) {
+        self.waiting = why.map(str::to_string);
+        if let Some(bar) = &self.bar {
+            bar.set_message(why.unwrap_or_default().to_string());
+        } else if !self.quiet {
+            // Why a run stands still is always worth a line (cron mail, logs).
+            if let Some(why) = why {
+                eprintln!("{}: {why}", self.job);
+            }
         }
     }
 

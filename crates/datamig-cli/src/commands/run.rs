@@ -2,17 +2,21 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use datamig_core::config::{DatabaseUrl, Settings};
 use datamig_core::job::{DynJob, ParsedArgs, Registry};
-use datamig_core::run::{self, CheckResult, CountMode, Options};
+use datamig_core::run::pace::Window;
+use datamig_core::run::throttle::Limits as ThrottleLimits;
+use datamig_core::run::{self, Analyze, CheckResult, CountMode, Options};
 use datamig_core::Error;
 
 use super::{settings, with_conn};
-use crate::opt::{CountArg, GlobalOpts, RunCmd};
+use crate::opt::{AnalyzeArg, CountArg, GlobalOpts, ProgressArg, RunCmd};
 use crate::output::line;
 
-fn find<'r>(registry: &'r Registry, name: &str) -> Result<&'r dyn DynJob, Error> {
+pub(crate) fn find<'r>(registry: &'r Registry, name: &str) -> Result<&'r dyn DynJob, Error> {
     registry.get(name).ok_or_else(|| {
         let known: Vec<&str> = registry.iter().map(|j| j.name()).collect();
         Error::Usage(if known.is_empty() {
@@ -73,86 +77,137 @@ fn install_signal_handlers(stop: Arc<AtomicBool>) {
     });
 }
 
+/// The run's options from the command line, over `datamig.toml`'s throttle settings.
+fn options(global: &GlobalOpts, cmd: &RunCmd, settings: &Settings) -> Result<Options, Error> {
+    let mut opts = Options::new(u64::try_from(cmd.batch).unwrap_or(0));
+    opts.restart = cmd.restart;
+    opts.read_ahead = !cmd.no_read_ahead;
+    opts.lock_timeout = cmd.lock_timeout;
+    opts.statement_timeout = (!cmd.statement_timeout.is_zero()).then_some(cmd.statement_timeout);
+    opts.max_retries = cmd.max_retries;
+    opts.sleep = cmd.sleep;
+    opts.count = match cmd.count {
+        CountArg::Exact => CountMode::Exact,
+        CountArg::Estimate => CountMode::Estimate,
+        CountArg::None => CountMode::None,
+    };
+    opts.resume_command = resume_command(global, cmd);
+    opts.rate = cmd.rate;
+    opts.target_batch_time = cmd.target_batch_time;
+    opts.batch_min = cmd.batch_min;
+    opts.batch_max = cmd.batch_max;
+    if cmd.target_batch_time.is_some() && cmd.batch_min > cmd.batch_max {
+        return Err(Error::Usage(format!(
+            "--batch-min {} is above --batch-max {}; give a range that holds a batch",
+            cmd.batch_min, cmd.batch_max
+        )));
+    }
+    let now = Instant::now();
+    let windows = [
+        cmd.max_runtime.map(|d| Window {
+            deadline: now + d,
+            reason: "--max-runtime",
+        }),
+        cmd.until.map(|d| Window {
+            deadline: now + d,
+            reason: "--until",
+        }),
+    ];
+    opts.window = windows.into_iter().flatten().min_by_key(|w| w.deadline);
+    let from_file = &settings.throttle;
+    let mut replicas = from_file.replicas.clone();
+    if !cmd.replicas.is_empty() {
+        replicas = cmd
+            .replicas
+            .iter()
+            .map(|u| DatabaseUrl::parse(u))
+            .collect::<Result<_, _>>()?;
+    }
+    let probe = cmd.probe.clone().or_else(|| from_file.probe.clone());
+    let probe_max = cmd.probe_max.or(from_file.probe_max);
+    opts.throttle = ThrottleLimits {
+        max_active: cmd.max_active.or(from_file.max_active),
+        max_transaction_age: cmd.max_transaction_age.or(from_file.max_transaction_age),
+        max_replica_lag: cmd.max_replica_lag.or(from_file.max_replica_lag),
+        replicas,
+        probe: match (probe, probe_max) {
+            (Some(sql), Some(max)) => Some((sql, max)),
+            (Some(_), None) => return Err(Error::Usage(
+                "--probe needs --probe-max, the latency it must stay under (e.g. --probe-max 50ms)"
+                    .into(),
+            )),
+            (None, _) => None,
+        },
+    };
+    if !opts.throttle.replicas.is_empty() && opts.throttle.max_replica_lag.is_none() {
+        return Err(Error::Usage(
+            "--replica is watched for --max-replica-lag; give that too (e.g. --max-replica-lag 10s)".into(),
+        ));
+    }
+    opts.max_errors = cmd.max_errors;
+    opts.analyze = match cmd.analyze {
+        AnalyzeArg::Auto => Analyze::Auto,
+        AnalyzeArg::Always => Analyze::Always,
+        AnalyzeArg::Never => Analyze::Never,
+    };
+    Ok(opts)
+}
+
 pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Result<()> {
-    let cmd_json = cmd.json;
     let job = find(registry, &cmd.job)?;
     let args = parse_args(job, &cmd.args)?;
     let settings = settings(global)?;
-    let opts = Options {
-        batch_size: u64::try_from(cmd.batch).unwrap_or(0),
-        restart: cmd.restart,
-        read_ahead: !cmd.no_read_ahead,
-        lock_timeout: cmd.lock_timeout,
-        statement_timeout: (!cmd.statement_timeout.is_zero()).then_some(cmd.statement_timeout),
-        max_retries: cmd.max_retries,
-        sleep: cmd.sleep,
-        count: match cmd.count {
-            CountArg::Exact => CountMode::Exact,
-            CountArg::Estimate => CountMode::Estimate,
-            CountArg::None => CountMode::None,
-        },
-        resume_command: resume_command(global, &cmd),
-    };
+    let opts = options(global, &cmd, &settings)?;
+    if cmd.dry_run {
+        return dry_run(global, &settings, job, &args, &opts, &cmd).await;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handlers(stop.clone());
-    let mut display = super::progress::Display::new(job.name(), cmd.progress);
-    let report = with_conn(global, &settings, async |conn| {
+    let progress = if cmd.quiet {
+        ProgressArg::None
+    } else {
+        cmd.progress
+    };
+    let mut display = super::progress::Display::new(job.name(), progress, cmd.quiet);
+    let rejects_file = cmd.rejects_file.clone();
+    let outcome = with_conn(global, &settings, async |conn| {
         // Refuse bad plans before the signal handler or the lock get involved.
         run::plan(conn, job, &args)?;
-        Ok(run::run(conn, job, &args, &opts, &stop, &mut display).await?)
+        let outcome = run::run(conn, job, &args, &opts, &stop, &mut display).await;
+        if let Some(path) = &rejects_file {
+            // Whatever happened, the file holds what the database holds.
+            if let Some(run_id) = match &outcome {
+                Ok(report) => Some(report.run_id),
+                Err(_) => run::store::latest(conn, job.name())
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|r| r.id),
+            } {
+                let written = export_rejects(conn, run_id, path).await?;
+                if written > 0 && !cmd.quiet {
+                    line(&format!(
+                        "{written} rejected rows written to {}",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        Ok(outcome)
     })
     .await?;
-    let secs = report.elapsed.as_secs_f64();
-    #[allow(clippy::cast_precision_loss)] // a rate for humans
-    let rate = if secs > 0.0 {
-        report.rows_this_process as f64 / secs
-    } else {
-        0.0
-    };
-    let (p50, p99) = (
-        report.batch_times.percentile(50),
-        report.batch_times.percentile(99),
-    );
-    if cmd_json {
-        let summary = serde_json::json!({
-            "run_id": report.run_id, "job": job.name(), "resumed": report.resumed,
-            "rows_done": report.rows_done, "rows_changed": report.rows_changed,
-            "rows_rejected": report.rows_rejected, "batches": report.batches,
-            "rows_this_process": report.rows_this_process,
-            "elapsed_ms": report.elapsed.as_millis(), "max_batch_ms": report.max_batch.as_millis(),
-            "bookkeeping_ms": report.bookkeeping.as_millis(),
-            "batch_p50_ms": p50.map(|d| d.as_millis()), "batch_p99_ms": p99.map(|d| d.as_millis()),
-            "checks": report.checks,
-        });
-        line(&summary.to_string());
+    // An error is one `error:` line on stderr (what cron mails), with its exit code.
+    let report = outcome?;
+    let summary = Summary::of(job.name(), &report);
+    if cmd.json {
+        line(&summary.json().to_string());
         return Ok(());
     }
-    line(&format!(
-        "completed run {} of {}: {} rows in {} batches ({} changed, {} rejected){}; {} rows this time in {:.1}s, {:.0} rows/s",
-        report.run_id,
-        job.name(),
-        report.rows_done,
-        report.batches,
-        report.rows_changed,
-        report.rows_rejected,
-        if report.resumed { ", resumed" } else { "" },
-        report.rows_this_process,
-        secs,
-        rate
-    ));
-    let spread = match (p50, p99) {
-        (Some(p50), Some(p99)) => format!(
-            " (this time: median {} ms, 99th percentile {} ms)",
-            p50.as_millis(),
-            p99.as_millis()
-        ),
-        _ => String::new(),
-    };
-    line(&format!(
-        "longest batch transaction {} ms{spread}; checkpoints took {} ms in all",
-        report.max_batch.as_millis(),
-        report.bookkeeping.as_millis()
-    ));
+    line(&summary.line());
+    if cmd.quiet {
+        return Ok(());
+    }
+    line(&summary.timings());
     print_checks(&report.checks);
     if report.rows_rejected > 0 {
         line(&format!(
@@ -161,6 +216,194 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
         ));
     }
     Ok(())
+}
+
+/// What a finished invocation says: one line for cron, timings, JSON.
+struct Summary<'a> {
+    job: &'a str,
+    report: &'a run::Report,
+}
+
+impl<'a> Summary<'a> {
+    fn of(job: &'a str, report: &'a run::Report) -> Summary<'a> {
+        Summary { job, report }
+    }
+
+    fn rate(&self) -> f64 {
+        let secs = self.report.elapsed.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)] // a rate for humans
+        if secs > 0.0 {
+            self.report.rows_this_process as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// `completed run 3 of purge…: 500000 rows in 101 batches (…); 500000 rows this time in 4.2s, …`
+    fn line(&self) -> String {
+        let r = self.report;
+        let verb = match &r.stopped {
+            Some(_) => "stopped",
+            None => "completed",
+        };
+        let mut text = format!(
+            "{verb} run {} of {}: {} rows in {} batches ({} changed, {} rejected){}; {} rows this time in {:.1}s, {:.0} rows/s",
+            r.run_id,
+            self.job,
+            r.rows_done,
+            r.batches,
+            r.rows_changed,
+            r.rows_rejected,
+            if r.resumed { ", resumed" } else { "" },
+            r.rows_this_process,
+            r.elapsed.as_secs_f64(),
+            self.rate()
+        );
+        if !r.waited.is_zero() {
+            text.push_str(&format!(", {:.1}s of it waiting", r.waited.as_secs_f64()));
+        }
+        if let Some(reason) = &r.stopped {
+            let left = r
+                .rows_left
+                .map(|n| format!("{n} rows left"))
+                .unwrap_or_else(|| "the rest left".into());
+            text.push_str(&format!(
+                "; {reason} reached at a batch boundary, {left}: the next `datamig run {}` continues run {}",
+                self.job, r.run_id
+            ));
+        }
+        text
+    }
+
+    fn timings(&self) -> String {
+        let r = self.report;
+        let spread = match (r.batch_times.percentile(50), r.batch_times.percentile(99)) {
+            (Some(p50), Some(p99)) => format!(
+                " (this time: median {} ms, 99th percentile {} ms)",
+                p50.as_millis(),
+                p99.as_millis()
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "longest batch transaction {} ms{spread}; checkpoints took {} ms in all",
+            r.max_batch.as_millis(),
+            r.bookkeeping.as_millis()
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let r = self.report;
+        serde_json::json!({
+            "run_id": r.run_id, "job": self.job, "resumed": r.resumed,
+            "state": if r.stopped.is_some() { "interrupted" } else { "completed" },
+            "stopped": r.stopped, "rows_left": r.rows_left,
+            "rows_done": r.rows_done, "rows_changed": r.rows_changed,
+            "rows_rejected": r.rows_rejected, "batches": r.batches,
+            "rows_this_process": r.rows_this_process,
+            "elapsed_ms": r.elapsed.as_millis(), "max_batch_ms": r.max_batch.as_millis(),
+            "bookkeeping_ms": r.bookkeeping.as_millis(), "waited_ms": r.waited.as_millis(),
+            "batch_p50_ms": r.batch_times.percentile(50).map(|d| d.as_millis()),
+            "batch_p99_ms": r.batch_times.percentile(99).map(|d| d.as_millis()),
+            "analyzed": r.analyzed,
+            "checks": r.checks,
+        })
+    }
+}
+
+/// Writes every rejected row of the run to `path` as CSV (`key,reason`),
+/// replacing the file whole (written beside it, then renamed).
+async fn export_rejects(
+    conn: &mut datamig_core::db::Conn,
+    run_id: i64,
+    path: &std::path::Path,
+) -> Result<i64, Error> {
+    let io = |action: &'static str, p: &std::path::Path, e: std::io::Error| {
+        Error::Usage(format!("cannot {action} {}: {e}", p.display()))
+    };
+    let partial = path.with_extension("csv.partial");
+    let file = std::fs::File::create(&partial).map_err(|e| io("create", &partial, e))?;
+    let mut out = csv::Writer::from_writer(std::io::BufWriter::new(file));
+    out.write_record(["key", "reason"])
+        .map_err(|e| io("write", &partial, e.into()))?;
+    let (mut after, mut written) = (0_i64, 0_i64);
+    loop {
+        let page = run::store::rejects_after(conn, run_id, after, 10_000).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.0;
+        for (_, key, reason) in &page {
+            out.write_record([key, reason])
+                .map_err(|e| io("write", &partial, e.into()))?;
+            written += 1;
+        }
+    }
+    out.flush().map_err(|e| io("write", &partial, e))?;
+    drop(out);
+    std::fs::rename(&partial, path).map_err(|e| io("write", path, e))?;
+    Ok(written)
+}
+
+async fn dry_run(
+    global: &GlobalOpts,
+    settings: &Settings,
+    job: &dyn DynJob,
+    args: &ParsedArgs,
+    opts: &Options,
+    cmd: &RunCmd,
+) -> Result<()> {
+    let report = with_conn(global, settings, async |conn| {
+        Ok(run::dry_run(conn, job, args, opts, cmd.dry_run_batches).await?)
+    })
+    .await?;
+    if cmd.json {
+        line(&serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    line(&format!(
+        "dry run of {}: {} batch(es) of up to {} rows from {}, each rolled back; nothing was written",
+        report.job,
+        report.batches.len(),
+        cmd.batch,
+        report.from
+    ));
+    for (i, b) in report.batches.iter().enumerate() {
+        line(&format!(
+            "  batch {}: {} rows, {} would change, {} rejected, {} ms, up to {}",
+            i + 1,
+            b.rows,
+            b.changed,
+            b.rejected,
+            b.ms,
+            b.position
+        ));
+    }
+    if report.batches.is_empty() {
+        line("  no rows to process: a run would finish at once");
+    }
+    match (report.total, report.projected_ms) {
+        (Some(total), Some(ms)) => line(&format!(
+            "{total} rows to process; at this pace about {} in batches (without waits, rate limits or throttles)",
+            human(Duration::from_millis(ms))
+        )),
+        (Some(total), None) => line(&format!("{total} rows to process")),
+        _ => {}
+    }
+    for w in &report.warnings {
+        line(&format!("warning: {w}"));
+    }
+    Ok(())
+}
+
+/// `2h 5m`, `3m 20s`, `4.2s`.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..=59 => format!("{:.1}s", d.as_secs_f64()),
+        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
+        _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+    }
 }
 
 pub fn print_checks(checks: &[CheckResult]) {

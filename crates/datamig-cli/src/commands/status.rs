@@ -77,6 +77,7 @@ pub async fn run(global: &GlobalOpts, job: Option<&str>, json: bool, limit: i64)
                         "position": r.position.as_deref().and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()),
                         "started_at": r.started_at, "updated_at": r.updated_at, "finished_at": r.finished_at,
                         "owner": r.owner, "last_error": r.last_error,
+                        "request": r.request.map(|q| q.as_str()), "request_by": r.request_by,
                         "verification": r.verification.as_deref().and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok()),
                     })
                 })
@@ -130,6 +131,13 @@ pub async fn run(global: &GlobalOpts, job: Option<&str>, json: bool, limit: i64)
             ));
             if let Some(e) = &r.last_error {
                 line(&format!("  last error  {e}"));
+            }
+            if let Some(request) = r.request {
+                line(&format!(
+                    "  asked to {} by {}; its process acts on it at the next batch boundary",
+                    request.as_str(),
+                    r.request_by.as_deref().unwrap_or("?")
+                ));
             }
             if let Some(checks) = r.verification.as_deref().and_then(|v| serde_json::from_str::<Vec<CheckResult>>(v).ok()) {
                 super::run::print_checks(&checks);

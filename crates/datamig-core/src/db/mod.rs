@@ -142,6 +142,8 @@ pub(crate) trait Driver {
         -> sqlx::Result<Vec<Row>>;
     /// Runs SQL text that may hold several statements, without parameters.
     async fn script(c: &mut Self::Connection, sql: &str) -> sqlx::Result<()>;
+    /// As [`Driver::script`], returning the rows its statements changed.
+    async fn script_rows(c: &mut Self::Connection, sql: &str) -> sqlx::Result<u64>;
     async fn close(c: Self::Connection);
 
     /// Tries once to take the named lock (`schema`, `job.NAME`); never blocks.
@@ -172,6 +174,23 @@ pub(crate) trait Driver {
         params: &[Value],
     ) -> sqlx::Result<Option<i64>>;
 
+    /// How the plan of `sql` reads `table` in full, without running it (EXPLAIN):
+    /// one line per full scan, none when every read of it uses an index.
+    async fn full_scans(
+        c: &mut Self::Connection,
+        sql: &str,
+        params: &[Value],
+        table: &str,
+    ) -> sqlx::Result<Vec<String>>;
+
+    /// What the health throttle compares with its limits (see `run::throttle`),
+    /// not counting this process's own sessions where the database can tell them.
+    async fn health(c: &mut Self::Connection) -> sqlx::Result<crate::run::throttle::Health>;
+
+    /// How far this server, a replica, is behind its primary (`None`: its
+    /// replication is stopped); an error when it is not a replica.
+    async fn replica_lag(c: &mut Self::Connection) -> sqlx::Result<Option<Duration>>;
+
     /// Locks the rows a transform reads until the batch commits.
     const FOR_UPDATE: &'static str = " FOR UPDATE";
 
@@ -197,6 +216,16 @@ pub(crate) trait Driver {
     /// Session settings for running batches (not schema migrations).
     const BATCH_SESSION: &'static [&'static str] = &[];
 
+    /// Whether a batch's checkpoint goes to the server in one round trip with
+    /// its COMMIT, as SQL text with the values written out ([`Driver::text_literal`]).
+    const CHECKPOINT_WITH_COMMIT: bool = false;
+
+    /// A string as an SQL literal, for the drivers that send a checkpoint as text.
+    fn text_literal(text: &str) -> Option<String> {
+        let _ = text;
+        None
+    }
+
     /// `keys OP (?, …)` for keyset pagination, and which key value each `?` takes.
     /// Row values by default; MariaDB plans the expanded form better.
     fn compare_keys(keys: &[String], op: &str) -> (String, Vec<usize>) {
@@ -208,6 +237,11 @@ pub(crate) trait Driver {
             format!("({}) {op} ({marks})", keys.join(", ")),
             (0..keys.len()).collect(),
         )
+    }
+
+    /// Refreshes the planner's statistics of a table (its name already quoted).
+    fn analyze_sql(table: &str) -> String {
+        format!("ANALYZE {table}")
     }
 
     /// The user schema as sorted lines, one per object (datamig's tables left out).
@@ -258,6 +292,20 @@ pub(crate) async fn catalogue_lines<D: Driver>(
     }
     Ok(lines)
 }
+
+/// Columns added to datamig's tables after their first release: table, column,
+/// and its type in a syntax all three databases take. [`Conn::ensure_bookkeeping`]
+/// adds those missing from a table an earlier version created; a new table gets
+/// them the same way, so each is defined once, here.
+pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // A pause, resume or cancel asked for by `datamig pause|resume|cancel`.
+    ("datamig_runs", "request", "VARCHAR(20)"),
+    // Who asked for it, and when.
+    ("datamig_runs", "request_by", "VARCHAR(255)"),
+    // A file's length matching the checkpoint: a CSV import's read position, an
+    // archive's size (a file written past it belongs to a batch that rolled back).
+    ("datamig_runs", "file_offset", "BIGINT"),
+];
 
 /// datamig's own tables, all created by [`Conn::ensure_bookkeeping`].
 pub const BOOKKEEPING_TABLES: &[&str] = &[
@@ -369,6 +417,21 @@ impl Conn {
         dispatch!(self, c => script(sql))
     }
 
+    /// See [`Driver::script_rows`].
+    pub async fn script_rows(&mut self, sql: &str) -> sqlx::Result<u64> {
+        dispatch!(self, c => script_rows(sql))
+    }
+
+    /// See [`Driver::CHECKPOINT_WITH_COMMIT`].
+    pub fn checkpoint_with_commit(&self) -> bool {
+        dispatch_static!(self, D => D::CHECKPOINT_WITH_COMMIT)
+    }
+
+    /// See [`Driver::text_literal`].
+    pub fn text_literal(&self, text: &str) -> Option<String> {
+        dispatch_static!(self, D => D::text_literal(text))
+    }
+
     pub async fn begin(&mut self) -> sqlx::Result<()> {
         let begin = dispatch_static!(self, D => D::BEGIN);
         self.script(begin).await
@@ -406,17 +469,14 @@ impl Conn {
         dispatch_static!(self, D => D::quote_ident(name))
     }
 
-    /// Creates datamig's own tables if they are not there.
+    /// Creates datamig's own tables if they are not there, and adds the columns
+    /// later versions added ([`ADDED_COLUMNS`]) to tables an earlier one made.
     ///
     /// Two runners creating them at once can collide even with `IF NOT EXISTS`
     /// (PostgreSQL's catalogue race), so creation happens under a lock of its own.
     pub async fn ensure_bookkeeping(&mut self) -> Result<()> {
         let creating = |e: sqlx::Error| Error::db("cannot create datamig's tables", db_message(&e));
-        let mut missing = false;
-        for table in BOOKKEEPING_TABLES {
-            missing |= !self.table_exists(table).await.map_err(creating)?;
-        }
-        if !missing {
+        if self.bookkeeping_complete().await.map_err(creating)? {
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -429,16 +489,54 @@ impl Conn {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let ddl = dispatch_static!(self, D => D::BOOKKEEPING_DDL);
-        let mut result = Ok(());
-        for statement in ddl {
-            if let Err(e) = self.script(statement).await {
-                result = Err(creating(e));
-                break;
-            }
-        }
+        let result = self.create_bookkeeping().await.map_err(creating);
         self.unlock("bookkeeping").await?;
         result
+    }
+
+    async fn bookkeeping_complete(&mut self) -> sqlx::Result<bool> {
+        for table in BOOKKEEPING_TABLES {
+            if !self.table_exists(table).await? {
+                return Ok(false);
+            }
+        }
+        for (table, column, _) in ADDED_COLUMNS {
+            if !self.column_exists(table, column).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn create_bookkeeping(&mut self) -> sqlx::Result<()> {
+        let ddl = dispatch_static!(self, D => D::BOOKKEEPING_DDL);
+        for statement in ddl {
+            self.script(statement).await?;
+        }
+        for (table, column, ty) in ADDED_COLUMNS {
+            if !self.column_exists(table, column).await? {
+                self.script(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `table` in the current database/schema has `column`.
+    pub async fn column_exists(&mut self, table: &str, column: &str) -> sqlx::Result<bool> {
+        let sql = match self.backend() {
+            Backend::Sqlite => "SELECT count(*) FROM pragma_table_info(?) WHERE name = ?",
+            Backend::Postgres => {
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() \
+                 AND table_name = ? AND column_name = ?"
+            }
+            Backend::MySql => {
+                "SELECT count(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
+                 AND table_name = ? AND column_name = ?"
+            }
+        };
+        let row = self.fetch_one(sql, &[table.into(), column.into()]).await?;
+        Ok(row.first().and_then(Value::as_i64).unwrap_or(0) > 0)
     }
 
     pub(crate) async fn try_lock(&mut self, name: &str) -> Result<bool> {
@@ -469,6 +567,33 @@ impl Conn {
     pub async fn estimate(&mut self, sql: &str, params: &[Value]) -> sqlx::Result<Option<i64>> {
         let sql = self.placeholders(sql);
         dispatch!(self, c => estimate(&sql, params))
+    }
+
+    /// Refreshes the planner's statistics of `table`.
+    pub async fn analyze(&mut self, table: &str) -> sqlx::Result<()> {
+        let sql = dispatch_static!(self, D => D::analyze_sql(&D::quote_ident(table)));
+        self.script(&sql).await
+    }
+
+    /// See [`Driver::full_scans`].
+    pub async fn full_scans(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        table: &str,
+    ) -> sqlx::Result<Vec<String>> {
+        let sql = self.placeholders(sql);
+        dispatch!(self, c => full_scans(&sql, params, table))
+    }
+
+    /// See [`Driver::health`].
+    pub async fn health(&mut self) -> sqlx::Result<crate::run::throttle::Health> {
+        dispatch!(self, c => health())
+    }
+
+    /// See [`Driver::replica_lag`].
+    pub async fn replica_lag(&mut self) -> sqlx::Result<Option<Duration>> {
+        dispatch!(self, c => replica_lag())
     }
 
     /// Bounds lock waits and (with `statement`) statement time for this session.

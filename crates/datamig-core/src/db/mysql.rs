@@ -171,6 +171,10 @@ impl Driver for MySql {
         sqlx::raw_sql(sql).execute(c).await.map(drop)
     }
 
+    async fn script_rows(c: &mut MySqlConnection, sql: &str) -> sqlx::Result<u64> {
+        Ok(sqlx::raw_sql(sql).execute(c).await?.rows_affected())
+    }
+
     async fn close(c: MySqlConnection) {
         let _ = c.close().await;
     }
@@ -394,6 +398,84 @@ impl Driver for MySql {
         }))
     }
 
+    async fn full_scans(
+        c: &mut MySqlConnection,
+        sql: &str,
+        params: &[Value],
+        table: &str,
+    ) -> sqlx::Result<Vec<String>> {
+        fn walk(v: &serde_json::Value, table: &str, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(t) = map.get("table") {
+                        if t["table_name"] == table && t["access_type"] == "ALL" {
+                            out.push(format!("a full scan of {table} (access type ALL)"));
+                        }
+                    }
+                    for child in map.values() {
+                        walk(child, table, out);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for item in items {
+                        walk(item, table, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let rows = Self::fetch(c, &format!("EXPLAIN FORMAT=JSON {sql}"), params).await?;
+        let plan = rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next())
+            .and_then(Value::into_string)
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .unwrap_or_default();
+        let bare = table.rsplit('.').next().unwrap_or(table);
+        let mut out = Vec::new();
+        walk(&plan, bare, &mut out);
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn health(c: &mut MySqlConnection) -> sqlx::Result<crate::run::throttle::Health> {
+        // Sessions running a statement, as Threads_running counts them, without
+        // this one (MariaDB cannot tell this process's reader from others).
+        let sql = "SELECT
+              (SELECT count(*) FROM information_schema.PROCESSLIST
+                 WHERE COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump', 'Binlog Dump GTID')
+                   AND USER <> 'system user' AND ID <> CONNECTION_ID()),
+              (SELECT max(TIMESTAMPDIFF(SECOND, trx_started, NOW())) FROM information_schema.INNODB_TRX
+                 WHERE trx_mysql_thread_id <> CONNECTION_ID())";
+        let row = Self::fetch(c, sql, &[])
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        Ok(crate::run::throttle::Health {
+            active_sessions: row.first().and_then(Value::as_i64).unwrap_or(0),
+            oldest_transaction: crate::run::throttle::seconds(row.get(1)),
+            // A primary does not know how far its replicas are: --replica names them.
+            replica_lag: None,
+        })
+    }
+
+    async fn replica_lag(c: &mut MySqlConnection) -> sqlx::Result<Option<std::time::Duration>> {
+        // SHOW SLAVE STATUS: MariaDB before 10.5 and MySQL before 8.0.22 know no other spelling.
+        let rows = sqlx::query("SHOW SLAVE STATUS").fetch_all(&mut *c).await?;
+        let Some(row) = rows.first() else {
+            return Err(sqlx::Error::Protocol(
+                "not a replica (SHOW SLAVE STATUS is empty)".into(),
+            ));
+        };
+        let lag: Option<u64> = row
+            .try_get_unchecked::<Option<u64>, _>("Seconds_Behind_Master")
+            .ok()
+            .flatten();
+        Ok(lag.map(std::time::Duration::from_secs))
+    }
+
     fn compare_keys(keys: &[String], op: &str) -> (String, Vec<usize>) {
         // (a, b) > (?, ?) written out as a > ? OR (a = ? AND b > ?), which MariaDB
         // turns into an index range; it does not for row values.
@@ -447,6 +529,10 @@ impl Driver for MySql {
                 .to_string(),
         ];
         super::catalogue_lines::<Self>(c, &queries).await
+    }
+
+    fn analyze_sql(table: &str) -> String {
+        format!("ANALYZE TABLE {table}")
     }
 
     fn now_sql() -> &'static str {

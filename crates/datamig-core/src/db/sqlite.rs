@@ -151,6 +151,13 @@ impl Driver for Sqlite {
         sqlx::raw_sql(sql).execute(&mut c.conn).await.map(drop)
     }
 
+    async fn script_rows(c: &mut SqliteConn, sql: &str) -> sqlx::Result<u64> {
+        Ok(sqlx::raw_sql(sql)
+            .execute(&mut c.conn)
+            .await?
+            .rows_affected())
+    }
+
     async fn close(c: SqliteConn) {
         let _ = c.conn.close().await;
     }
@@ -297,6 +304,35 @@ impl Driver for Sqlite {
     // transaction.
     const READ_AHEAD: bool = false;
 
+    async fn full_scans(
+        c: &mut SqliteConn,
+        sql: &str,
+        params: &[Value],
+        table: &str,
+    ) -> sqlx::Result<Vec<String>> {
+        // EXPLAIN QUERY PLAN's detail: `SCAN t` reads t in full; `SEARCH t USING …`
+        // and `SCAN t USING [COVERING] INDEX …` go by an index.
+        let rows = Self::fetch(c, &format!("EXPLAIN QUERY PLAN {sql}"), params).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().nth(3).and_then(Value::into_string))
+            .filter(|detail| {
+                detail == &format!("SCAN {table}")
+                    || detail.starts_with(&format!("SCAN {table} ")) && !detail.contains(" USING ")
+            })
+            .map(|detail| format!("a full scan of {table} ({detail})"))
+            .collect())
+    }
+
+    async fn health(_c: &mut SqliteConn) -> sqlx::Result<crate::run::throttle::Health> {
+        // An embedded database has no other sessions to count and no replicas.
+        Ok(crate::run::throttle::Health::default())
+    }
+
+    async fn replica_lag(_c: &mut SqliteConn) -> sqlx::Result<Option<std::time::Duration>> {
+        Err(sqlx::Error::Protocol("SQLite has no replicas".into()))
+    }
+
     async fn snapshot(c: &mut SqliteConn) -> Result<Vec<String>> {
         const USER_TABLES: &str = "m.name NOT LIKE 'datamig\\_%' ESCAPE '\\' AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'";
         let queries = [
@@ -319,6 +355,12 @@ impl Driver for Sqlite {
             ),
         ];
         super::catalogue_lines::<Self>(c, &queries).await
+    }
+
+    fn analyze_sql(table: &str) -> String {
+        // A sample, not a full scan of a table that may be large: SQLite's own
+        // advice for applications that run ANALYZE.
+        format!("PRAGMA analysis_limit = 1000; ANALYZE {table}")
     }
 
     fn now_sql() -> &'static str {

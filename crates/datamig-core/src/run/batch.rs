@@ -110,6 +110,8 @@ pub(crate) struct Done {
     pub bookkeeping: Duration,
     /// What its chunk's scan found, which sizes the next chunk.
     pub scanned: Scanned,
+    /// The checkpoint, when it goes to the server with the COMMIT.
+    commit_with: Option<String>,
 }
 
 /// Per-run facts computed once: quoted names, the bulk-update shape.
@@ -350,6 +352,8 @@ pub(crate) struct Batches<'p> {
     in_flight: Option<JoinHandle<InFlight>>,
     /// How many keys a chunk scans per row, from what the chunks so far found.
     density: Density,
+    /// A dry run: each batch does its work and rolls back, leaving no checkpoint.
+    dry: bool,
 }
 
 /// What is read ahead of a batch's transaction.
@@ -397,6 +401,23 @@ impl<'p> Batches<'p> {
     ) -> Batches<'p> {
         let reads_ahead =
             read_ahead && conn.reads_ahead() && matches!(plan.source, Source::Table { .. });
+        Batches::with(plan, prep, run_id, limits, reads_ahead, false)
+    }
+
+    /// Batches of a dry run: read and change as a run would, under row locks,
+    /// then roll back; nothing is recorded.
+    pub fn dry(plan: &'p Plan, prep: Prepared, limits: Limits) -> Batches<'p> {
+        Batches::with(plan, prep, 0, limits, false, true)
+    }
+
+    fn with(
+        plan: &'p Plan,
+        prep: Prepared,
+        run_id: i64,
+        limits: Limits,
+        reads_ahead: bool,
+        dry: bool,
+    ) -> Batches<'p> {
         Batches {
             plan,
             prep: Arc::new(prep),
@@ -406,7 +427,21 @@ impl<'p> Batches<'p> {
             reader: None,
             in_flight: None,
             density: Density::default(),
+            dry,
         }
+    }
+
+    /// The queries a batch of `rows` rows after `after` runs to find its rows,
+    /// and (for a SQL or delete step) to act on them up to `upto`, with their
+    /// parameters: what a dry run asks EXPLAIN about.
+    pub fn queries(
+        &self,
+        conn: &Conn,
+        after: Option<&[Value]>,
+        upto: Option<&[Value]>,
+        rows: i64,
+    ) -> Vec<(String, Vec<Value>)> {
+        queries(conn, self.plan, &self.prep, after, upto, self.size(rows))
     }
 
     /// Drops the read in flight and the reader connection, after an error that
@@ -490,7 +525,17 @@ impl<'p> Batches<'p> {
             Work::Guarded(applied) => applied.cursor.clone(),
             _ => Vec::new(),
         };
-        match run(conn, self.plan, &self.prep, self.run_id, work, size).await? {
+        match run(
+            conn,
+            self.plan,
+            &self.prep,
+            self.run_id,
+            work,
+            size,
+            self.dry,
+        )
+        .await?
+        {
             Batch::Done(done) => Ok(Some(done)),
             Batch::Empty => Ok(None),
             Batch::Changed => {
@@ -518,7 +563,17 @@ impl<'p> Batches<'p> {
         size: Size,
     ) -> Result<Option<Done>> {
         let work = Work::Serial { after, upto };
-        match run(conn, self.plan, &self.prep, self.run_id, work, size).await? {
+        match run(
+            conn,
+            self.plan,
+            &self.prep,
+            self.run_id,
+            work,
+            size,
+            self.dry,
+        )
+        .await?
+        {
             Batch::Done(done) => {
                 self.density = self.density.after(done.scanned);
                 Ok(Some(done))
@@ -549,18 +604,56 @@ async fn run(
     run_id: i64,
     work: Work<'_>,
     size: Size,
+    dry: bool,
 ) -> Result<Batch> {
     let started = Instant::now();
     conn.begin()
         .await
         .map_err(|e| failed(conn, "cannot begin the batch", &e))?;
-    let result = body(conn, plan, prep, run_id, work, size, started).await;
+    let result = body(conn, plan, prep, run_id, work, size, started, dry).await;
     match result {
-        Ok(Batch::Done(mut done)) => {
-            conn.commit()
+        Ok(Batch::Done(mut done)) if dry => {
+            conn.rollback()
                 .await
-                .map_err(|e| failed(conn, "the batch's commit failed", &e))?;
+                .map_err(|e| failed(conn, "the dry run's rollback failed", &e))?;
             done.transaction = started.elapsed();
+            Ok(Batch::Done(done))
+        }
+        Ok(Batch::Done(mut done)) => {
+            let mut sent_with_commit = None;
+            match done.commit_with.take() {
+                None => conn
+                    .commit()
+                    .await
+                    .map_err(|e| failed(conn, "the batch's commit failed", &e))?,
+                Some(checkpoint) => {
+                    let sent = Instant::now();
+                    let moved = match conn.script_rows(&format!("{checkpoint}; COMMIT")).await {
+                        Ok(moved) => moved,
+                        Err(e) => {
+                            let _ = conn.rollback().await;
+                            return Err(if store::not_running(&e) {
+                                no_longer_running(run_id)
+                            } else {
+                                failed(conn, "the checkpoint and commit failed", &e)
+                            });
+                        }
+                    };
+                    if moved != 1 {
+                        // Its row is gone: the batch committed with nothing to record it.
+                        return Err(Error::JobFailed(format!(
+                            "run {run_id} is missing from datamig_runs (deleted by hand?); its last batch \
+                             committed without a checkpoint. Start over with --restart"
+                        )));
+                    }
+                    sent_with_commit = Some(sent.elapsed());
+                }
+            }
+            done.transaction = started.elapsed();
+            if let Some(spent) = sent_with_commit {
+                // What the checkpoint adds to the COMMIT's round trip.
+                done.bookkeeping = spent.saturating_sub(commit_floor(conn).await);
+            }
             Ok(Batch::Done(done))
         }
         Ok(other) => {
@@ -574,6 +667,34 @@ async fn run(
     }
 }
 
+fn no_longer_running(run_id: i64) -> Error {
+    Error::JobFailed(format!(
+        "run {run_id} is no longer running in datamig_runs (cancelled from elsewhere?); this batch was rolled back"
+    ))
+}
+
+/// The round trip of a bare COMMIT on this connection, measured once (the
+/// fastest of three empty transactions): what a checkpoint sent with the COMMIT
+/// is counted against.
+async fn commit_floor(conn: &mut Conn) -> Duration {
+    static FLOOR: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    if let Some(floor) = FLOOR.get() {
+        return *floor;
+    }
+    let mut floor = Duration::MAX;
+    for _ in 0..3 {
+        if conn.begin().await.is_err() {
+            return Duration::ZERO;
+        }
+        let t = Instant::now();
+        if conn.commit().await.is_err() {
+            return Duration::ZERO;
+        }
+        floor = floor.min(t.elapsed());
+    }
+    *FLOOR.get_or_init(|| floor)
+}
+
 /// A batch's database error: [`Error::Transient`] when trying again can pass.
 fn failed(conn: &Conn, what: &str, e: &sqlx::Error) -> Error {
     let message = format!("{what}: {}", db_message(e));
@@ -583,6 +704,7 @@ fn failed(conn: &Conn, what: &str, e: &sqlx::Error) -> Error {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn body(
     conn: &mut Conn,
     plan: &Plan,
@@ -591,10 +713,11 @@ async fn body(
     work: Work<'_>,
     size: Size,
     started: Instant,
+    dry: bool,
 ) -> Result<Batch> {
     let (cursor, mut counts, scanned) = match (work, &plan.source, &plan.step) {
         (Work::Guarded(applied), _, _) => {
-            if !write(conn, prep, run_id, applied, true).await? {
+            if !write(conn, prep, run_id, applied, true, dry).await? {
                 return Ok(Batch::Changed);
             }
             (
@@ -641,7 +764,7 @@ async fn body(
                 return Ok(Batch::Empty);
             };
             let applied = apply(t.as_ref(), prep, read, false)?;
-            write(conn, prep, run_id, &applied, false).await?;
+            write(conn, prep, run_id, &applied, false, dry).await?;
             (applied.cursor, applied.counts, applied.scanned)
         }
         (Work::Serial { after, .. }, Source::Table { .. }, step) => {
@@ -657,16 +780,34 @@ async fn body(
         }
     };
     counts.elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+    if dry {
+        return Ok(Batch::Done(Done {
+            cursor,
+            counts,
+            transaction: Duration::ZERO,
+            bookkeeping: Duration::ZERO,
+            scanned,
+            commit_with: None,
+        }));
+    }
     let position = cursor::encode(&cursor).map_err(Error::JobFailed)?;
+    if let Some(sql) = store::checkpoint_text(conn, run_id, &position, &counts, None) {
+        return Ok(Batch::Done(Done {
+            cursor,
+            counts,
+            transaction: Duration::ZERO,
+            bookkeeping: Duration::ZERO,
+            scanned,
+            commit_with: Some(sql),
+        }));
+    }
     let checkpoint_started = Instant::now();
-    let moved = store::checkpoint(conn, run_id, &position, &counts)
+    let moved = store::checkpoint(conn, run_id, &position, &counts, None)
         .await
         .map_err(|e| failed(conn, "the checkpoint failed", &e))?;
     let bookkeeping = checkpoint_started.elapsed();
     if !moved {
-        return Err(Error::JobFailed(format!(
-            "run {run_id} is no longer running in datamig_runs (cancelled from elsewhere?); this batch was rolled back"
-        )));
+        return Err(no_longer_running(run_id));
     }
     Ok(Batch::Done(Done {
         cursor,
@@ -674,6 +815,7 @@ async fn body(
         transaction: Duration::ZERO,
         bookkeeping,
         scanned,
+        commit_with: None,
     }))
 }
 
@@ -762,6 +904,58 @@ async fn last_key(
         .map_err(|e| failed(conn, "reading the batch's bounds failed", &e))?;
     let (last, count) = split_count(rows.into_iter().next());
     Ok((count > 0 && last.iter().all(|v| !v.is_null())).then_some((last, count)))
+}
+
+/// The statements a batch after `after` runs: the one that finds its rows (the
+/// read of a transform, the bound of a SQL or delete step) and, for SQL and
+/// delete steps, the one that acts on them over `(after, upto]`.
+fn queries(
+    conn: &Conn,
+    plan: &Plan,
+    prep: &Prepared,
+    after: Option<&[Value]>,
+    upto: Option<&[Value]>,
+    size: Size,
+) -> Vec<(String, Vec<Value>)> {
+    if !matches!(plan.source, Source::Table { .. }) {
+        return Vec::new();
+    }
+    let keys: Vec<String> = prep.keys.iter().map(|k| conn.quote_ident(k)).collect();
+    let finding = match (&prep.filter, &plan.step) {
+        (Some(filter), Step::Transform(_)) => {
+            let mut cols = keys.clone();
+            cols.extend(prep.columns.iter().map(|c| conn.quote_ident(c)));
+            prep.matching(conn, filter, &cols, &cols, after, size)
+        }
+        (Some(filter), _) => prep.matching(conn, filter, &keys, &keys, after, size),
+        (None, _) => {
+            let (cond, params) = prep.conditions(conn, false, after, None);
+            (
+                format!(
+                    "SELECT {} FROM {} WHERE {cond} ORDER BY {} LIMIT {}",
+                    keys.join(", "),
+                    conn.quote_ident(&prep.table),
+                    keys.join(", "),
+                    size.rows
+                ),
+                params,
+            )
+        }
+    };
+    let mut out = vec![finding];
+    if let (Step::Delete | Step::Sql(_), Some(upto)) = (&plan.step, upto) {
+        let (range, params) = prep.conditions(conn, true, after, Some(upto));
+        let sql = match &plan.step {
+            Step::Delete => format!(
+                "DELETE FROM {} WHERE {range}",
+                conn.quote_ident(&prep.table)
+            ),
+            Step::Sql(sql) => sql.replace("{batch}", &format!("({range})")),
+            Step::Transform(_) => unreachable!("matched above"),
+        };
+        out.push((sql, params));
+    }
+    out
 }
 
 /// Runs a SQL or delete step over the key range `(after, bound.last]`.
@@ -1029,6 +1223,7 @@ async fn write(
     run_id: i64,
     applied: &Applied,
     guarded: bool,
+    dry: bool,
 ) -> Result<bool> {
     if let (Some(bulk), false) = (&prep.bulk, applied.updates.is_empty()) {
         let spec = BulkUpdate {
@@ -1045,7 +1240,7 @@ async fn write(
             return Ok(false);
         }
     }
-    if !applied.rejects.is_empty() {
+    if !applied.rejects.is_empty() && !dry {
         store::reject(conn, run_id, &applied.rejects)
             .await
             .map_err(|e| failed(conn, "recording rejected rows failed", &e))?;

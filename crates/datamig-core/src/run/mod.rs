@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! run ─ take the job lock ─ find or create the run ─ baseline checks
-//!     └ loop: BEGIN · read/bound batch · transform · bulk write · checkpoint · COMMIT
-//!     └ after checks ─ completed
+//!     └ loop: between batches (no transaction open): signals · pause/cancel
+//!             requests · time window · health throttle · rate limit
+//!             then BEGIN · read/bound batch · transform · bulk write · checkpoint · COMMIT
+//!     └ after checks ─ statistics ─ completed
 //! ```
 //!
 //! Exactly-once holds where a batch only writes the database that holds the
@@ -13,7 +15,10 @@
 
 mod batch;
 pub mod cursor;
+pub mod pace;
+pub mod steer;
 pub mod store;
+pub mod throttle;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -62,7 +67,62 @@ pub struct Options {
     pub sleep: Duration,
     /// The command that resumes this run, for the messages that need it.
     pub resume_command: String,
+    /// Rows (or batches) per second, over the whole run.
+    pub rate: Option<pace::Rate>,
+    /// Adapt the batch size so that a batch takes about this long, within
+    /// `batch_min..=batch_max` (`batch_size` is where it starts).
+    pub target_batch_time: Option<Duration>,
+    pub batch_min: u64,
+    pub batch_max: u64,
+    /// Stop at a batch boundary before this moment (`--max-runtime`, `--until`).
+    pub window: Option<pace::Window>,
+    /// Wait before a batch while the database is under stress.
+    pub throttle: throttle::Limits,
+    /// Stop the run once more rows than this are rejected.
+    pub max_errors: Option<i64>,
+    /// When to refresh the planner's statistics after the run.
+    pub analyze: Analyze,
 }
+
+impl Options {
+    /// The options of a plain run of `batch_size` rows a batch, as the command
+    /// line's defaults have them.
+    pub fn new(batch_size: u64) -> Options {
+        Options {
+            batch_size,
+            restart: false,
+            count: CountMode::Exact,
+            read_ahead: true,
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(300)),
+            max_retries: 10,
+            sleep: Duration::ZERO,
+            resume_command: String::new(),
+            rate: None,
+            target_batch_time: None,
+            batch_min: 1,
+            batch_max: MAX_BATCH,
+            window: None,
+            throttle: throttle::Limits::default(),
+            max_errors: None,
+            analyze: Analyze::Auto,
+        }
+    }
+}
+
+/// When a run refreshes the planner's statistics of the tables it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Analyze {
+    /// When it changed many rows: [`ANALYZE_MIN_ROWS`] and a tenth of the table.
+    Auto,
+    Always,
+    Never,
+}
+
+/// `Analyze::Auto` refreshes statistics after a run that changed at least this
+/// many rows, and at least a tenth of the table (PostgreSQL's autovacuum waits
+/// for a tenth too, and may run long after).
+pub const ANALYZE_MIN_ROWS: i64 = 1000;
 
 /// What the progress display is told.
 #[derive(Debug, Clone)]
@@ -90,6 +150,9 @@ pub trait Observer: Send {
     fn started(&mut self, progress: &Progress);
     fn batch(&mut self, progress: &Progress);
     fn finished(&mut self, progress: &Progress);
+    /// The run waits before its next batch, and why (a throttle, the rate
+    /// limit, a pause); `None` when it goes on.
+    fn waiting(&mut self, _why: Option<&str>) {}
 }
 
 /// A check's result, stored with the run.
@@ -161,6 +224,15 @@ pub struct Report {
     /// This process's batch transaction times.
     pub batch_times: BatchTimes,
     pub checks: Vec<CheckResult>,
+    /// Why the run stopped before its end (its time window closed); `None`
+    /// when it completed.
+    pub stopped: Option<String>,
+    /// The rows the source still selects, when it stopped early and the total is known.
+    pub rows_left: Option<i64>,
+    /// Time spent waiting for throttles and the rate limit, and paused.
+    pub waited: Duration,
+    /// Tables whose statistics were refreshed after the run.
+    pub analyzed: Vec<String>,
 }
 
 /// The plan for `job` with `args` on this connection's database, checked for
@@ -242,7 +314,12 @@ pub async fn check_schema(conn: &mut Conn, job: &dyn DynJob, plan: &Plan) -> Res
 }
 
 fn job_lock(job: &dyn DynJob) -> String {
-    format!("job.{}", job.name())
+    job_lock_name(job.name())
+}
+
+/// The named lock a process holds while it runs `job`.
+pub(crate) fn job_lock_name(job: &str) -> String {
+    format!("job.{job}")
 }
 
 /// How long a new run waits for the lock of a run whose process has died.
@@ -287,7 +364,7 @@ pub async fn run(
     let mut waited = Duration::ZERO;
     while !conn.try_lock(&lock).await? {
         let holder = match store::latest(conn, job.name()).await.ok().flatten() {
-            Some(r) if r.state == RunState::Running => {
+            Some(r) if matches!(r.state, RunState::Running | RunState::Paused) => {
                 let owner = r.owner.unwrap_or_default();
                 // A run killed on this machine a moment ago: the server drops its
                 // lock once it notices the closed connection. Wait for that rather
@@ -297,7 +374,18 @@ pub async fn run(
                     waited += Duration::from_millis(100);
                     continue;
                 }
-                format!("run {} by {owner} (last checkpoint {})", r.id, r.updated_at)
+                let paused = if r.state == RunState::Paused {
+                    format!(
+                        ", paused by {}",
+                        r.request_by.as_deref().unwrap_or("someone")
+                    )
+                } else {
+                    String::new()
+                };
+                format!(
+                    "run {} by {owner} (last checkpoint {}{paused})",
+                    r.id, r.updated_at
+                )
             }
             _ => conn
                 .lock_holder(&lock)
@@ -344,41 +432,24 @@ async fn run_locked(
         Source::Table { key, .. } => key.len(),
         Source::Range { .. } => 1,
     };
-
-    let previous = store::latest(conn, job.name())
-        .await?
-        .filter(|r| r.state.is_resumable());
-    let (record, mut cursor, resumed) = match previous {
-        Some(r) if opts.restart => {
-            store::set_state(conn, r.id, RunState::Cancelled, Some("abandoned by --restart")).await?;
-            obs.message(&format!("abandoned unfinished run {} of {}; starting over", r.id, job.name()));
-            (None, None, false)
-        }
-        Some(r) if r.args != args.canonical => {
-            return Err(Error::Usage(format!(
-                "run {} of {} is unfinished with other arguments ({}); run it with those arguments to resume it, \
-                 or pass --restart to abandon it",
+    let (record, mut cursor, resumed) = find_run(conn, job, args, opts, arity, obs).await?;
+    if let (Some(max), Some(r)) = (opts.max_errors, &record) {
+        if r.rows_rejected > max {
+            return Err(Error::ErrorBudget(format!(
+                "run {} of {} has {} rejected rows, more than --max-errors {max} allows; nothing was \
+                 changed. Fix the data (`datamig status {}` lists the rows) and raise --max-errors, \
+                 or start over with --restart",
                 r.id,
                 job.name(),
-                r.args
-            )))
+                r.rows_rejected,
+                job.name()
+            )));
         }
-        Some(r) => {
-            let cursor = match &r.position {
-                None => None,
-                Some(text) => Some(cursor::decode(text, arity).map_err(|why| {
-                    Error::CorruptCheckpoint(format!(
-                        "run {} of {} has a corrupt checkpoint in datamig_runs.position ({why}); \
-                         nothing was changed. Fix that row, or start over with --restart",
-                        r.id,
-                        job.name()
-                    ))
-                })?),
-            };
-            (Some(r), cursor, true)
-        }
-        None => (None, None, false),
-    };
+    }
+    // Replicas to watch are connected to before the run is touched: one that is
+    // unreachable or not a replica stops the command with nothing changed.
+    let mut throttle =
+        throttle::Throttle::new(opts.throttle.clone(), &ConnectOptions::default()).await?;
 
     let rows_before = record.as_ref().map_or(0, |r| r.rows_done);
     let total = match (&plan.source, opts.count) {
@@ -450,33 +521,91 @@ async fn run_locked(
     };
     if let Err(e) = limits.apply(conn).await {
         let _ = end_run(conn, &progress, RunState::Failed, Some(&e.to_string())).await;
+        throttle.close().await;
         return Err(e);
     }
     let mut batches = batch::Batches::new(conn, plan, prep, run_id, limits, opts.read_ahead);
-    // Retries of the batch at hand, and its size (halved after a statement timeout).
-    let (mut attempt, mut size) = (0_u32, batch_size);
-    let looped = loop {
+    let mut sizer = match opts.target_batch_time {
+        Some(target) => pace::Sizer::adaptive(
+            batch_size,
+            target,
+            i64::try_from(opts.batch_min).unwrap_or(1),
+            i64::try_from(opts.batch_max).unwrap_or(i64::MAX),
+        ),
+        None => pace::Sizer::fixed(batch_size),
+    };
+    let limiter = opts.rate.map(|r| {
+        // Its burst is one batch (a second's worth at least): after a long
+        // wait the run may not make up for lost time in a rush.
+        let largest = match opts.target_batch_time {
+            Some(_) => opts.batch_max.max(opts.batch_size),
+            None => opts.batch_size,
+        };
+        pace::Limiter::new(r, largest)
+    });
+    let mut poller = steer::Poller::new();
+    let mut waits = Waits::default();
+    // Retries of the batch at hand.
+    let mut attempt = 0_u32;
+    let mut last_batch = Duration::ZERO;
+    let looped: Result<Option<String>> = loop {
         if stop.load(Ordering::SeqCst) {
-            if let Err(e) = end_run(conn, &progress, RunState::Interrupted, None).await {
+            break Err(
+                interrupted(conn, job, plan, opts, &progress, RunState::Interrupted, obs).await,
+            );
+        }
+        match between_batches(
+            conn,
+            job,
+            opts,
+            &progress,
+            stop,
+            obs,
+            &mut poller,
+            &mut throttle,
+            limiter.as_ref(),
+            &sizer,
+            last_batch,
+            &mut waits,
+        )
+        .await
+        {
+            Ok(Between::Go) => {}
+            Ok(Between::Wait) => continue,
+            Ok(Between::StopPaused) => {
+                break Err(
+                    interrupted(conn, job, plan, opts, &progress, RunState::Paused, obs).await,
+                )
+            }
+            Ok(Between::Cancelled(by)) => {
+                let why = format!("cancelled by {by}");
+                if let Err(e) = end_run(conn, &progress, RunState::Cancelled, Some(&why)).await {
+                    break Err(e);
+                }
+                obs.finished(&progress);
+                break Err(Error::Cancelled(format!(
+                    "run {run_id} of {} was {why} after {} batches, at {}; every finished batch is \
+                     committed. Running the job again starts a new run",
+                    job.name(),
+                    progress.batches,
+                    at(plan, &progress.position)
+                )));
+            }
+            Ok(Between::WindowClosed(reason)) => {
+                if let Err(e) = end_run(conn, &progress, RunState::Interrupted, None).await {
+                    break Err(e);
+                }
+                break Ok(Some(reason));
+            }
+            Err(e) => {
+                let _ = end_run(conn, &progress, RunState::Failed, Some(&e.to_string())).await;
                 break Err(e);
             }
-            obs.finished(&progress);
-            let pct = percent(progress.rows_done, total)
-                .map(|p| format!(" ({p:.1}%)"))
-                .unwrap_or_default();
-            break Err(Error::Interrupted(format!(
-                "interrupted run {run_id} of {} after {} batches, at {}{pct}; every finished batch is committed. \
-                 Resume with: {}",
-                job.name(),
-                progress.batches,
-                at(plan, &progress.position),
-                opts.resume_command
-            )));
         }
-        match batches.next(conn, cursor.as_deref(), size).await {
-            Ok(None) => break Ok(()),
+        match batches.next(conn, cursor.as_deref(), sizer.rows()).await {
+            Ok(None) => break Ok(None),
             Ok(Some(done)) => {
-                (attempt, size) = (0, batch_size);
+                attempt = 0;
                 progress.rows_done += done.counts.rows;
                 progress.rows_this_process += done.counts.rows;
                 progress.rows_changed += done.counts.changed;
@@ -491,7 +620,29 @@ async fn run_locked(
                     *t = (*t).max(progress.rows_done);
                 }
                 cursor = Some(done.cursor);
+                last_batch = done.transaction;
+                sizer.after_batch(done.counts.rows, done.transaction);
                 obs.batch(&progress);
+                if let Some(max) = opts.max_errors {
+                    if progress.rows_rejected > max {
+                        let why = format!(
+                            "{} rows rejected, more than --max-errors {max} allows",
+                            progress.rows_rejected
+                        );
+                        let _ = end_run(conn, &progress, RunState::Failed, Some(&why)).await;
+                        obs.finished(&progress);
+                        break Err(Error::ErrorBudget(format!(
+                            "run {run_id} of {} stopped after {} batches, at {}: {why}. Every finished \
+                             batch is committed; `datamig status {}` lists the rejected rows. Fix the \
+                             data or raise --max-errors, then resume with: {}",
+                            job.name(),
+                            progress.batches,
+                            at(plan, &progress.position),
+                            job.name(),
+                            opts.resume_command
+                        )));
+                    }
+                }
                 if !opts.sleep.is_zero() {
                     pause(opts.sleep, stop).await;
                 }
@@ -499,11 +650,11 @@ async fn run_locked(
             Err(Error::Transient { message, kind }) if attempt < opts.max_retries => {
                 attempt += 1;
                 if kind == Transient::StatementTimeout {
-                    size = (size / 2).max(1);
+                    sizer.halve();
                 }
                 let wait = backoff(attempt);
                 let smaller = if kind == Transient::StatementTimeout {
-                    format!(" at {size} rows")
+                    format!(" at {} rows", sizer.rows())
                 } else {
                     String::new()
                 };
@@ -529,7 +680,7 @@ async fn run_locked(
                 // A COMMIT cut off by the error may have landed: the checkpoint in
                 // the database, not this process's memory, says where the run is.
                 match store::latest(conn, job.name()).await {
-                    Ok(Some(r)) if r.id == run_id && r.rows_done > progress.rows_done => {
+                    Ok(Some(r)) if r.id == run_id && r.batches_done > progress.batches => {
                         let position = r.position.as_deref().unwrap_or_default();
                         match cursor::decode(position, arity) {
                             Ok(c) => {
@@ -581,12 +732,39 @@ async fn run_locked(
         }
     };
     batches.close().await;
-    looped?;
+    throttle.close().await;
+    obs.waiting(None);
+    let stopped = looped?;
     if let Err(e) = conn.set_timeouts(opts.lock_timeout, None).await {
         tracing::warn!("could not lift the statement timeout for the checks: {e}");
     }
     progress.elapsed = started.elapsed();
     obs.finished(&progress);
+    let mut report = Report {
+        run_id,
+        resumed,
+        rows_done: progress.rows_done,
+        rows_changed: progress.rows_changed,
+        rows_rejected: progress.rows_rejected,
+        batches: progress.batches,
+        rows_this_process: progress.rows_this_process,
+        elapsed: progress.elapsed,
+        max_batch: progress.max_batch,
+        bookkeeping: progress.bookkeeping,
+        batch_times,
+        checks: Vec::new(),
+        stopped: None,
+        rows_left: None,
+        waited: waits.total,
+        analyzed: Vec::new(),
+    };
+    if let Some(reason) = stopped {
+        // The window closed: what is left is done by the next invocation; the
+        // checks wait for the end of the run.
+        report.rows_left = progress.total.map(|t| (t - progress.rows_done).max(0));
+        report.stopped = Some(reason);
+        return Ok(report);
+    }
 
     let checks = match run_checks(conn, &plan.checks, &baseline).await {
         Ok(checks) => checks,
@@ -603,20 +781,9 @@ async fn run_locked(
     )
     .await?;
     end_run(conn, &progress, RunState::Completed, None).await?;
-    let report = Report {
-        run_id,
-        resumed,
-        rows_done: progress.rows_done,
-        rows_changed: progress.rows_changed,
-        rows_rejected: progress.rows_rejected,
-        batches: progress.batches,
-        rows_this_process: progress.rows_this_process,
-        elapsed: progress.elapsed,
-        max_batch: progress.max_batch,
-        bookkeeping: progress.bookkeeping,
-        batch_times,
-        checks,
-    };
+    report.checks = checks;
+    report.analyzed =
+        refresh_statistics(conn, job, plan, opts.analyze, progress.rows_changed, obs).await;
     if let Some(bad) = failed_checks(&report.checks) {
         return Err(Error::VerificationFailed(format!(
             "run {run_id} of {} completed, but {bad}",
@@ -624,6 +791,434 @@ async fn run_locked(
         )));
     }
     Ok(report)
+}
+
+/// One batch of a dry run.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryBatch {
+    /// Rows the source selected for the batch.
+    pub rows: i64,
+    /// Rows its change would have changed (deleted, updated), rolled back.
+    pub changed: i64,
+    pub rejected: i64,
+    /// Its transaction, up to the rollback.
+    pub ms: u64,
+    /// Where it ended.
+    pub position: String,
+}
+
+/// What a dry run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    pub job: String,
+    pub batches: Vec<DryBatch>,
+    /// The rows the source selects (from where a run would start), if counted.
+    pub total: Option<i64>,
+    /// The whole run's time in batches, at the dry batches' pace.
+    pub projected_ms: Option<u64>,
+    /// Queries a batch runs that read the table in full (EXPLAIN).
+    pub warnings: Vec<String>,
+    /// Where the dry batches started: an unfinished run's checkpoint, or the start.
+    pub from: String,
+}
+
+/// Runs the first `batches` batches of `job` (from an unfinished run's
+/// checkpoint, if it has one with these arguments), each in a transaction
+/// that is rolled back, and reports what they would change, how long they
+/// took, the run's projected time, and the batch queries that do not use an
+/// index. Nothing is written, datamig's own tables included; the job lock is
+/// held meanwhile so that a real run does not overlap it.
+pub async fn dry_run(
+    conn: &mut Conn,
+    job: &dyn DynJob,
+    args: &ParsedArgs,
+    opts: &Options,
+    batches: u32,
+) -> Result<DryRun> {
+    let plan = plan(conn, job, args)?;
+    check_schema(conn, job, &plan).await?;
+    let lock = job_lock(job);
+    if !conn.try_lock(&lock).await? {
+        return Err(Error::AlreadyRunning(format!(
+            "job {} is running in another process; a dry run would read beside it (`datamig status {}`)",
+            job.name(),
+            job.name()
+        )));
+    }
+    let result = dry_run_locked(conn, job, args, &plan, opts, batches).await;
+    let _ = conn.rollback().await;
+    if let Err(e) = conn.unlock(&lock).await {
+        tracing::warn!("could not release the job lock cleanly ({e})");
+    }
+    result
+}
+
+async fn dry_run_locked(
+    conn: &mut Conn,
+    job: &dyn DynJob,
+    args: &ParsedArgs,
+    plan: &Plan,
+    opts: &Options,
+    batches: u32,
+) -> Result<DryRun> {
+    let limits = batch::Limits {
+        lock_timeout: opts.lock_timeout,
+        statement_timeout: opts.statement_timeout,
+    };
+    limits.apply(conn).await?;
+    let prep = batch::Prepared::new(conn, plan).await?;
+    let arity = match &plan.source {
+        Source::Table { key, .. } => key.len(),
+        Source::Range { .. } => 1,
+    };
+    // Where the next real run would start.
+    let mut cursor = match store::latest(conn, job.name()).await? {
+        Some(r) if r.state.is_resumable() && r.args == args.canonical && !opts.restart => r
+            .position
+            .as_deref()
+            .and_then(|p| cursor::decode(p, arity).ok()),
+        _ => None,
+    };
+    let from = cursor.as_deref().map_or("the start".to_string(), |c| {
+        format!("{} {}", key_name(plan), cursor::display(c))
+    });
+    let total = match (&plan.source, opts.count) {
+        (_, CountMode::None) => None,
+        (Source::Range { start, end }, _) => {
+            let done = cursor
+                .as_deref()
+                .and_then(|c| c.first())
+                .and_then(Value::as_i64)
+                .map_or(0, |c| c - start + 1);
+            Some(end - start + 1 - done)
+        }
+        (Source::Table { .. }, CountMode::Estimate) => {
+            match prep.estimate(conn, cursor.as_deref()).await {
+                Some(n) => Some(n),
+                None => Some(prep.count(conn, cursor.as_deref()).await?),
+            }
+        }
+        (Source::Table { .. }, CountMode::Exact) => {
+            Some(prep.count(conn, cursor.as_deref()).await?)
+        }
+    };
+    let rows = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
+    let mut dry = batch::Batches::dry(plan, prep, limits);
+    let mut done = Vec::new();
+    let mut ranges = Vec::new();
+    for _ in 0..batches {
+        let before = cursor.clone();
+        let Some(batch) = dry.next(conn, cursor.as_deref(), rows).await? else {
+            break;
+        };
+        done.push(DryBatch {
+            rows: batch.counts.rows,
+            changed: batch.counts.changed,
+            rejected: batch.counts.rejected,
+            ms: u64::try_from(batch.transaction.as_millis()).unwrap_or(u64::MAX),
+            position: cursor::display(&batch.cursor),
+        });
+        ranges.push((before, batch.cursor.clone()));
+        cursor = Some(batch.cursor);
+    }
+    // The queries of the last dry batch (its real range), as the planner sees them.
+    let mut warnings = Vec::new();
+    if let (Some((after, upto)), Source::Table { table, .. }) = (ranges.last(), &plan.source) {
+        for (sql, params) in dry.queries(conn, after.as_deref(), Some(upto), rows) {
+            match conn.full_scans(&sql, &params, table).await {
+                Ok(scans) => warnings.extend(scans.into_iter().map(|scan| {
+                    format!(
+                        "a batch query makes {scan}: each batch reads the whole table (on a small \
+                         table the planner may rightly prefer that; on a large one, index the key): {sql}"
+                    )
+                })),
+                Err(e) => warnings.push(format!(
+                    "could not EXPLAIN a batch query ({}): {sql}",
+                    db_message(&e)
+                )),
+            }
+        }
+    }
+    let (rows_done, ms): (i64, u64) = done.iter().fold((0, 0), |(r, m), b| (r + b.rows, m + b.ms));
+    let projected_ms = match (total, rows_done > 0) {
+        (Some(total), true) => {
+            let per_row = u128::from(ms.max(1)) * 1000 / u128::try_from(rows_done).unwrap_or(1);
+            let all = per_row * u128::try_from(total.max(0)).unwrap_or(0) / 1000;
+            Some(u64::try_from(all).unwrap_or(u64::MAX))
+        }
+        _ => None,
+    };
+    dry.close().await;
+    Ok(DryRun {
+        job: job.name().to_string(),
+        batches: done,
+        total,
+        projected_ms,
+        warnings,
+        from,
+    })
+}
+
+/// Finds the run to resume, or decides to start one: `(record, cursor, resumed)`.
+async fn find_run(
+    conn: &mut Conn,
+    job: &dyn DynJob,
+    args: &ParsedArgs,
+    opts: &Options,
+    arity: usize,
+    obs: &mut dyn Observer,
+) -> Result<(Option<RunRecord>, Option<Vec<Value>>, bool)> {
+    let previous = store::latest(conn, job.name())
+        .await?
+        .filter(|r| r.state.is_resumable());
+    match previous {
+        Some(r) if opts.restart => {
+            store::set_state(conn, r.id, RunState::Cancelled, Some("abandoned by --restart")).await?;
+            obs.message(&format!(
+                "abandoned unfinished run {} of {}; starting over",
+                r.id,
+                job.name()
+            ));
+            Ok((None, None, false))
+        }
+        Some(r) if r.state == RunState::Paused => Err(Error::Paused(format!(
+            "run {} of {} is paused (by {}); `datamig resume {}` releases it, then run this again \
+             (or --restart abandons it)",
+            r.id,
+            job.name(),
+            r.request_by.as_deref().unwrap_or("someone"),
+            job.name()
+        ))),
+        Some(r) if r.args != args.canonical => Err(Error::Usage(format!(
+            "run {} of {} is unfinished with other arguments ({}); run it with those arguments to resume it, \
+             or pass --restart to abandon it",
+            r.id,
+            job.name(),
+            r.args
+        ))),
+        Some(r) => {
+            let cursor = match &r.position {
+                None => None,
+                Some(text) => Some(cursor::decode(text, arity).map_err(|why| {
+                    Error::CorruptCheckpoint(format!(
+                        "run {} of {} has a corrupt checkpoint in datamig_runs.position ({why}); \
+                         nothing was changed. Fix that row, or start over with --restart",
+                        r.id,
+                        job.name()
+                    ))
+                })?),
+            };
+            Ok((Some(r), cursor, true))
+        }
+        None => Ok((None, None, false)),
+    }
+}
+
+/// What the run does before its next batch.
+enum Between {
+    /// Run the batch.
+    Go,
+    /// Look again (it waited for a throttle, the rate, or a pause).
+    Wait,
+    /// Stopped by a signal while paused: the run stays paused.
+    StopPaused,
+    /// `datamig cancel`, from whom.
+    Cancelled(String),
+    /// The time window closed, with what to tell the user.
+    WindowClosed(String),
+}
+
+/// Time the run spent waiting, and what it last said about it.
+#[derive(Default)]
+struct Waits {
+    total: Duration,
+    why: Option<String>,
+}
+
+impl Waits {
+    fn wait(&mut self, obs: &mut dyn Observer, why: String, took: Duration) {
+        if self.why.as_deref() != Some(why.as_str()) {
+            obs.waiting(Some(&why));
+            self.why = Some(why);
+        }
+        self.total += took;
+    }
+
+    fn go(&mut self, obs: &mut dyn Observer) {
+        if self.why.take().is_some() {
+            obs.waiting(None);
+        }
+    }
+}
+
+/// Decides, with no transaction open, whether the next batch may start: a
+/// pause or cancel asked for from elsewhere, the time window, the database's
+/// health, and the rate limit, in that order.
+#[allow(clippy::too_many_arguments)]
+async fn between_batches(
+    conn: &mut Conn,
+    job: &dyn DynJob,
+    opts: &Options,
+    progress: &Progress,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+    poller: &mut steer::Poller,
+    throttle: &mut throttle::Throttle,
+    limiter: Option<&pace::Limiter>,
+    sizer: &pace::Sizer,
+    last_batch: Duration,
+    waits: &mut Waits,
+) -> Result<Between> {
+    match poller.poll(conn, progress.run_id, false).await? {
+        steer::Polled::Go | steer::Polled::Resume(_) => {}
+        steer::Polled::Cancel(by) => return Ok(Between::Cancelled(by)),
+        steer::Polled::Pause(by) => {
+            store::settle_request(conn, progress.run_id, RunState::Paused).await?;
+            obs.message(&format!(
+                "paused by {by} at {}; `datamig resume {name}` lets it go on, `datamig cancel {name}` stops it",
+                if progress.position.is_empty() { "the start" } else { &progress.position },
+                name = job.name()
+            ));
+            let paused = Instant::now();
+            obs.waiting(Some("paused"));
+            loop {
+                if pause(Duration::from_millis(200), stop).await {
+                    waits.total += paused.elapsed();
+                    return Ok(Between::StopPaused);
+                }
+                match poller.poll(conn, progress.run_id, true).await? {
+                    steer::Polled::Resume(by) => {
+                        store::settle_request(conn, progress.run_id, RunState::Running).await?;
+                        obs.message(&format!("resumed by {by}"));
+                        obs.waiting(None);
+                        waits.total += paused.elapsed();
+                        return Ok(Between::Wait);
+                    }
+                    steer::Polled::Cancel(by) => {
+                        waits.total += paused.elapsed();
+                        return Ok(Between::Cancelled(by));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let Some(window) = &opts.window {
+        if window.closes_before(last_batch) {
+            return Ok(Between::WindowClosed(window.reason.to_string()));
+        }
+    }
+    let checking = Instant::now();
+    if let Some(why) = throttle.check(conn).await? {
+        let nap = throttle::CHECK_EVERY;
+        // The check's own time (a slow probe) is time the run stood still too.
+        waits.wait(obs, format!("waiting: {why}"), checking.elapsed() + nap);
+        pause(nap, stop).await;
+        return Ok(Between::Wait);
+    }
+    if let Some(limiter) = limiter {
+        if let Some(wait) = limiter.wait_for(sizer.rows()) {
+            let nap = wait.min(Duration::from_millis(250));
+            // Say so only when the wait is one a person notices.
+            if wait >= Duration::from_secs(1) {
+                waits.wait(obs, format!("waiting: rate limit {}", limiter.rate()), nap);
+            } else {
+                waits.total += nap;
+            }
+            pause(nap, stop).await;
+            return Ok(Between::Wait);
+        }
+    }
+    waits.go(obs);
+    Ok(Between::Go)
+}
+
+/// Ends the run on a signal (`state` stays `paused` for a run stopped while
+/// paused) and says how to go on.
+async fn interrupted(
+    conn: &mut Conn,
+    job: &dyn DynJob,
+    plan: &Plan,
+    opts: &Options,
+    progress: &Progress,
+    state: RunState,
+    obs: &mut dyn Observer,
+) -> Error {
+    if let Err(e) = end_run(conn, progress, state, None).await {
+        return e;
+    }
+    obs.finished(progress);
+    let pct = percent(progress.rows_done, progress.total)
+        .map(|p| format!(" ({p:.1}%)"))
+        .unwrap_or_default();
+    let how = if state == RunState::Paused {
+        format!(
+            "it stays paused: `datamig resume {}`, then resume with: {}",
+            job.name(),
+            opts.resume_command
+        )
+    } else {
+        format!("Resume with: {}", opts.resume_command)
+    };
+    Error::Interrupted(format!(
+        "interrupted run {} of {} after {} batches, at {}{pct}; every finished batch is committed. {how}",
+        progress.run_id,
+        job.name(),
+        progress.batches,
+        at(plan, &progress.position),
+    ))
+}
+
+/// Refreshes the planner's statistics of the tables the job changed, when
+/// `analyze` says so; returns the tables done. A failure is a warning: the
+/// run itself succeeded.
+async fn refresh_statistics(
+    conn: &mut Conn,
+    job: &dyn DynJob,
+    plan: &Plan,
+    analyze: Analyze,
+    rows_changed: i64,
+    obs: &mut dyn Observer,
+) -> Vec<String> {
+    let tables: Vec<String> = match (job.statistics(), &plan.source) {
+        (crate::job::Statistics::Never, _) => Vec::new(),
+        (crate::job::Statistics::Tables(t), _) => t.iter().map(|t| t.to_string()).collect(),
+        (crate::job::Statistics::Source, Source::Table { table, .. }) => vec![table.clone()],
+        (crate::job::Statistics::Source, Source::Range { .. }) => Vec::new(),
+    };
+    let mut done = Vec::new();
+    for table in tables {
+        let wanted = match analyze {
+            Analyze::Never => false,
+            Analyze::Always => true,
+            Analyze::Auto => {
+                rows_changed >= ANALYZE_MIN_ROWS && {
+                    let sql = format!("SELECT 1 FROM {}", conn.quote_ident(&table));
+                    // Without an estimate (SQLite), the row floor decides.
+                    let rows = conn.estimate(&sql, &[]).await.ok().flatten();
+                    rows.is_none_or(|n| rows_changed.saturating_mul(10) >= n)
+                }
+            }
+        };
+        if !wanted {
+            continue;
+        }
+        let started = Instant::now();
+        match conn.analyze(&table).await {
+            Ok(()) => {
+                obs.message(&format!(
+                    "refreshed the planner's statistics of {table} ({} ms)",
+                    started.elapsed().as_millis()
+                ));
+                done.push(table);
+            }
+            Err(e) => tracing::warn!(
+                "could not refresh the statistics of {table}: {}; run ANALYZE on it yourself",
+                db_message(&e)
+            ),
+        }
+    }
+    done
 }
 
 /// How long to wait before retry `attempt` (1, 2, …): doubling from 100 ms up

@@ -7,6 +7,9 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunState {
     Running,
+    /// Held by `datamig pause`: its process waits (or, if none, `run` refuses)
+    /// until `datamig resume`.
+    Paused,
     Interrupted,
     Completed,
     Failed,
@@ -17,6 +20,7 @@ impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Running => "running",
+            RunState::Paused => "paused",
             RunState::Interrupted => "interrupted",
             RunState::Completed => "completed",
             RunState::Failed => "failed",
@@ -27,6 +31,7 @@ impl RunState {
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "running" => RunState::Running,
+            "paused" => RunState::Paused,
             "interrupted" => RunState::Interrupted,
             "completed" => RunState::Completed,
             "failed" => RunState::Failed,
@@ -35,11 +40,12 @@ impl RunState {
         })
     }
 
-    /// Whether running the job again resumes this run.
+    /// Whether the run is unfinished: running the job again resumes it (a
+    /// paused run once `datamig resume` has released it).
     pub fn is_resumable(self) -> bool {
         matches!(
             self,
-            RunState::Running | RunState::Interrupted | RunState::Failed
+            RunState::Running | RunState::Paused | RunState::Interrupted | RunState::Failed
         )
     }
 }
@@ -76,12 +82,45 @@ pub struct RunRecord {
     pub owner: Option<String>,
     pub last_error: Option<String>,
     pub verification: Option<String>,
+    /// A pause, resume or cancel asked for from elsewhere, and by whom.
+    pub request: Option<Request>,
+    pub request_by: Option<String>,
+    /// A file's length that goes with the checkpoint (CSV sources and archives).
+    pub file_offset: Option<i64>,
+}
+
+/// What `datamig pause|resume|cancel` asks of a running run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+impl Request {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Request::Pause => "pause",
+            Request::Resume => "resume",
+            Request::Cancel => "cancel",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Request> {
+        Some(match s {
+            "pause" => Request::Pause,
+            "resume" => Request::Resume,
+            "cancel" => Request::Cancel,
+            _ => return None,
+        })
+    }
 }
 
 fn columns(conn: &Conn) -> String {
     format!(
         "id, job, args, state, position, rows_done, rows_changed, rows_rejected, batches_done, total_rows, batch_size, \
-         elapsed_ms, max_batch_ms, bookkeeping_ms, {}, {}, {}, owner, last_error, verification",
+         elapsed_ms, max_batch_ms, bookkeeping_ms, {}, {}, {}, owner, last_error, verification, \
+         request, request_by, file_offset",
         conn.timestamp_text("started_at"),
         conn.timestamp_text("updated_at"),
         conn.timestamp_text("finished_at"),
@@ -126,6 +165,9 @@ fn parse(row: Vec<Value>) -> Result<RunRecord> {
         owner: next().into_string(),
         last_error: next().into_string(),
         verification: next().into_string(),
+        request: next().into_string().as_deref().and_then(Request::parse),
+        request_by: next().into_string(),
+        file_offset: next().as_i64(),
     })
 }
 
@@ -201,11 +243,12 @@ pub async fn insert(
         .ok_or_else(|| Error::db("cannot record the run", "no id"))
 }
 
-/// Takes a run over for this process: state `running`, new batch size and total.
+/// Takes a run over for this process: state `running`, new batch size and
+/// total, and any request meant for the process before it forgotten.
 pub async fn resume(conn: &mut Conn, id: i64, batch_size: i64, total: Option<i64>) -> Result<()> {
     let sql = format!(
         "UPDATE datamig_runs SET state = 'running', owner = ?, batch_size = ?, total_rows = ?, last_error = NULL, \
-         updated_at = {} WHERE id = ?",
+         request = NULL, request_by = NULL, updated_at = {} WHERE id = ?",
         conn.now_sql()
     );
     conn.execute(
@@ -222,7 +265,8 @@ pub async fn resume(conn: &mut Conn, id: i64, batch_size: i64, total: Option<i64
     .map_err(failed("cannot update the run"))
 }
 
-/// Ends a run (or pauses it) with a state and, for failures, the error.
+/// Ends a run (or pauses it) with a state and, for failures, the error. A
+/// request for the run's process is settled with it: whoever asked sees it done.
 pub async fn set_state(
     conn: &mut Conn,
     id: i64,
@@ -236,7 +280,8 @@ pub async fn set_state(
         "NULL"
     };
     let sql = format!(
-        "UPDATE datamig_runs SET state = ?, last_error = ?, updated_at = {now}, finished_at = {finished} WHERE id = ?"
+        "UPDATE datamig_runs SET state = ?, last_error = ?, request = NULL, updated_at = {now}, finished_at = {finished} \
+         WHERE id = ?"
     );
     conn.execute(
         &sql,
@@ -277,6 +322,56 @@ pub async fn set_verification(conn: &mut Conn, id: i64, json: &str) -> Result<()
     .map_err(failed("cannot store the verification"))
 }
 
+/// Asks the process running run `id` to pause, resume or stop. It reads the
+/// request between batches ([`poll`]).
+pub async fn request(conn: &mut Conn, id: i64, request: Request) -> Result<()> {
+    conn.execute(
+        "UPDATE datamig_runs SET request = ?, request_by = ? WHERE id = ?",
+        &[request.as_str().into(), who_am_i().into(), id.into()],
+    )
+    .await
+    .map(drop)
+    .map_err(failed("cannot record the request"))
+}
+
+/// The run's state and any request for it: what a running process checks
+/// between batches.
+pub async fn poll(
+    conn: &mut Conn,
+    id: i64,
+) -> sqlx::Result<(Option<RunState>, Option<Request>, Option<String>)> {
+    let row = conn
+        .fetch_one(
+            "SELECT state, request, request_by FROM datamig_runs WHERE id = ?",
+            &[id.into()],
+        )
+        .await?;
+    let mut it = row.into_iter();
+    let state = it
+        .next()
+        .and_then(Value::into_string)
+        .as_deref()
+        .and_then(RunState::parse);
+    let request = it
+        .next()
+        .and_then(Value::into_string)
+        .as_deref()
+        .and_then(Request::parse);
+    Ok((state, request, it.next().and_then(Value::into_string)))
+}
+
+/// Marks the run paused (or running again) and clears the request that asked for it.
+pub async fn settle_request(conn: &mut Conn, id: i64, state: RunState) -> Result<()> {
+    let sql = format!(
+        "UPDATE datamig_runs SET state = ?, request = NULL, updated_at = {} WHERE id = ?",
+        conn.now_sql()
+    );
+    conn.execute(&sql, &[state.as_str().into(), id.into()])
+        .await
+        .map(drop)
+        .map_err(failed("cannot update the run"))
+}
+
 /// What one batch adds to a run's counters.
 #[derive(Debug, Clone, Default)]
 pub struct BatchCounts {
@@ -286,7 +381,8 @@ pub struct BatchCounts {
     pub elapsed_ms: i64,
 }
 
-/// The checkpoint: cursor and counters, written inside the batch's transaction.
+/// The checkpoint: cursor and counters (and, for file sources and archives, the
+/// file's length that goes with them), written inside the batch's transaction.
 /// Fails if the run is no longer `running` (cancelled or taken over), so the
 /// batch rolls back instead of being counted twice.
 pub async fn checkpoint(
@@ -294,11 +390,12 @@ pub async fn checkpoint(
     id: i64,
     position: &str,
     c: &BatchCounts,
+    file_offset: Option<i64>,
 ) -> sqlx::Result<bool> {
     let sql = format!(
         "UPDATE datamig_runs SET position = ?, rows_done = rows_done + ?, rows_changed = rows_changed + ?, \
          rows_rejected = rows_rejected + ?, batches_done = batches_done + 1, elapsed_ms = elapsed_ms + ?, \
-         updated_at = {} WHERE id = ? AND state = 'running'",
+         file_offset = coalesce(?, file_offset), updated_at = {} WHERE id = ? AND state = 'running'",
         conn.now_sql()
     );
     let params = [
@@ -307,9 +404,47 @@ pub async fn checkpoint(
         c.changed.into(),
         c.rejected.into(),
         c.elapsed_ms.into(),
+        file_offset.into(),
         id.into(),
     ];
     Ok(conn.execute(&sql, &params).await? == 1)
+}
+
+/// The checkpoint as SQL text with its values written out, for a driver that
+/// sends it with the batch's COMMIT ([`Conn::checkpoint_with_commit`]); `None`
+/// when it goes the usual way. A run that is no longer `running` makes the
+/// statement fail (its `state` would be NULL, which the column refuses), so the
+/// COMMIT after it never runs and the batch rolls back, as with [`checkpoint`].
+pub fn checkpoint_text(
+    conn: &Conn,
+    id: i64,
+    position: &str,
+    c: &BatchCounts,
+    file_offset: Option<i64>,
+) -> Option<String> {
+    if !conn.checkpoint_with_commit() {
+        return None;
+    }
+    let position = conn.text_literal(position)?;
+    let offset = file_offset.map_or("NULL".to_string(), |o| o.to_string());
+    Some(format!(
+        "UPDATE datamig_runs SET state = CASE WHEN state = 'running' THEN state END, position = {position}, \
+         rows_done = rows_done + {}, rows_changed = rows_changed + {}, rows_rejected = rows_rejected + {}, \
+         batches_done = batches_done + 1, elapsed_ms = elapsed_ms + {}, file_offset = coalesce({offset}, file_offset), \
+         updated_at = {} WHERE id = {id}",
+        c.rows,
+        c.changed,
+        c.rejected,
+        c.elapsed_ms,
+        conn.now_sql()
+    ))
+}
+
+/// Whether a batch's checkpoint failed because its run is no longer `running`
+/// (see [`checkpoint_text`]).
+pub fn not_running(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23502")
+        && db.message().contains("\"state\""))
 }
 
 /// Records rejected rows (inside the batch's transaction).
@@ -331,6 +466,33 @@ pub async fn reject(
         conn.execute(&sql, &params).await?;
     }
     Ok(())
+}
+
+/// The rejected rows of a run after reject id `after`, oldest first, at most
+/// `limit`, with their ids (for paging through millions).
+pub async fn rejects_after(
+    conn: &mut Conn,
+    run_id: i64,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String, String)>> {
+    let sql = format!(
+        "SELECT id, row_key, reason FROM datamig_rejects WHERE run_id = ? AND id > ? ORDER BY id LIMIT {limit}"
+    );
+    let rows = conn
+        .fetch(&sql, &[run_id.into(), after.into()])
+        .await
+        .map_err(failed("cannot read datamig_rejects"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let mut it = r.into_iter();
+            let id = it.next().and_then(|v| v.as_i64()).unwrap_or(0);
+            let key = it.next().and_then(Value::into_string).unwrap_or_default();
+            let reason = it.next().and_then(Value::into_string).unwrap_or_default();
+            (id, key, reason)
+        })
+        .collect())
 }
 
 /// The rejected rows of a run, oldest first, at most `limit`.

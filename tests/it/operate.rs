@@ -1,0 +1,474 @@
+//! Operating a run: time windows, one-line summaries for cron, rate limits,
+//! pause/resume/cancel from another process, dry runs, the error budget, and
+//! statistics after a run, on each database.
+
+use std::time::{Duration, Instant};
+
+use crate::each_db;
+use crate::jobs::{assert_each_row_once, rows_done, spawn, visits, wait_for_progress};
+use crate::support::{to_run, Db, Project, Run};
+
+fn summary(run: &Run) -> serde_json::Value {
+    serde_json::from_str(run.stdout.lines().last().expect("a summary line"))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {run:?}"))
+}
+
+fn state(p: &Project) -> String {
+    p.db.query("SELECT state FROM datamig_runs ORDER BY id DESC")[0][0].clone()
+}
+
+/// The project's migrations, seeded with `rows` users (every `invalid_every`-th invalid).
+fn users(p: &Project, rows: i64, invalid_every: i64) {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(repo).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(
+            &path,
+            p.path().join("migrations").join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    p.ok(&["schema", "upgrade"]);
+    let rows = format!("rows={rows}");
+    let invalid = format!("invalid_every={invalid_every}");
+    p.ok(&[
+        "run",
+        "seed_demo_users",
+        "--arg",
+        &rows,
+        "--arg",
+        &invalid,
+        "--batch",
+        "5000",
+        "--analyze",
+        "never",
+    ]);
+}
+
+each_db! {
+    fn max_runtime_stops_at_a_batch_boundary_and_the_next_run_continues(kind: Db) {
+        let p = Project::new(kind);
+        // 300 batches of at least 6 ms: longer than the budget on any machine.
+        let n = 60_000;
+        visits(&p, n);
+        let args = ["run", "count_visits", "--batch", "200", "--arg", "pause_ms=3"];
+        let mut limited = args.to_vec();
+        limited.extend(["--max-runtime", "1s"]);
+        let started = Instant::now();
+        let run = p.run_fixtures(&limited);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "stopped near the budget: {run:?}");
+        let first = run.stdout.lines().next().unwrap();
+        assert!(first.starts_with("stopped run 1 of count_visits: "), "{run:?}");
+        assert!(first.contains("--max-runtime reached at a batch boundary"), "{run:?}");
+        assert!(first.contains("rows left: the next `datamig run count_visits` continues run 1"), "{run:?}");
+        assert_eq!(state(&p), "interrupted");
+        let done = rows_done(&p);
+        assert!(done > 0 && done < n, "{done}");
+        // Exactly the committed batches are done, nothing more.
+        assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits = 1"), done);
+        let rest = p.run_fixtures(&args);
+        assert_eq!(rest.code, 0, "{rest:?}");
+        assert!(rest.stdout.contains(&format!("{} rows this time", n - done)), "{rest:?}");
+        assert_each_row_once(&p, n, "count_visits");
+    }
+
+    fn quiet_prints_one_summary_line(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 2_000);
+        let run = p.run_fixtures(&["run", "count_visits", "--batch", "500", "--quiet"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(run.stdout.lines().count(), 1, "{run:?}");
+        assert!(run.stdout.starts_with("completed run 1 of count_visits: 2000 rows in 4 batches"), "{run:?}");
+        assert!(run.stderr.trim().is_empty(), "nothing but the summary: {run:?}");
+        // A failure is one line too, on stderr, with its exit code.
+        let again = p.run_fixtures(&["run", "count_visits", "--batch", "0", "--quiet"]);
+        assert_eq!(again.code, 2, "{again:?}");
+        assert_eq!(again.stderr.trim().lines().count(), 1, "{again:?}");
+    }
+
+    fn a_rate_limit_holds_over_the_run(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 3_000);
+        let run = p.run_fixtures(&["run", "count_visits", "--batch", "100", "--rate", "1500", "--json"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let s = summary(&run);
+        let secs = s["elapsed_ms"].as_f64().unwrap() / 1000.0;
+        let rate = 3000.0 / secs;
+        assert!((1350.0..=1650.0).contains(&rate), "{rate:.0} rows/s against 1500 (±10%): {s}");
+        assert!(s["waited_ms"].as_u64().unwrap() > 1000, "{s}");
+        assert_each_row_once(&p, 3_000, "count_visits");
+    }
+
+    fn an_adaptive_batch_moves_toward_its_target_time(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 20_000);
+        // Each row costs the transform about 3 ms / 100 rows: 0.03 ms a row. At
+        // 60 ms a batch that is about 2000 rows; starting from 100 it grows by at
+        // most twice a batch.
+        let run = p.run_fixtures(&[
+            "run", "count_visits", "--batch", "100", "--arg", "pause_ms=3",
+            "--target-batch-time", "60ms", "--batch-min", "50", "--batch-max", "5000", "--json",
+        ]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let s = summary(&run);
+        let batches = s["batches"].as_i64().unwrap();
+        // Fixed batches of 100 would take 200.
+        assert!(batches < 60, "{batches} batches: {s}");
+        assert_each_row_once(&p, 20_000, "count_visits");
+    }
+
+    fn pause_resume_and_cancel_steer_a_live_run(kind: Db) {
+        let p = Project::new(kind);
+        let n = 40_000;
+        visits(&p, n);
+        // SQLite has one writer: without a pause between batches the run takes the
+        // lock again at once and the request cannot be written (README).
+        let mut args = vec!["run", "count_visits", "--batch", "100", "--arg", "pause_ms=5", "--arg", "unchecked=true"];
+        if kind == Db::Sqlite {
+            args.extend(["--sleep", "20ms"]);
+        }
+        let mut child = spawn(&p, &args);
+        wait_for_progress(&p, &mut child, 500);
+        let paused = p.run_fixtures(&["pause", "count_visits"]);
+        assert_eq!(paused.code, 0, "{paused:?}");
+        assert!(paused.stdout.starts_with("paused run 1 of count_visits at "), "{paused:?}");
+        assert_eq!(state(&p), "paused");
+        let held = rows_done(&p);
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(rows_done(&p), held, "a paused run does no batches");
+        assert!(child.try_wait().unwrap().is_none(), "its process waits");
+        // A second pause, and a second runner, are told what is going on.
+        let twice = p.run_fixtures(&["pause", "count_visits"]);
+        assert_eq!(twice.code, 2, "{twice:?}");
+        assert!(twice.stderr.contains("is paused already"), "{twice:?}");
+        let other = p.run_fixtures(&args);
+        assert_eq!(other.code, 12, "{other:?}");
+        assert!(other.stderr.contains("paused by "), "{other:?}");
+
+        let resumed = p.run_fixtures(&["resume", "count_visits"]);
+        assert_eq!(resumed.code, 0, "{resumed:?}");
+        assert!(resumed.stdout.starts_with("resumed run 1 of count_visits"), "{resumed:?}");
+        assert_eq!(state(&p), "running");
+        wait_for_progress(&p, &mut child, held + 300);
+
+        let cancelled = p.run_fixtures(&["cancel", "count_visits"]);
+        assert_eq!(cancelled.code, 0, "{cancelled:?}");
+        assert!(cancelled.stdout.starts_with("cancelled run 1 of count_visits"), "{cancelled:?}");
+        let run = to_run(child.wait_with_output().unwrap());
+        assert_eq!(run.code, 17, "{run:?}");
+        assert!(run.stderr.contains("paused by "), "it said so: {run:?}");
+        assert!(run.stderr.contains("was cancelled by "), "{run:?}");
+        assert_eq!(state(&p), "cancelled");
+        let done = rows_done(&p);
+        assert!(done < n, "stopped early");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits = 1"), done, "every committed batch, once");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits > 1"), 0);
+        // Running the job again starts a new run.
+        let again = p.run_fixtures(&["run", "count_visits", "--batch", "1000", "--arg", "unchecked=true"]);
+        assert_eq!(again.code, 0, "{again:?}");
+        assert!(again.stderr.contains("starting run 2 of count_visits"), "{again:?}");
+    }
+
+    fn a_paused_run_without_a_process_keeps_cron_off_until_resumed(kind: Db) {
+        let p = Project::new(kind);
+        let n = 20_000;
+        visits(&p, n);
+        let args = ["run", "count_visits", "--batch", "100", "--arg", "pause_ms=5"];
+        let mut child = spawn(&p, &args);
+        wait_for_progress(&p, &mut child, 300);
+        child.kill().unwrap();
+        let _ = child.wait();
+        // The server drops the dead session's lock once it sees the socket close.
+        wait_until_unlocked(&p, "job.count_visits");
+        let paused = p.run_fixtures(&["pause", "count_visits"]);
+        assert!(paused.stdout.contains("(no process runs it)"), "{paused:?}");
+        assert_eq!(state(&p), "paused");
+        let refused = p.run_fixtures(&args);
+        assert_eq!(refused.code, 16, "{refused:?}");
+        assert!(refused.stderr.contains("`datamig resume count_visits` releases it"), "{refused:?}");
+        let released = p.run_fixtures(&["resume", "count_visits"]);
+        assert_eq!(released.code, 0, "{released:?}");
+        assert!(released.stdout.contains("the next `datamig run count_visits` resumes it"), "{released:?}");
+        let done = p.run_fixtures(&args);
+        assert_eq!(done.code, 0, "{done:?}");
+        assert!(done.stderr.contains("resuming run 1 of count_visits"), "{done:?}");
+        assert_each_row_once(&p, n, "count_visits");
+        let none = p.run_fixtures(&["cancel", "count_visits"]);
+        assert_eq!(none.code, 2, "nothing unfinished: {none:?}");
+        assert!(none.stderr.contains("has no unfinished run to cancel"), "{none:?}");
+    }
+
+    fn a_dry_run_reports_and_changes_nothing(kind: Db) {
+        let p = Project::new(kind);
+        // Large enough that a batch of 1000 is a small range: the planner's index choice.
+        visits(&p, 50_000);
+        let run = p.run_fixtures(&["run", "count_visits_sql", "--batch", "1000", "--dry-run"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stdout.starts_with("dry run of count_visits_sql: 3 batch(es) of up to 1000 rows from the start"), "{run:?}");
+        assert!(run.stdout.contains("  batch 1: 1000 rows, 1000 would change, 0 rejected, "), "{run:?}");
+        assert!(run.stdout.contains("50000 rows to process; at this pace about "), "{run:?}");
+        assert!(!run.stdout.contains("warning:"), "the key is indexed: {run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits <> 0"), 0, "nothing changed");
+        assert!(!p.db.table_exists("datamig_runs"), "not even datamig's own tables");
+        let json = p.run_fixtures(&["run", "count_visits", "--batch", "700", "--dry-run", "--dry-run-batches", "2", "--json"]);
+        let s = summary(&json);
+        assert_eq!(s["batches"].as_array().unwrap().len(), 2, "{s}");
+        assert_eq!(s["batches"][1]["position"], "1400", "{s}");
+        assert_eq!(s["total"], 50_000, "{s}");
+
+        // A key without an index: each batch reads the whole table, and the dry run says so.
+        p.db.exec("CREATE TABLE loose (id BIGINT NOT NULL, hits INT NOT NULL DEFAULT 0)");
+        p.db.fill_ids("loose", 20_000);
+        let loose = p.run_fixtures(&["run", "touch_loose", "--batch", "500", "--dry-run"]);
+        assert_eq!(loose.code, 0, "{loose:?}");
+        assert!(loose.stdout.contains("warning: a batch query makes a "), "{loose:?}");
+        assert!(loose.stdout.contains("of loose"), "{loose:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM loose WHERE hits <> 0"), 0);
+    }
+
+    fn the_error_budget_stops_a_run_and_rejects_go_to_a_file(kind: Db) {
+        let p = Project::new(kind);
+        users(&p, 2_000, 10);
+        let file = p.path().join("rejects.csv");
+        let run = p.run(&["run", "backfill_emails", "--batch", "100", "--max-errors", "25", "--rejects-file", file.to_str().unwrap()]);
+        assert_eq!(run.code, 18, "{run:?}");
+        assert!(run.stderr.contains("rows rejected, more than --max-errors 25 allows"), "{run:?}");
+        assert_eq!(state(&p), "failed");
+        let rejected = p.db.scalar("SELECT rows_rejected FROM datamig_runs WHERE job = 'backfill_emails'");
+        assert!((26..=35).contains(&rejected), "stopped at the batch that went over: {rejected}");
+        let csv = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], "key,reason");
+        assert_eq!(i64::try_from(lines.len() - 1).unwrap(), rejected, "{csv}");
+        assert!(lines[1].starts_with("10,"), "{csv}");
+        // Resuming with the same budget is refused at once, nothing changed.
+        let again = p.run(&["run", "backfill_emails", "--batch", "100", "--max-errors", "25"]);
+        assert_eq!(again.code, 18, "{again:?}");
+        assert!(again.stderr.contains("nothing was changed"), "{again:?}");
+        // A larger budget lets it finish; the file holds every rejected row.
+        let done = p.run(&["run", "backfill_emails", "--batch", "100", "--max-errors", "1000", "--rejects-file", file.to_str().unwrap()]);
+        assert_eq!(done.code, 0, "{done:?}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 201);
+    }
+
+    fn statistics_are_refreshed_after_a_run_that_changed_many_rows(kind: Db) {
+        let p = Project::new(kind);
+        users(&p, 3_000, 1000);
+        let run = p.run(&["run", "backfill_emails", "--batch", "1000", "--json"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(summary(&run)["analyzed"], serde_json::json!(["users"]), "{run:?}");
+        // MariaDB keeps persistent statistics of every InnoDB table, so there is no
+        // trace to tell its ANALYZE from the server's own recalculation.
+        match kind {
+            Db::Postgres => assert!(p.db.scalar("SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'users'") >= 1),
+            Db::Sqlite => assert!(p.db.scalar("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'users'") >= 1),
+            Db::MySql => {}
+        }
+        // Never, when told so; and a run that changes little does not.
+        p.db.exec("UPDATE users SET email_normalized = NULL WHERE id <= 50");
+        let few = p.run(&["run", "backfill_emails", "--batch", "1000", "--json"]);
+        assert_eq!(summary(&few)["analyzed"], serde_json::json!([]), "{few:?}");
+        p.db.exec("UPDATE users SET email_normalized = NULL");
+        let never = p.run(&["run", "backfill_emails", "--batch", "1000", "--analyze", "never", "--json"]);
+        assert_eq!(summary(&never)["analyzed"], serde_json::json!([]), "{never:?}");
+    }
+
+    fn bad_production_flags_are_refused(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 10);
+        let cases: &[(&[&str], &str)] = &[
+            (&["--rate", "0"], "a rate of 0 would never run a batch"),
+            (&["--rate", "fast"], "is not a rate"),
+            (&["--until", "25:00"], "is not a time"),
+            (&["--until", "2000-01-01T00:00:00Z"], "has passed"),
+            (&["--max-runtime", "0"], "is zero"),
+            (&["--target-batch-time", "1s", "--batch-min", "500", "--batch-max", "100"], "--batch-min 500 is above --batch-max 100"),
+            (&["--probe", "SELECT 1"], "--probe needs --probe-max"),
+            (&["--replica", "postgres://u:secretpw@127.0.0.1:1/x"], "--replica is watched for --max-replica-lag"),
+            (&["--max-active", "-1"], "--max-active"),
+        ];
+        for (flags, says) in cases {
+            let mut args = vec!["run", "count_visits"];
+            args.extend_from_slice(flags);
+            let run = p.run_fixtures(&args);
+            assert_eq!(run.code, 2, "{flags:?}: {run:?}");
+            assert_eq!(run.stderr.trim().lines().count(), 1, "{flags:?}: {run:?}");
+            assert!(run.stderr.contains(says), "{flags:?}: {run:?}");
+            assert!(!run.all().contains("secretpw"), "{run:?}");
+        }
+        assert!(!p.db.table_exists("datamig_runs"));
+    }
+}
+
+/// Sessions on the server that run a statement for `secs` each, from threads.
+fn busy_sessions(p: &Project, n: usize, secs: u64) -> Vec<std::thread::JoinHandle<()>> {
+    let sql = match p.db.kind {
+        Db::Postgres => format!("SELECT pg_sleep({secs})"),
+        _ => format!("SELECT SLEEP({secs})"),
+    };
+    (0..n)
+        .map(|_| {
+            let (url, sql) = (p.db.url.clone(), sql.clone());
+            std::thread::spawn(move || {
+                let db = crate::support::TestDb::attach(&url);
+                db.exec(&sql);
+            })
+        })
+        .collect()
+}
+
+/// Until no session holds datamig's named lock (the server drops a dead one's lock
+/// when it notices the closed socket).
+fn wait_until_unlocked(p: &Project, name: &str) {
+    let sql = match p.db.kind {
+        Db::Sqlite => return, // the OS drops a dead process's file lock at once
+        Db::Postgres => format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = {}",
+            datamig_core::db::lock_key(name) & 0xffff_ffff
+        ),
+        Db::MySql => format!(
+            "SELECT IS_USED_LOCK({}) IS NOT NULL",
+            datamig_core::db::MYSQL_LOCK_NAME_SQL.replace('?', &format!("'{name}'"))
+        ),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.db.scalar(&sql) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dead runner's lock was not released"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn throttled_by_active_sessions(kind: Db) {
+    let p = Project::new(kind);
+    visits(&p, 2_000);
+    // The count is server-wide, as the load is: 25 sessions keep it above 20
+    // whatever the tests beside this one do, and none leave it there after.
+    let busy = busy_sessions(&p, 25, 3);
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    let run = p.run_fixtures(&[
+        "run",
+        "count_visits",
+        "--batch",
+        "200",
+        "--max-active",
+        "20",
+        "--progress",
+        "log",
+        "--json",
+    ]);
+    for b in busy {
+        b.join().unwrap();
+    }
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("other sessions running statements (--max-active 20)"),
+        "{run:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it waited for them: {run:?}"
+    );
+    assert!(
+        summary(&run)["waited_ms"].as_u64().unwrap() >= 1000,
+        "{run:?}"
+    );
+    assert_each_row_once(&p, 2_000, "count_visits");
+}
+
+fn throttled_by_a_long_transaction(kind: Db) {
+    let p = Project::new(kind);
+    visits(&p, 2_000);
+    let url = p.db.url.clone();
+    let (held, is_held) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let db = crate::support::TestDb::attach(&url);
+        // A snapshot held open: what keeps vacuum (purge) from cleaning up.
+        let begin = if db.kind == Db::Postgres {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM visits"
+        } else {
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT; SELECT count(*) FROM visits"
+        };
+        db.hold(begin, Duration::from_secs(4), held);
+    });
+    is_held.recv_timeout(Duration::from_secs(30)).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let run = p.run_fixtures(&[
+        "run",
+        "count_visits",
+        "--batch",
+        "200",
+        "--max-transaction-age",
+        "500ms",
+        "--progress",
+        "log",
+        "--json",
+    ]);
+    holder.join().unwrap();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("waiting: a transaction open for "),
+        "{run:?}"
+    );
+    assert!(
+        summary(&run)["waited_ms"].as_u64().unwrap() >= 1000,
+        "{run:?}"
+    );
+    assert_each_row_once(&p, 2_000, "count_visits");
+}
+
+#[test]
+fn throttled_by_active_sessions_postgres() {
+    throttled_by_active_sessions(Db::Postgres);
+}
+
+#[test]
+fn throttled_by_active_sessions_mariadb() {
+    throttled_by_active_sessions(Db::MySql);
+}
+
+#[test]
+fn throttled_by_a_long_transaction_postgres() {
+    throttled_by_a_long_transaction(Db::Postgres);
+}
+
+#[test]
+fn throttled_by_a_long_transaction_mariadb() {
+    throttled_by_a_long_transaction(Db::MySql);
+}
+
+each_db! {
+    fn throttled_by_a_slow_probe_query(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 2_000);
+        p.db.exec("CREATE TABLE probe_delay (n BIGINT NOT NULL)");
+        // A probe that is slow while probe_delay says so: a sleep on the servers,
+        // a long count on SQLite.
+        let (slow, fast, probe) = match kind {
+            Db::Postgres => ("300", "0", "SELECT pg_sleep(n / 1000.0) FROM probe_delay"),
+            Db::MySql => ("300", "0", "SELECT SLEEP(n / 1000) FROM probe_delay"),
+            Db::Sqlite => ("3000000", "1", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < (SELECT n FROM probe_delay)) SELECT count(*) FROM c"),
+        };
+        p.db.exec(&format!("INSERT INTO probe_delay (n) VALUES ({slow})"));
+        let child = p
+            .fixtures(&["run", "count_visits", "--batch", "200", "--probe", probe, "--probe-max", "100ms", "--progress", "log", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(rows_done(&p), 0, "no batch while the probe is slow");
+        p.db.exec(&format!("UPDATE probe_delay SET n = {fast}"));
+        let run = to_run(child.wait_with_output().unwrap());
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stderr.contains("waiting: the probe query took "), "{run:?}");
+        assert!(run.stderr.contains("(--probe-max 100 ms)"), "{run:?}");
+        assert!(summary(&run)["waited_ms"].as_u64().unwrap() >= 1500, "{run:?}");
+        assert_each_row_once(&p, 2_000, "count_visits");
+    }
+}
