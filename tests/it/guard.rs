@@ -72,3 +72,57 @@ each_db! {
         );
     }
 }
+
+/// On PostgreSQL a batch's checkpoint goes with its COMMIT in one round trip; a
+/// run that is no longer `running` must still roll the batch back.
+#[test]
+fn a_checkpoint_sent_with_the_commit_rolls_back_a_run_no_longer_running() {
+    let db = TestDb::new(crate::support::Db::Postgres);
+    db.exec("CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, hits INT NOT NULL DEFAULT 0)");
+    db.fill_ids("visits", 1000);
+    let result = block_on(async {
+        let url = DatabaseUrl::parse(&db.url).unwrap();
+        let mut conn = Conn::connect(&url, &ConnectOptions::default())
+            .await
+            .unwrap();
+        conn.ensure_bookkeeping().await.unwrap();
+        conn.prepare_for_batches().await.unwrap();
+        conn.execute(
+            "INSERT INTO datamig_runs (job, args, state, batch_size, started_at, updated_at) \
+             VALUES ('j', '{}', 'cancelled', 10, now(), now())",
+            &[],
+        )
+        .await
+        .unwrap();
+        let counts = datamig_core::run::store::BatchCounts {
+            rows: 10,
+            changed: 10,
+            rejected: 0,
+            elapsed_ms: 1,
+        };
+        let sql = datamig_core::run::store::checkpoint_text(&conn, 1, "[10]", &counts, None)
+            .expect("PostgreSQL sends it with the COMMIT");
+        conn.begin().await.unwrap();
+        conn.execute("UPDATE visits SET hits = 1 WHERE id <= 10", &[])
+            .await
+            .unwrap();
+        let result = conn.script_rows(&format!("{sql}; COMMIT")).await;
+        let not_running = result
+            .as_ref()
+            .err()
+            .is_some_and(datamig_core::run::store::not_running);
+        conn.rollback().await.unwrap();
+        conn.close().await;
+        not_running
+    });
+    assert!(result, "the checkpoint fails as not running");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM visits WHERE hits <> 0"),
+        0,
+        "the batch rolled back"
+    );
+    assert_eq!(
+        db.query("SELECT state, batches_done FROM datamig_runs")[0],
+        vec!["cancelled".to_string(), "0".into()]
+    );
+}
