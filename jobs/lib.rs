@@ -6,6 +6,7 @@
 
 pub mod backfill_emails;
 pub mod backfill_emails_sql;
+pub mod import_users;
 pub mod purge_expired_sessions;
 pub mod seed_demo_sessions;
 pub mod seed_demo_users;
@@ -17,6 +18,7 @@ pub fn registry() -> Registry {
     Registry::new()
         .with(backfill_emails::BackfillEmails)
         .with(backfill_emails_sql::BackfillEmailsSql)
+        .with(import_users::ImportUsers)
         .with(purge_expired_sessions::PurgeExpiredSessions)
         .with(seed_demo_sessions::SeedDemoSessions)
         .with(seed_demo_users::SeedDemoUsers)

@@ -472,3 +472,67 @@ each_db! {
         assert_each_row_once(&p, 2_000, "count_visits");
     }
 }
+
+each_db! {
+    fn a_csv_import_killed_and_resumed_inserts_every_record_once(kind: Db) {
+        let p = Project::new(kind);
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for entry in std::fs::read_dir(repo).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, p.path().join("migrations").join(path.file_name().unwrap())).unwrap();
+        }
+        p.ok(&["schema", "upgrade"]);
+        // Records 1..=3000 on lines 2..=3001, every 500th with a malformed id; then
+        // a record with a field too many, one that is not UTF-8, one whose quoted
+        // field spans two lines, and a last one.
+        let mut csv = b"id,email\n".to_vec();
+        for i in 1..=3000 {
+            if i % 500 == 0 {
+                csv.extend(format!("x{i},user{i}@example.com\n").bytes());
+            } else {
+                csv.extend(format!("{i},user{i}@example.com\n").bytes());
+            }
+        }
+        csv.extend(b"3001,a@b.c,extra\n");
+        csv.extend(b"3002,\xff\xfe@x.y\n");
+        csv.extend(b"3003,\"multi\nline@x.y\"\n");
+        csv.extend(b"3004,last@x.y\n");
+        std::fs::write(p.path().join("users.csv"), &csv).unwrap();
+        let args = ["run", "import_users", "--arg", "file=users.csv", "--batch", "100", "--sleep", "5ms"];
+        let mut killed = 0;
+        for _ in 0..3 {
+            let mut child = spawn(&p, &args);
+            let before = rows_done(&p);
+            wait_for_progress(&p, &mut child, before + 1);
+            std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 60));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                killed += 1;
+            }
+            let _ = child.wait();
+        }
+        assert_eq!(killed, 3, "every kill lands mid-run");
+        let file = p.path().join("rejects.csv");
+        let done = p.run_fixtures(&[&args[..], &["--rejects-file", file.to_str().unwrap()]].concat());
+        assert_eq!(done.code, 0, "{done:?}");
+        assert!(done.stderr.contains("resuming run 1 of import_users at (records, byte, line) "), "{done:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM users"), 2996, "every valid record");
+        assert_eq!(p.db.scalar("SELECT count(DISTINCT id) FROM users"), 2996, "none twice");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM users WHERE id % 500 = 0 AND id <= 3000"), 0);
+        assert_eq!(p.db.query("SELECT email FROM users WHERE id = 3003")[0][0], "multi\nline@x.y");
+        let runs = p.db.query("SELECT rows_done, rows_changed, rows_rejected FROM datamig_runs WHERE job = 'import_users'");
+        assert_eq!(runs, vec![vec!["3004".to_string(), "2996".into(), "8".into()]]);
+        let rejects = std::fs::read_to_string(&file).unwrap();
+        for line in [501, 1001, 1501, 2001, 2501, 3001] {
+            assert!(rejects.contains(&format!("line {line},id `x{}` is not a positive number", line - 1)), "{rejects}");
+        }
+        assert!(rejects.contains("line 3002,3 fields where the header has 2"), "{rejects}");
+        assert!(rejects.contains("line 3003,not UTF-8"), "{rejects}");
+        assert_eq!(p.db.query("SELECT email FROM users WHERE id = 3004")[0][0], "last@x.y", "lines after a two-line record");
+        // A missing file is one clear error, nothing changed.
+        let missing = p.run(&["run", "import_users", "--arg", "file=nope.csv", "--restart"]);
+        assert_eq!(missing.code, 2, "{missing:?}");
+        assert!(missing.stderr.contains("there is no file nope.csv"), "{missing:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM users"), 2996);
+    }
+}

@@ -89,6 +89,11 @@ pub enum Source {
     /// The numbers `start..=end`, for jobs that generate rows (seeding). The cursor
     /// is the last number done; a [`Step::Sql`] sees the batch as `{lo}` and `{hi}`.
     Range { start: i64, end: i64 },
+    /// The records of a CSV file whose first line names its columns, in file
+    /// order, for a [`Step::Import`]. The cursor is the last record done with
+    /// the byte offset and line where the next begins, so an interrupted import
+    /// resumes exactly after its last committed batch: no record twice, none lost.
+    Csv { path: std::path::PathBuf },
 }
 
 impl Source {
@@ -145,6 +150,47 @@ pub enum Step {
     Sql(String),
     /// Delete the batch's rows (those matching the source filter).
     Delete,
+    /// Insert a row for each record of a CSV source, in one statement per batch;
+    /// a record the import rejects, or that is not well-formed CSV, is recorded
+    /// with its line number (`datamig_rejects`, `--rejects-file`) and the import
+    /// goes on, within `--max-errors`.
+    Import(Arc<dyn Import>),
+}
+
+/// Turns a CSV record into a row to insert.
+pub trait Import: Send + Sync + 'static {
+    /// The table the rows go into.
+    fn table(&self) -> String;
+    /// Its columns, in the order of [`Import::row`]'s values.
+    fn columns(&self) -> Vec<String>;
+    /// The row for one record, or why the record is rejected.
+    fn row(&self, record: &CsvRecord<'_>) -> Result<Vec<Value>, String>;
+}
+
+/// One CSV record as an import sees it: its fields by the header's names.
+pub struct CsvRecord<'a> {
+    pub(crate) headers: &'a [String],
+    pub(crate) fields: &'a [String],
+    /// The line it starts on (the header is line 1).
+    pub line: u64,
+}
+
+impl CsvRecord<'_> {
+    pub fn get(&self, column: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .position(|h| h == column)
+            .and_then(|i| self.fields.get(i))
+            .map(String::as_str)
+    }
+
+    /// The field, or a reason to reject the record if it is missing or empty.
+    pub fn required(&self, column: &str) -> Result<&str, String> {
+        match self.get(column).map(str::trim) {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(format!("`{column}` is empty")),
+        }
+    }
 }
 
 /// A Rust transform: one row in, one [`Outcome`] out. With `cpu_heavy`, a batch's

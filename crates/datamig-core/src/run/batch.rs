@@ -134,7 +134,7 @@ impl Prepared {
                 columns,
                 filter,
             } => (table.clone(), key.clone(), columns.clone(), filter.clone()),
-            Source::Range { .. } => Default::default(),
+            Source::Range { .. } | Source::Csv { .. } => Default::default(),
         };
         let bulk = match &plan.step {
             Step::Transform(t) => {
@@ -759,6 +759,37 @@ async fn body(
         (Work::Serial { .. }, Source::Range { .. }, _) => {
             return Err(Error::Usage("a range source takes only a SQL step".into()))
         }
+        (Work::Serial { after, .. }, Source::Csv { path }, Step::Import(import)) => {
+            let at = super::csv_source::At::from_cursor(after)?;
+            let Some(read) = super::csv_source::read(path, at, size.rows, import.as_ref())? else {
+                return Ok(Batch::Empty);
+            };
+            let changed = insert(conn, &import.table(), &import.columns(), &read.rows).await?;
+            if !read.rejects.is_empty() && !dry {
+                store::reject(conn, run_id, &read.rejects)
+                    .await
+                    .map_err(|e| failed(conn, "recording rejected records failed", &e))?;
+            }
+            (
+                read.next.cursor(),
+                BatchCounts {
+                    rows: read.records,
+                    changed,
+                    rejected: to_i64(read.rejects.len()),
+                    elapsed_ms: 0,
+                },
+                Scanned {
+                    matched: read.records,
+                    ran_out: None,
+                },
+            )
+        }
+        (Work::Serial { .. }, Source::Csv { .. }, _)
+        | (Work::Serial { .. }, _, Step::Import(_)) => {
+            return Err(Error::Usage(
+                "an import step and a CSV source go together".into(),
+            ))
+        }
         (Work::Serial { after, upto }, Source::Table { .. }, Step::Transform(t)) => {
             let Some(read) = read_rows(conn, prep, after, upto, size, false).await? else {
                 return Ok(Batch::Empty);
@@ -951,11 +982,34 @@ fn queries(
                 conn.quote_ident(&prep.table)
             ),
             Step::Sql(sql) => sql.replace("{batch}", &format!("({range})")),
-            Step::Transform(_) => unreachable!("matched above"),
+            Step::Transform(_) | Step::Import(_) => unreachable!("matched above"),
         };
         out.push((sql, params));
     }
     out
+}
+
+/// Inserts an import's rows, in statements of at most 30,000 values (below the
+/// parameter limits of all three databases). Returns the rows inserted.
+async fn insert(conn: &mut Conn, table: &str, columns: &[String], rows: &[Row]) -> Result<i64> {
+    let width = columns.len().max(1);
+    let names: Vec<String> = columns.iter().map(|c| conn.quote_ident(c)).collect();
+    let tuple = format!("({})", vec!["?"; width].join(", "));
+    let mut inserted = 0_u64;
+    for chunk in rows.chunks((30_000 / width).max(1)) {
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {}",
+            conn.quote_ident(table),
+            names.join(", "),
+            vec![tuple.as_str(); chunk.len()].join(", ")
+        );
+        let params: Vec<Value> = chunk.iter().flatten().cloned().collect();
+        inserted += conn
+            .execute(&sql, &params)
+            .await
+            .map_err(|e| failed(conn, "inserting the batch failed", &e))?;
+    }
+    Ok(to_i64(inserted))
 }
 
 /// Runs a SQL or delete step over the key range `(after, bound.last]`.
@@ -973,7 +1027,7 @@ async fn key_range(
             conn.quote_ident(&prep.table)
         ),
         Step::Sql(sql) => sql.replace("{batch}", &format!("({range})")),
-        Step::Transform(_) => unreachable!("transforms read their rows"),
+        Step::Transform(_) | Step::Import(_) => unreachable!("these read their rows"),
     };
     let changed = conn
         .execute(&sql, &params)

@@ -14,6 +14,7 @@
 //! checkpoint or rolled back with it.
 
 mod batch;
+mod csv_source;
 pub mod cursor;
 pub mod pace;
 pub mod steer;
@@ -276,6 +277,19 @@ pub fn plan(conn: &Conn, job: &dyn DynJob, args: &ParsedArgs) -> Result<Plan> {
         (Source::Range { start, end }, _) if start > end => {
             return bad(format!("its range {start}..={end} is empty"))
         }
+        (Source::Csv { .. }, step) if !matches!(step, Step::Import(_)) => {
+            return bad("a CSV source takes an import step".into())
+        }
+        (Source::Table { .. } | Source::Range { .. }, Step::Import(_)) => {
+            return bad("an import step reads a CSV source".into())
+        }
+        (Source::Csv { path }, _) if !path.is_file() => {
+            return Err(Error::Usage(format!(
+                "job {}: there is no file {}; give the path of the CSV file to import",
+                job.name(),
+                path.display()
+            )))
+        }
         _ => {}
     }
     Ok(plan)
@@ -296,7 +310,12 @@ pub async fn check_schema(conn: &mut Conn, job: &dyn DynJob, plan: &Plan) -> Res
             )));
         }
     }
-    if let Source::Table { table, .. } = &plan.source {
+    let target = match (&plan.source, &plan.step) {
+        (Source::Table { table, .. }, _) => Some(table.clone()),
+        (Source::Csv { .. }, Step::Import(import)) => Some(import.table()),
+        _ => None,
+    };
+    if let Some(table) = &target {
         let bare = table.rsplit('.').next().unwrap_or(table);
         let exists = conn
             .table_exists(bare)
@@ -431,6 +450,7 @@ async fn run_locked(
     let arity = match &plan.source {
         Source::Table { key, .. } => key.len(),
         Source::Range { .. } => 1,
+        Source::Csv { .. } => 3,
     };
     let (record, mut cursor, resumed) = find_run(conn, job, args, opts, arity, obs).await?;
     if let (Some(max), Some(r)) = (opts.max_errors, &record) {
@@ -455,6 +475,10 @@ async fn run_locked(
     let total = match (&plan.source, opts.count) {
         (_, CountMode::None) => None,
         (Source::Range { start, end }, _) => Some(end - start + 1),
+        (Source::Csv { path }, _) => {
+            let at = csv_source::At::from_cursor(cursor.as_deref())?;
+            Some(rows_before + csv_source::count(path, at)?)
+        }
         (Source::Table { .. }, CountMode::Estimate) => {
             match prep.estimate(conn, cursor.as_deref()).await {
                 Some(n) => Some(rows_before + n),
@@ -870,6 +894,7 @@ async fn dry_run_locked(
     let arity = match &plan.source {
         Source::Table { key, .. } => key.len(),
         Source::Range { .. } => 1,
+        Source::Csv { .. } => 3,
     };
     // Where the next real run would start.
     let mut cursor = match store::latest(conn, job.name()).await? {
@@ -892,6 +917,10 @@ async fn dry_run_locked(
                 .map_or(0, |c| c - start + 1);
             Some(end - start + 1 - done)
         }
+        (Source::Csv { path }, _) => Some(csv_source::count(
+            path,
+            csv_source::At::from_cursor(cursor.as_deref())?,
+        )?),
         (Source::Table { .. }, CountMode::Estimate) => {
             match prep.estimate(conn, cursor.as_deref()).await {
                 Some(n) => Some(n),
@@ -1185,6 +1214,10 @@ async fn refresh_statistics(
         (crate::job::Statistics::Tables(t), _) => t.iter().map(|t| t.to_string()).collect(),
         (crate::job::Statistics::Source, Source::Table { table, .. }) => vec![table.clone()],
         (crate::job::Statistics::Source, Source::Range { .. }) => Vec::new(),
+        (crate::job::Statistics::Source, Source::Csv { .. }) => match &plan.step {
+            Step::Import(import) => vec![import.table()],
+            _ => Vec::new(),
+        },
     };
     let mut done = Vec::new();
     for table in tables {
@@ -1309,6 +1342,7 @@ fn key_name(plan: &Plan) -> String {
         Source::Table { key, .. } if key.len() == 1 => key[0].clone(),
         Source::Table { key, .. } => format!("({})", key.join(", ")),
         Source::Range { .. } => "record".into(),
+        Source::Csv { .. } => "(records, byte, line)".into(),
     }
 }
 
