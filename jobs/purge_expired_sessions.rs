@@ -1,6 +1,8 @@
 //! `purge_expired_sessions`: deletes sessions older than `--arg older_than=30d`,
 //! in batches bounded by the primary key (never `ORDER BY … LIMIT` on the date,
-//! which re-sorts the remaining rows on every batch).
+//! which re-sorts the remaining rows on every batch). With `--arg
+//! archive=sessions.csv` it writes each batch's sessions to the CSV file before
+//! deleting them: the file holds every deleted session exactly once.
 
 use chrono::Timelike;
 use datamig_core::job::{Check, DurationArg, Expect, Job, Plan, PlanContext, Source, Step};
@@ -13,6 +15,10 @@ pub struct Args {
     /// Sessions created longer ago than this are deleted.
     #[serde(default = "thirty_days")]
     pub older_than: DurationArg,
+    /// Write the deleted sessions to this CSV file first (each exactly once).
+    // Left out when absent, so that a run without one keeps the arguments it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<std::path::PathBuf>,
 }
 
 fn thirty_days() -> DurationArg {
@@ -31,10 +37,16 @@ impl Job for PurgeExpiredSessions {
     }
 
     fn arg_help(&self) -> &'static [(&'static str, &'static str)] {
-        &[(
-            "older_than",
-            "age of the sessions to delete, e.g. 30d, 12h (default 30d)",
-        )]
+        &[
+            (
+                "older_than",
+                "age of the sessions to delete, e.g. 30d, 12h (default 30d)",
+            ),
+            (
+                "archive",
+                "a CSV file to write the deleted sessions to before deleting them",
+            ),
+        ]
     }
 
     fn requires_migration(&self) -> Option<i64> {
@@ -57,8 +69,13 @@ impl Job for PurgeExpiredSessions {
             .ok_or("older_than is too large")?;
         let older = "created_at < ?";
         Ok(Plan {
-            source: Source::table("sessions", "id").filter(older, vec![cutoff.into()]),
-            step: Step::Delete,
+            source: Source::table("sessions", "id")
+                .columns(&["user_id", "created_at"])
+                .filter(older, vec![cutoff.into()]),
+            step: match &args.archive {
+                Some(file) => Step::Archive { file: file.clone() },
+                None => Step::Delete,
+            },
             checks: vec![Check::new(
                 "sessions older than the cutoff",
                 &format!("SELECT count(*) FROM sessions WHERE {older}"),

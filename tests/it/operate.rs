@@ -536,3 +536,62 @@ each_db! {
         assert_eq!(p.db.scalar("SELECT count(*) FROM users"), 2996);
     }
 }
+
+each_db! {
+    fn an_archiving_purge_killed_and_resumed_archives_every_deleted_row_once(kind: Db) {
+        let p = Project::new(kind);
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for entry in std::fs::read_dir(repo).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, p.path().join("migrations").join(path.file_name().unwrap())).unwrap();
+        }
+        p.ok(&["schema", "upgrade"]);
+        p.ok(&["run", "seed_demo_sessions", "--arg", "rows=12000", "--batch", "5000"]);
+        let before = p.db.scalar("SELECT count(*) FROM sessions");
+        let args = ["run", "purge_expired_sessions", "--arg", "archive=archive.csv", "--batch", "200", "--sleep", "5ms"];
+        let mut killed = 0;
+        let purged = |p: &Project| {
+            p.db.scalar("SELECT coalesce(max(rows_done), 0) FROM datamig_runs WHERE job = 'purge_expired_sessions'")
+        };
+        for _ in 0..3 {
+            let mut child = spawn(&p, &args);
+            let done = purged(&p);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while purged(&p) <= done && child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "no progress");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 40));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                killed += 1;
+            }
+            let _ = child.wait();
+        }
+        assert_eq!(killed, 3, "every kill lands mid-run");
+        let run = p.run_fixtures(&args);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stdout.contains("ok    sessions older than the cutoff"), "{run:?}");
+        let deleted = before - p.db.scalar("SELECT count(*) FROM sessions");
+        assert!(deleted > 5000, "{deleted}");
+        let text = std::fs::read_to_string(p.path().join("archive.csv")).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("id,user_id,created_at"));
+        let mut ids: Vec<i64> = lines.map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
+        assert_eq!(i64::try_from(ids.len()).unwrap(), deleted, "every deleted row archived, none twice");
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(i64::try_from(ids.len()).unwrap(), deleted, "no row archived twice");
+        let left = p.db.query(&format!(
+            "SELECT count(*) FROM sessions WHERE id IN ({})",
+            ids.iter().take(500).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        ));
+        assert_eq!(left[0][0], "0", "archived rows are gone from the table");
+        // An archive that lost rows is refused, nothing changed.
+        std::fs::write(p.path().join("archive.csv"), "id,user_id,created_at\n").unwrap();
+        p.db.exec("UPDATE datamig_runs SET state = 'interrupted' WHERE job = 'purge_expired_sessions'");
+        let refused = p.run_fixtures(&args);
+        assert_eq!(refused.code, 15, "{refused:?}");
+        assert!(refused.stderr.contains("rows that were archived and deleted are missing from it"), "{refused:?}");
+    }
+}

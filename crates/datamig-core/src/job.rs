@@ -150,6 +150,12 @@ pub enum Step {
     Sql(String),
     /// Delete the batch's rows (those matching the source filter).
     Delete,
+    /// Write the batch's rows (the source's key and columns) to a CSV file, then
+    /// delete them. Each batch's rows are appended and synced before its DELETE,
+    /// and its checkpoint records the file's length: before each batch, and when
+    /// a run resumes, the file is cut back to the last committed length, so the
+    /// archive holds every deleted row exactly once however the run is stopped.
+    Archive { file: std::path::PathBuf },
     /// Insert a row for each record of a CSV source, in one statement per batch;
     /// a record the import rejects, or that is not well-formed CSV, is recorded
     /// with its line number (`datamig_rejects`, `--rejects-file`) and the import

@@ -67,7 +67,12 @@ fn decode(row: &MySqlRow) -> sqlx::Result<Row> {
             }
             "FLOAT" => Value::Float(row.try_get::<f32, _>(i)?.into()),
             "DOUBLE" => Value::Float(row.try_get(i)?),
-            "DATETIME" | "TIMESTAMP" => Value::Timestamp(row.try_get(i)?),
+            "DATETIME" => Value::Timestamp(row.try_get(i)?),
+            // TIMESTAMP comes in the session's time zone; sqlx reads it as UTC.
+            "TIMESTAMP" => Value::Timestamp(
+                row.try_get::<chrono::DateTime<chrono::Utc>, _>(i)?
+                    .naive_utc(),
+            ),
             "DATE" => Value::Text(row.try_get::<chrono::NaiveDate, _>(i)?.to_string()),
             "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BINARY" | "VARBINARY" => {
                 Value::Bytes(row.try_get_unchecked(i)?)

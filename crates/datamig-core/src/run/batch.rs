@@ -112,6 +112,115 @@ pub(crate) struct Done {
     pub scanned: Scanned,
     /// The checkpoint, when it goes to the server with the COMMIT.
     commit_with: Option<String>,
+    /// The archive's length once the batch is committed (an archive step).
+    file_offset: Option<u64>,
+}
+
+/// The CSV file an archive step writes deleted rows to, and its length at the
+/// last committed checkpoint: anything after it belongs to a batch that did not
+/// commit, and is cut off before the next batch writes.
+pub(crate) struct Archive {
+    path: std::path::PathBuf,
+    committed: u64,
+}
+
+impl Archive {
+    /// The archive of a run: cut back to `checkpoint` (a resumed run's), or, for
+    /// a new run, as it is (with a header line written if it is empty).
+    pub fn open(
+        path: &std::path::Path,
+        header: &[String],
+        checkpoint: Option<u64>,
+    ) -> Result<Archive> {
+        let io = |action: &'static str, e: std::io::Error| Error::io(action, path, e);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io("cannot open the archive", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io("cannot read the archive", e))?
+            .len();
+        let committed = match checkpoint {
+            Some(at) if len < at => {
+                return Err(Error::CorruptCheckpoint(format!(
+                    "the archive {} is {len} bytes, shorter than the {at} its run's checkpoint recorded: rows \
+                     that were archived and deleted are missing from it. Restore the file, or start over with \
+                     --restart (a new run appends to it)",
+                    path.display()
+                )))
+            }
+            Some(at) => at,
+            None if len == 0 => {
+                let mut w = csv::Writer::from_writer(&file);
+                w.write_record(header).map_err(|e| io("cannot write the archive", e.into()))?;
+                w.flush().map_err(|e| io("cannot write the archive", e))?;
+                drop(w);
+                file.sync_data().map_err(|e| io("cannot write the archive", e))?;
+                file.metadata().map_err(|e| io("cannot read the archive", e))?.len()
+            }
+            None => len,
+        };
+        let archive = Archive {
+            path: path.to_path_buf(),
+            committed,
+        };
+        archive.rewind()?;
+        Ok(archive)
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Cuts off what a batch that did not commit wrote.
+    fn rewind(&self) -> Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| Error::io("cannot open the archive", &self.path, e))?;
+        if file.metadata().map(|m| m.len()).unwrap_or(0) > self.committed {
+            file.set_len(self.committed)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| Error::io("cannot cut back the archive", &self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Appends rows and syncs them to disk; returns the file's new length.
+    fn append(&self, rows: &[Row]) -> Result<u64> {
+        let io = |e: std::io::Error| Error::io("cannot write the archive", &self.path, e);
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(&file));
+        for row in rows {
+            w.write_record(row.iter().map(field))
+                .map_err(|e| io(e.into()))?;
+        }
+        w.flush().map_err(io)?;
+        drop(w);
+        file.sync_data().map_err(io)?;
+        file.metadata().map(|m| m.len()).map_err(io)
+    }
+}
+
+/// A value as a CSV field.
+fn field(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Text(t) => t.clone(),
+        Value::Bytes(b) => format!(
+            "\\x{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
+        Value::Timestamp(t) => t.format("%Y-%m-%d %H:%M:%S%.f").to_string(),
+    }
 }
 
 /// Per-run facts computed once: quoted names, the bulk-update shape.
@@ -249,6 +358,11 @@ impl Prepared {
         }
     }
 
+    /// The columns an archive holds: the key, then the source's columns.
+    pub fn archive_header(&self) -> Vec<String> {
+        self.keys.iter().chain(&self.columns).cloned().collect()
+    }
+
     /// `k1 DESC, k2 DESC`: the keys in reverse order, for the last row of a chunk.
     fn keys_desc(&self, conn: &Conn) -> String {
         self.keys
@@ -354,6 +468,8 @@ pub(crate) struct Batches<'p> {
     density: Density,
     /// A dry run: each batch does its work and rolls back, leaving no checkpoint.
     dry: bool,
+    /// The archive of an archive step.
+    archive: Option<Archive>,
 }
 
 /// What is read ahead of a batch's transaction.
@@ -428,6 +544,25 @@ impl<'p> Batches<'p> {
             in_flight: None,
             density: Density::default(),
             dry,
+            archive: None,
+        }
+    }
+
+    /// The archive an archive step writes to.
+    pub fn set_archive(&mut self, archive: Archive) {
+        self.archive = Some(archive);
+    }
+
+    /// After an error, the archive's committed length as the database has it.
+    pub fn set_archive_committed(&mut self, offset: Option<i64>) {
+        if let (Some(a), Some(o)) = (&mut self.archive, offset) {
+            a.committed = u64::try_from(o).unwrap_or(a.committed);
+        }
+    }
+
+    fn committed(&mut self, done: &Done) {
+        if let (Some(a), Some(o)) = (&mut self.archive, done.file_offset) {
+            a.committed = o;
         }
     }
 
@@ -525,6 +660,7 @@ impl<'p> Batches<'p> {
             Work::Guarded(applied) => applied.cursor.clone(),
             _ => Vec::new(),
         };
+        let archive = self.archive.as_ref();
         match run(
             conn,
             self.plan,
@@ -533,10 +669,14 @@ impl<'p> Batches<'p> {
             work,
             size,
             self.dry,
+            archive,
         )
         .await?
         {
-            Batch::Done(done) => Ok(Some(done)),
+            Batch::Done(done) => {
+                self.committed(&done);
+                Ok(Some(done))
+            }
             Batch::Empty => Ok(None),
             Batch::Changed => {
                 tracing::debug!(
@@ -563,6 +703,7 @@ impl<'p> Batches<'p> {
         size: Size,
     ) -> Result<Option<Done>> {
         let work = Work::Serial { after, upto };
+        let archive = self.archive.as_ref();
         match run(
             conn,
             self.plan,
@@ -571,11 +712,13 @@ impl<'p> Batches<'p> {
             work,
             size,
             self.dry,
+            archive,
         )
         .await?
         {
             Batch::Done(done) => {
                 self.density = self.density.after(done.scanned);
+                self.committed(&done);
                 Ok(Some(done))
             }
             Batch::Empty => Ok(None),
@@ -583,8 +726,14 @@ impl<'p> Batches<'p> {
         }
     }
 
-    /// Closes the reader connection, waiting for a read in flight.
+    /// Closes the reader connection, waiting for a read in flight, and cuts the
+    /// archive back to what is committed.
     pub async fn close(mut self) {
+        if let Some(a) = &self.archive {
+            if let Err(e) = a.rewind() {
+                tracing::warn!("{e}");
+            }
+        }
         if let Some(handle) = self.in_flight.take() {
             if let Ok(done) = handle.await {
                 self.reader = Some(done.reader);
@@ -597,6 +746,7 @@ impl<'p> Batches<'p> {
 }
 
 /// Runs one batch's transaction.
+#[allow(clippy::too_many_arguments)] // the batch's parts, as `body` takes them
 async fn run(
     conn: &mut Conn,
     plan: &Plan,
@@ -605,12 +755,13 @@ async fn run(
     work: Work<'_>,
     size: Size,
     dry: bool,
+    archive: Option<&Archive>,
 ) -> Result<Batch> {
     let started = Instant::now();
     conn.begin()
         .await
         .map_err(|e| failed(conn, "cannot begin the batch", &e))?;
-    let result = body(conn, plan, prep, run_id, work, size, started, dry).await;
+    let result = body(conn, plan, prep, run_id, work, size, started, dry, archive).await;
     match result {
         Ok(Batch::Done(mut done)) if dry => {
             conn.rollback()
@@ -714,7 +865,9 @@ async fn body(
     size: Size,
     started: Instant,
     dry: bool,
+    archive: Option<&Archive>,
 ) -> Result<Batch> {
+    let mut file_offset = None;
     let (cursor, mut counts, scanned) = match (work, &plan.source, &plan.step) {
         (Work::Guarded(applied), _, _) => {
             if !write(conn, prep, run_id, applied, true, dry).await? {
@@ -802,11 +955,13 @@ async fn body(
             let Some(bound) = bound(conn, prep, after, size).await? else {
                 return Ok(Batch::Empty);
             };
-            let counts = key_range(conn, prep, step, after, &bound).await?;
+            let (counts, offset) = key_range(conn, prep, step, after, &bound, archive, dry).await?;
+            file_offset = offset;
             (bound.last, counts, bound.scanned)
         }
         (Work::Bounded { after, bound }, _, step) => {
-            let counts = key_range(conn, prep, step, after, bound).await?;
+            let (counts, offset) = key_range(conn, prep, step, after, bound, archive, dry).await?;
+            file_offset = offset;
             (bound.last.clone(), counts, bound.scanned)
         }
     };
@@ -819,10 +974,12 @@ async fn body(
             bookkeeping: Duration::ZERO,
             scanned,
             commit_with: None,
+            file_offset,
         }));
     }
     let position = cursor::encode(&cursor).map_err(Error::JobFailed)?;
-    if let Some(sql) = store::checkpoint_text(conn, run_id, &position, &counts, None) {
+    let offset = file_offset.map(|o| i64::try_from(o).unwrap_or(i64::MAX));
+    if let Some(sql) = store::checkpoint_text(conn, run_id, &position, &counts, offset) {
         return Ok(Batch::Done(Done {
             cursor,
             counts,
@@ -830,10 +987,11 @@ async fn body(
             bookkeeping: Duration::ZERO,
             scanned,
             commit_with: Some(sql),
+            file_offset,
         }));
     }
     let checkpoint_started = Instant::now();
-    let moved = store::checkpoint(conn, run_id, &position, &counts, None)
+    let moved = store::checkpoint(conn, run_id, &position, &counts, offset)
         .await
         .map_err(|e| failed(conn, "the checkpoint failed", &e))?;
     let bookkeeping = checkpoint_started.elapsed();
@@ -847,6 +1005,7 @@ async fn body(
         bookkeeping,
         scanned,
         commit_with: None,
+        file_offset,
     }))
 }
 
@@ -974,10 +1133,10 @@ fn queries(
         }
     };
     let mut out = vec![finding];
-    if let (Step::Delete | Step::Sql(_), Some(upto)) = (&plan.step, upto) {
+    if let (Step::Delete | Step::Archive { .. } | Step::Sql(_), Some(upto)) = (&plan.step, upto) {
         let (range, params) = prep.conditions(conn, true, after, Some(upto));
         let sql = match &plan.step {
-            Step::Delete => format!(
+            Step::Delete | Step::Archive { .. } => format!(
                 "DELETE FROM {} WHERE {range}",
                 conn.quote_ident(&prep.table)
             ),
@@ -1012,32 +1171,86 @@ async fn insert(conn: &mut Conn, table: &str, columns: &[String], rows: &[Row]) 
     Ok(to_i64(inserted))
 }
 
-/// Runs a SQL or delete step over the key range `(after, bound.last]`.
+/// Runs a SQL, delete or archive step over the key range `(after, bound.last]`;
+/// for an archive, also returns the archive's length with this batch's rows.
 async fn key_range(
     conn: &mut Conn,
     prep: &Prepared,
     step: &Step,
     after: Option<&[Value]>,
     bound: &Bound,
-) -> Result<BatchCounts> {
+    archive: Option<&Archive>,
+    dry: bool,
+) -> Result<(BatchCounts, Option<u64>)> {
     let (range, params) = prep.conditions(conn, true, after, Some(&bound.last));
+    let table = conn.quote_ident(&prep.table);
+    if let Step::Archive { .. } = step {
+        let Some(archive) = archive else {
+            return Err(Error::JobFailed(
+                "an archive step without its archive".into(),
+            ));
+        };
+        // The rows, locked until the batch commits, then written and synced,
+        // then deleted: the DELETE deletes exactly the rows written.
+        archive.rewind()?;
+        let mut columns: Vec<String> = prep.keys.iter().map(|k| conn.quote_ident(k)).collect();
+        columns.extend(prep.columns.iter().map(|c| conn.quote_ident(c)));
+        let select = format!(
+            "SELECT {} FROM {table} WHERE {range} ORDER BY {}{}",
+            columns.join(", "),
+            prep.key_list(conn),
+            conn.for_update()
+        );
+        let rows = fetch_rows(conn, &select, &params).await?;
+        let written = if dry || rows.is_empty() {
+            None
+        } else {
+            Some(archive.append(&rows)?)
+        };
+        let deleted = conn
+            .execute(&format!("DELETE FROM {table} WHERE {range}"), &params)
+            .await
+            .map_err(|e| failed(conn, "the batch's delete failed", &e))?;
+        if deleted != u64::try_from(rows.len()).unwrap_or(u64::MAX) {
+            return Err(Error::JobFailed(format!(
+                "the batch archived {} rows but its delete matched {deleted}; it was rolled back",
+                rows.len()
+            )));
+        }
+        let counts = BatchCounts {
+            rows: bound.scanned.matched,
+            changed: to_i64(deleted),
+            ..Default::default()
+        };
+        let offset = if dry {
+            None
+        } else {
+            Some(written.unwrap_or(archive.committed))
+        };
+        return Ok((counts, offset));
+    }
     let sql = match step {
         Step::Delete => format!(
             "DELETE FROM {} WHERE {range}",
             conn.quote_ident(&prep.table)
         ),
         Step::Sql(sql) => sql.replace("{batch}", &format!("({range})")),
-        Step::Transform(_) | Step::Import(_) => unreachable!("these read their rows"),
+        Step::Transform(_) | Step::Import(_) | Step::Archive { .. } => {
+            unreachable!("these read their rows")
+        }
     };
     let changed = conn
         .execute(&sql, &params)
         .await
         .map_err(|e| failed(conn, "the batch's statement failed", &e))?;
-    Ok(BatchCounts {
-        rows: bound.scanned.matched,
-        changed: to_i64(changed),
-        ..Default::default()
-    })
+    Ok((
+        BatchCounts {
+            rows: bound.scanned.matched,
+            changed: to_i64(changed),
+            ..Default::default()
+        },
+        None,
+    ))
 }
 
 /// What the reader connection reads ahead for the batch after `after`: a

@@ -271,8 +271,11 @@ pub fn plan(conn: &Conn, job: &dyn DynJob, args: &ParsedArgs) -> Result<Plan> {
         {
             return bad("a range source's SQL step must contain {lo} and {hi}".into())
         }
-        (Source::Range { .. }, Step::Transform(_) | Step::Delete) => {
+        (Source::Range { .. }, Step::Transform(_) | Step::Delete | Step::Archive { .. }) => {
             return bad("a range source takes a SQL step".into())
+        }
+        (Source::Csv { .. }, Step::Archive { .. }) => {
+            return bad("an archive step deletes from a table source".into())
         }
         (Source::Range { start, end }, _) if start > end => {
             return bad(format!("its range {start}..={end} is empty"))
@@ -466,6 +469,19 @@ async fn run_locked(
             )));
         }
     }
+    // An archive is opened (and cut back to the run's checkpoint) before the run
+    // is touched: one that lost rows stops the command with nothing changed.
+    let archive = match &plan.step {
+        Step::Archive { file } => Some(batch::Archive::open(
+            file,
+            &prep.archive_header(),
+            record
+                .as_ref()
+                .and_then(|r| r.file_offset)
+                .and_then(|o| u64::try_from(o).ok()),
+        )?),
+        _ => None,
+    };
     // Replicas to watch are connected to before the run is touched: one that is
     // unreachable or not a replica stops the command with nothing changed.
     let mut throttle =
@@ -549,6 +565,16 @@ async fn run_locked(
         return Err(e);
     }
     let mut batches = batch::Batches::new(conn, plan, prep, run_id, limits, opts.read_ahead);
+    if let Some(archive) = archive {
+        // Where the archive ends now is where the run's rows start.
+        store::set_file_offset(
+            conn,
+            run_id,
+            i64::try_from(archive.committed()).unwrap_or(i64::MAX),
+        )
+        .await?;
+        batches.set_archive(archive);
+    }
     let mut sizer = match opts.target_batch_time {
         Some(target) => pace::Sizer::adaptive(
             batch_size,
@@ -719,6 +745,7 @@ async fn run_locked(
                                 progress.batches = r.batches_done;
                                 progress.position = cursor::display(&c);
                                 cursor = Some(c);
+                                batches.set_archive_committed(r.file_offset);
                             }
                             Err(why) => {
                                 break Err(Error::CorruptCheckpoint(format!(

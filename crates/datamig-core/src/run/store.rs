@@ -296,6 +296,17 @@ pub async fn set_state(
     .map_err(failed("cannot update the run"))
 }
 
+/// Records the length of the run's file (an archive's) that goes with its checkpoint.
+pub async fn set_file_offset(conn: &mut Conn, id: i64, offset: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE datamig_runs SET file_offset = ? WHERE id = ?",
+        &[offset.into(), id.into()],
+    )
+    .await
+    .map(drop)
+    .map_err(failed("cannot update the run"))
+}
+
 /// Stores the run's timing figures (kept across invocations by the caller).
 pub async fn set_timings(
     conn: &mut Conn,
