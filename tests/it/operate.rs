@@ -595,3 +595,43 @@ each_db! {
         assert!(refused.stderr.contains("rows that were archived and deleted are missing from it"), "{refused:?}");
     }
 }
+
+/// `--replica` naming a server that is not a replica stops the run before it
+/// starts, nothing changed, the URL shown without its password.
+fn a_replica_that_is_not_one_is_refused(kind: Db) {
+    let p = Project::new(kind);
+    visits(&p, 100);
+    let mut url = crate::support::url_parts(&p.db.url);
+    // PostgreSQL trusts local connections whatever the password: show it is hidden.
+    if kind == Db::Postgres {
+        url.set_password(Some("secretpw")).unwrap();
+    }
+    let run = p.run_fixtures(&[
+        "run",
+        "count_visits",
+        "--max-replica-lag",
+        "5s",
+        "--replica",
+        url.as_str(),
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("is not a replica"), "{run:?}");
+    assert!(!run.all().contains("secretpw"), "{run:?}");
+    assert!(
+        !p.db.table_exists("datamig_runs") || p.db.scalar("SELECT count(*) FROM datamig_runs") == 0
+    );
+    assert_eq!(
+        p.db.scalar("SELECT count(*) FROM visits WHERE hits <> 0"),
+        0
+    );
+}
+
+#[test]
+fn a_replica_that_is_not_one_is_refused_postgres() {
+    a_replica_that_is_not_one_is_refused(Db::Postgres);
+}
+
+#[test]
+fn a_replica_that_is_not_one_is_refused_mariadb() {
+    a_replica_that_is_not_one_is_refused(Db::MySql);
+}
