@@ -287,6 +287,8 @@ each_db! {
             (&["--probe", "SELECT 1"], "--probe needs --probe-max"),
             (&["--replica", "postgres://u:secretpw@127.0.0.1:1/x"], "--replica is watched for --max-replica-lag"),
             (&["--max-active", "-1"], "--max-active"),
+            (&["--rejects-file", "no/such/dir/r.csv"], "its directory does not exist"),
+            (&["--probe", "SELECT FROM nowhere_at_all", "--probe-max", "50ms"], "--probe does not run"),
         ];
         for (flags, says) in cases {
             let mut args = vec!["run", "count_visits"];
@@ -461,7 +463,8 @@ each_db! {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_secs(2));
+        // Slow for 3 s: the probe is also tried once before the run starts.
+        std::thread::sleep(Duration::from_secs(3));
         assert_eq!(rows_done(&p), 0, "no batch while the probe is slow");
         p.db.exec(&format!("UPDATE probe_delay SET n = {fast}"));
         let run = to_run(child.wait_with_output().unwrap());

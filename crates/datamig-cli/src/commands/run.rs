@@ -144,6 +144,15 @@ fn options(global: &GlobalOpts, cmd: &RunCmd, settings: &Settings) -> Result<Opt
             "--replica is watched for --max-replica-lag; give that too (e.g. --max-replica-lag 10s)".into(),
         ));
     }
+    if let Some(file) = &cmd.rejects_file {
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(Error::Usage(format!(
+                "--rejects-file {}: its directory does not exist; create it or give another path",
+                file.display()
+            )));
+        }
+    }
     opts.max_errors = cmd.max_errors;
     opts.analyze = match cmd.analyze {
         AnalyzeArg::Auto => Analyze::Auto,

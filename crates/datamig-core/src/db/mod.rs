@@ -307,6 +307,24 @@ pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("datamig_runs", "file_offset", "BIGINT"),
 ];
 
+/// Runs `{explain} {sql}` (an EXPLAIN that prints JSON in one cell) and parses
+/// that cell; `null` when there is none or it is not JSON.
+pub(crate) async fn explain_json<D: Driver>(
+    c: &mut D::Connection,
+    explain: &str,
+    sql: &str,
+    params: &[Value],
+) -> sqlx::Result<serde_json::Value> {
+    let rows = D::fetch(c, &format!("{explain} {sql}"), params).await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next())
+        .and_then(Value::into_string)
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default())
+}
+
 /// datamig's own tables, all created by [`Conn::ensure_bookkeeping`].
 pub const BOOKKEEPING_TABLES: &[&str] = &[
     "datamig_schema_history",

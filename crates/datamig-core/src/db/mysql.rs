@@ -381,14 +381,8 @@ impl Driver for MySql {
         sql: &str,
         params: &[Value],
     ) -> sqlx::Result<Option<i64>> {
-        let rows = Self::fetch(c, &format!("EXPLAIN FORMAT=JSON {sql}"), params).await?;
-        let plan = rows
-            .into_iter()
-            .next()
-            .and_then(|r| r.into_iter().next())
-            .and_then(Value::into_string)
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-        Ok(plan.as_ref().and_then(first_table).and_then(|table| {
+        let plan = super::explain_json::<Self>(c, "EXPLAIN FORMAT=JSON", sql, params).await?;
+        Ok(first_table(&plan).and_then(|table| {
             // The rows the planner expects to read, and the share its filter keeps:
             // `rows` on MariaDB, `rows_examined_per_scan` on MySQL; `filtered` a
             // number on MariaDB, a string on MySQL.
@@ -429,14 +423,7 @@ impl Driver for MySql {
                 _ => {}
             }
         }
-        let rows = Self::fetch(c, &format!("EXPLAIN FORMAT=JSON {sql}"), params).await?;
-        let plan = rows
-            .into_iter()
-            .next()
-            .and_then(|r| r.into_iter().next())
-            .and_then(Value::into_string)
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .unwrap_or_default();
+        let plan = super::explain_json::<Self>(c, "EXPLAIN FORMAT=JSON", sql, params).await?;
         let bare = table.rsplit('.').next().unwrap_or(table);
         let mut out = Vec::new();
         walk(&plan, bare, &mut out);

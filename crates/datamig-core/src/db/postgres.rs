@@ -476,16 +476,9 @@ impl Driver for Postgres {
         sql: &str,
         params: &[Value],
     ) -> sqlx::Result<Option<i64>> {
-        let rows = Self::fetch(c, &format!("EXPLAIN (FORMAT JSON) {sql}"), params).await?;
-        let plan = rows
-            .into_iter()
-            .next()
-            .and_then(|r| r.into_iter().next())
-            .and_then(Value::into_string)
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-        Ok(plan
-            .as_ref()
-            .and_then(|p| p[0]["Plan"]["Plan Rows"].as_f64())
+        let plan = super::explain_json::<Self>(c, "EXPLAIN (FORMAT JSON)", sql, params).await?;
+        Ok(plan[0]["Plan"]["Plan Rows"]
+            .as_f64()
             .and_then(super::rows_estimate))
     }
 
@@ -505,14 +498,7 @@ impl Driver for Postgres {
                 }
             }
         }
-        let rows = Self::fetch(c, &format!("EXPLAIN (FORMAT JSON) {sql}"), params).await?;
-        let plan = rows
-            .into_iter()
-            .next()
-            .and_then(|r| r.into_iter().next())
-            .and_then(Value::into_string)
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .unwrap_or_default();
+        let plan = super::explain_json::<Self>(c, "EXPLAIN (FORMAT JSON)", sql, params).await?;
         let bare = table.rsplit('.').next().unwrap_or(table);
         let mut out = Vec::new();
         walk(&plan[0]["Plan"], bare, &mut out);

@@ -560,10 +560,26 @@ impl<'p> Batches<'p> {
         }
     }
 
-    fn committed(&mut self, done: &Done) {
-        if let (Some(a), Some(o)) = (&mut self.archive, done.file_offset) {
-            a.committed = o;
+    /// Runs one batch's transaction as this run does its batches; once it has
+    /// committed, the archive's committed length moves on with it.
+    async fn transact(&mut self, conn: &mut Conn, work: Work<'_>, size: Size) -> Result<Batch> {
+        let batch = run(
+            conn,
+            self.plan,
+            &self.prep,
+            self.run_id,
+            work,
+            size,
+            self.dry,
+            self.archive.as_ref(),
+        )
+        .await?;
+        if let (Batch::Done(done), Some(a)) = (&batch, &mut self.archive) {
+            if let Some(o) = done.file_offset {
+                a.committed = o;
+            }
         }
+        Ok(batch)
     }
 
     /// The queries a batch of `rows` rows after `after` runs to find its rows,
@@ -660,23 +676,8 @@ impl<'p> Batches<'p> {
             Work::Guarded(applied) => applied.cursor.clone(),
             _ => Vec::new(),
         };
-        let archive = self.archive.as_ref();
-        match run(
-            conn,
-            self.plan,
-            &self.prep,
-            self.run_id,
-            work,
-            size,
-            self.dry,
-            archive,
-        )
-        .await?
-        {
-            Batch::Done(done) => {
-                self.committed(&done);
-                Ok(Some(done))
-            }
+        match self.transact(conn, work, size).await? {
+            Batch::Done(done) => Ok(Some(done)),
             Batch::Empty => Ok(None),
             Batch::Changed => {
                 tracing::debug!(
@@ -703,22 +704,9 @@ impl<'p> Batches<'p> {
         size: Size,
     ) -> Result<Option<Done>> {
         let work = Work::Serial { after, upto };
-        let archive = self.archive.as_ref();
-        match run(
-            conn,
-            self.plan,
-            &self.prep,
-            self.run_id,
-            work,
-            size,
-            self.dry,
-            archive,
-        )
-        .await?
-        {
+        match self.transact(conn, work, size).await? {
             Batch::Done(done) => {
                 self.density = self.density.after(done.scanned);
-                self.committed(&done);
                 Ok(Some(done))
             }
             Batch::Empty => Ok(None),

@@ -437,6 +437,10 @@ async fn run_locked(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<Report> {
+    // The replicas to watch are connected to, and the probe tried, before
+    // anything is written: one that fails stops the command with nothing changed.
+    let mut throttle =
+        throttle::Throttle::new(opts.throttle.clone(), &ConnectOptions::default(), conn).await?;
     conn.ensure_bookkeeping().await?;
     // Lock waits are bounded from here on; statement time only inside the batch
     // loop (a count or a check over a huge table may rightly take long).
@@ -482,10 +486,6 @@ async fn run_locked(
         )?),
         _ => None,
     };
-    // Replicas to watch are connected to before the run is touched: one that is
-    // unreachable or not a replica stops the command with nothing changed.
-    let mut throttle =
-        throttle::Throttle::new(opts.throttle.clone(), &ConnectOptions::default()).await?;
 
     let rows_before = record.as_ref().map_or(0, |r| r.rows_done);
     let total = match (&plan.source, opts.count) {

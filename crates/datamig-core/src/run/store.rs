@@ -515,20 +515,9 @@ pub async fn rejects(conn: &mut Conn, run_id: i64, limit: i64) -> Result<Vec<(St
     {
         return Ok(Vec::new());
     }
-    let sql = format!(
-        "SELECT row_key, reason FROM datamig_rejects WHERE run_id = ? ORDER BY id LIMIT {limit}"
-    );
-    let rows = conn
-        .fetch(&sql, &[run_id.into()])
-        .await
-        .map_err(failed("cannot read datamig_rejects"))?;
+    let rows = rejects_after(conn, run_id, 0, limit).await?;
     Ok(rows
         .into_iter()
-        .map(|r| {
-            let mut it = r.into_iter();
-            let key = it.next().and_then(Value::into_string).unwrap_or_default();
-            let reason = it.next().and_then(Value::into_string).unwrap_or_default();
-            (key, reason)
-        })
+        .map(|(_, key, reason)| (key, reason))
         .collect())
 }

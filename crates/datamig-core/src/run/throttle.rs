@@ -55,9 +55,18 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// Connects to the replicas to watch. A replica that cannot be reached is an
-    /// error now rather than a silent gap in the checks later.
-    pub async fn new(limits: Limits, opts: &ConnectOptions) -> Result<Throttle> {
+    /// Connects to the replicas to watch, and tries the probe once on `conn`. A
+    /// replica that cannot be reached, or a probe that does not run, is an error
+    /// now, before the run is touched, rather than a failed run later.
+    pub async fn new(limits: Limits, opts: &ConnectOptions, conn: &mut Conn) -> Result<Throttle> {
+        if let Some((sql, _)) = &limits.probe {
+            if let Err(e) = conn.execute(sql, &[]).await {
+                return Err(Error::Usage(format!(
+                    "--probe does not run: {}; give a query that runs on this database",
+                    db_message(&e)
+                )));
+            }
+        }
         let mut replicas = Vec::new();
         for url in &limits.replicas {
             let mut conn = Conn::connect(url, opts).await?;
