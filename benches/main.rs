@@ -176,6 +176,56 @@ impl Bench {
         Ok(started.elapsed())
     }
 
+    /// On PostgreSQL, the server's time for one batch's checkpoint, which
+    /// travels in the round trip of the batch's COMMIT, so that its cost is
+    /// what the server spends planning and executing it: the median of 21
+    /// `EXPLAIN ANALYZE`s of the checkpoint datamig sends, each rolled back,
+    /// on a `running` row of this database's `datamig_runs`. `None` elsewhere
+    /// (there the checkpoint is a statement of its own, timed by the run).
+    async fn checkpoint_server_time(&mut self, batch: i64) -> Res<Option<Duration>> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let id = self
+            .scalar(
+                "INSERT INTO datamig_runs (job, args, state, batch_size, started_at, updated_at) \
+                 VALUES ('bench_checkpoint', '{}', 'running', 5000, now(), now()) RETURNING id",
+            )
+            .await?;
+        let counts = datamig_core::run::store::BatchCounts {
+            rows: batch,
+            changed: batch,
+            rejected: 0,
+            elapsed_ms: 4,
+        };
+        let sql =
+            datamig_core::run::store::checkpoint_text(&self.conn, id, "[500000]", &counts, None)
+                .ok_or("PostgreSQL sends the checkpoint as text")?;
+        let mut times = Vec::new();
+        for _ in 0..21 {
+            self.conn.begin().await.map_err(s)?;
+            let plan = self
+                .conn
+                .fetch_one(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), &[])
+                .await
+                .map_err(s)?;
+            self.conn.rollback().await.map_err(s)?;
+            let json: serde_json::Value = plan
+                .first()
+                .and_then(|v| v.clone().into_string())
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .ok_or("EXPLAIN returned no JSON")?;
+            let ms = json[0]["Planning Time"].as_f64().unwrap_or(0.0)
+                + json[0]["Execution Time"].as_f64().unwrap_or(0.0);
+            times.push(Duration::from_secs_f64(ms / 1000.0));
+        }
+        self.conn
+            .execute("DELETE FROM datamig_runs WHERE id = ?", &[id.into()])
+            .await
+            .map_err(s)?;
+        Ok(Some(median(times)))
+    }
+
     async fn scalar(&mut self, sql: &str) -> Res<i64> {
         let row = self
             .conn
@@ -417,6 +467,24 @@ fn ratio(limit: Duration, d: Duration) -> String {
     format!("{:.2}", limit.as_secs_f64() / d.as_secs_f64().max(1e-9))
 }
 
+/// After a job's table on PostgreSQL: what its checkpoints cost the server, as a
+/// share of its batch loop (the table's checkpoints column is an upper bound there).
+async fn checkpoint_note(b: &mut Bench, batch: i64, runs: &[JobRun]) -> Res<()> {
+    let Some(each) = b.checkpoint_server_time(batch).await? else {
+        return Ok(());
+    };
+    let loop_time = median_by(runs, |r| r.batches);
+    let batches = runs.last().map_or(0, |r| r.batches_done);
+    #[allow(clippy::cast_precision_loss)] // a share for a table
+    let share = 100.0 * each.as_secs_f64() * batches as f64 / loop_time.as_secs_f64().max(1e-9);
+    println!(
+        "\nCheckpoints server-side (EXPLAIN ANALYZE of the checkpoint sent with each COMMIT, median of 21): \
+         {:.3} ms each × {batches} batches = {share:.1}% of the batch loop.\n",
+        each.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
 fn job_row(name: &str, rows: i64, limit: Duration, runs: &[JobRun]) -> String {
     let batches = median_by(runs, |r| r.batches);
     let wall = median_by(runs, |r| r.wall);
@@ -542,7 +610,7 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
                 )
             );
         }
-        println!();
+        checkpoint_note(&mut b, opts.batch, &transforms).await?;
     }
 
     if want("delete") {
@@ -632,7 +700,7 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
                 ratio(limit, floor)
             );
         }
-        println!();
+        checkpoint_note(&mut b, opts.batch, &jobs).await?;
     }
 
     if want("sweep") {

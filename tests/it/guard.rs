@@ -126,3 +126,50 @@ fn a_checkpoint_sent_with_the_commit_rolls_back_a_run_no_longer_running() {
         vec!["cancelled".to_string(), "0".into()]
     );
 }
+
+// PostgreSQL sends a batch's BEGIN with its first statement, the parameters
+// written out as literals: they must select what the bound parameters select,
+// and the statement must run inside the transaction.
+each_db! {
+    fn a_statement_sent_with_its_begin_matches_as_bound_and_rolls_back(kind: Db) {
+        let db = TestDb::new(kind);
+        let (float, bytes, ts) = match kind {
+            crate::support::Db::Postgres => ("DOUBLE PRECISION", "BYTEA", "TIMESTAMP"),
+            crate::support::Db::MySql => ("DOUBLE", "VARBINARY(16)", "DATETIME(6)"),
+            crate::support::Db::Sqlite => ("REAL", "BLOB", "TEXT"),
+        };
+        db.exec(&format!(
+            "CREATE TABLE lit (i BIGINT NOT NULL, f {float}, s VARCHAR(50), bin {bytes}, ts {ts}, b BOOLEAN)"
+        ));
+        let at = chrono::NaiveDate::from_ymd_opt(2026, 3, 4)
+            .and_then(|d| d.and_hms_micro_opt(5, 6, 7, 890_000))
+            .unwrap();
+        let params = vec![
+            Value::Int(-42),
+            Value::Float(0.1),
+            Value::Text("it's a ? and \\ too".into()),
+            Value::Bytes(vec![0, 39, 92, 255]),
+            Value::Timestamp(at),
+            Value::Bool(true),
+        ];
+        let matching = "i = ? AND f = ? AND s = ? AND bin = ? AND ts = ? AND b = ?";
+        let (rolled_back, deleted) = block_on(async {
+            let url = DatabaseUrl::parse(&db.url).unwrap();
+            let mut conn = Conn::connect(&url, &ConnectOptions::default()).await.unwrap();
+            conn.prepare_for_batches().await.unwrap();
+            conn.execute("INSERT INTO lit (i, f, s, bin, ts, b) VALUES (?, ?, ?, ?, ?, ?)", &params)
+                .await
+                .unwrap();
+            let delete = format!("DELETE FROM lit WHERE {matching}");
+            let rolled_back = conn.begin_with(&delete, &params).await.unwrap();
+            conn.rollback().await.unwrap();
+            let deleted = conn.begin_with(&delete, &params).await.unwrap();
+            conn.commit().await.unwrap();
+            conn.close().await;
+            (rolled_back, deleted)
+        });
+        assert_eq!(rolled_back, 1, "the literals match the row the parameters inserted");
+        assert_eq!(deleted, 1, "the rollback undid the first delete");
+        assert_eq!(db.scalar("SELECT count(*) FROM lit"), 0);
+    }
+}

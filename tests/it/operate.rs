@@ -638,3 +638,118 @@ fn a_replica_that_is_not_one_is_refused_postgres() {
 fn a_replica_that_is_not_one_is_refused_mariadb() {
     a_replica_that_is_not_one_is_refused(Db::MySql);
 }
+
+/// The PostgreSQL standby `.ci/run` keeps on 127.0.0.1:5433, streaming from the
+/// test server: the same databases, read-only.
+fn standby_server() -> String {
+    std::env::var("DATAMIG_TEST_STANDBY_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".into())
+}
+
+/// Resumes the standby's replay when the test ends, whatever happens in it.
+struct ReplayPaused(crate::support::TestDb);
+
+impl Drop for ReplayPaused {
+    fn drop(&mut self) {
+        self.0.exec("SELECT pg_wal_replay_resume()");
+    }
+}
+
+/// A standby whose replay is paused falls behind as the primary commits: a run
+/// watching it with `--replica` and `--max-replica-lag` waits, saying why, and
+/// finishes once the standby catches up. The primary's own view of its
+/// standbys (`pg_stat_replication`) is watched too, without `--replica`.
+#[test]
+fn throttled_by_a_lagging_standby_postgres() {
+    let p = Project::new(Db::Postgres);
+    visits(&p, 2_000);
+    let mut standby = crate::support::url_parts(&standby_server());
+    standby.set_path(&format!(
+        "/{}",
+        crate::support::url_parts(&p.db.url)
+            .path()
+            .trim_start_matches('/')
+    ));
+    // The new database reaches the standby by replay.
+    let replica = (0..100)
+        .find_map(|_| {
+            let ok = std::panic::catch_unwind(|| {
+                let db = crate::support::TestDb::attach(standby.as_str());
+                (db.scalar("SELECT count(*) FROM visits") == 2_000).then_some(db)
+            })
+            .ok()
+            .flatten();
+            if ok.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ok
+        })
+        .unwrap_or_else(|| panic!("the standby at {} did not replay the test database within 10 s; `bash .ci/run` makes it", standby_server()));
+    replica.exec("SELECT pg_wal_replay_pause()");
+    let paused = ReplayPaused(replica);
+    // Committed on the primary, not replayed: the standby falls behind.
+    p.db.exec("CREATE TABLE lag_marker (n INT)");
+    std::thread::sleep(Duration::from_millis(1500));
+    let child = p
+        .fixtures(&[
+            "run",
+            "count_visits",
+            "--batch",
+            "500",
+            "--max-replica-lag",
+            "1s",
+            "--progress",
+            "log",
+            "--json",
+            "--replica",
+            standby.as_str(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let done_while_behind = rows_done(&p);
+    paused.0.exec("SELECT pg_wal_replay_resume()");
+    let run = to_run(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        done_while_behind, 0,
+        "no batch while the standby is behind: {run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("replica postgres://postgres@127.0.0.1:5433/dm_t_"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(" behind (--max-replica-lag 1.0s)"),
+        "{run:?}"
+    );
+    assert!(
+        summary(&run)["waited_ms"].as_u64().unwrap() >= 2_000,
+        "{run:?}"
+    );
+    assert_each_row_once(&p, 2_000, "count_visits");
+    // Caught up, the primary's pg_stat_replication still shows the lag it last
+    // measured (seconds, from the stall) for a while: it must not hold a run back.
+    p.db.exec("UPDATE visits SET hits = 0");
+    let run = p.run_fixtures(&[
+        "run",
+        "count_visits_sql",
+        "--batch",
+        "500",
+        "--max-replica-lag",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        summary(&run)["waited_ms"].as_u64().unwrap() < 2_000,
+        "{run:?}"
+    );
+    drop(paused);
+    let runs =
+        p.db.scalar("SELECT count(*) FROM datamig_runs WHERE state = 'completed'");
+    assert_eq!(runs, 2);
+}

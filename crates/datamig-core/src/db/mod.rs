@@ -226,6 +226,14 @@ pub(crate) trait Driver {
         None
     }
 
+    /// A parameter written out as an SQL literal of the type it is bound as, for
+    /// the drivers that send a batch's BEGIN with its first statement
+    /// ([`Conn::begin_with`]); `None` where it cannot be, or is not done.
+    fn literal(value: &Value) -> Option<String> {
+        let _ = value;
+        None
+    }
+
     /// `keys OP (?, …)` for keyset pagination, and which key value each `?` takes.
     /// Row values by default; MariaDB plans the expanded form better.
     fn compare_keys(keys: &[String], op: &str) -> (String, Vec<usize>) {
@@ -273,6 +281,26 @@ macro_rules! bind_values {
     }};
 }
 pub(crate) use bind_values;
+
+/// `sql` with each `?` outside a quoted string replaced by its parameter as a
+/// literal ([`Driver::literal`]); `None` when a parameter has none, or the
+/// counts of placeholders and parameters differ.
+fn inline<D: Driver>(sql: &str, params: &[Value]) -> Option<String> {
+    let mut values = params.iter();
+    let mut out = String::with_capacity(sql.len() + 24 * params.len());
+    let mut in_quote = false;
+    for ch in sql.chars() {
+        match ch {
+            '\'' => {
+                in_quote = !in_quote;
+                out.push(ch);
+            }
+            '?' if !in_quote => out.push_str(&D::literal(values.next()?)?),
+            _ => out.push(ch),
+        }
+    }
+    values.next().is_none().then_some(out)
+}
 
 /// Runs catalogue queries that each yield one text column, and collects the lines.
 pub(crate) async fn catalogue_lines<D: Driver>(
@@ -448,6 +476,25 @@ impl Conn {
     /// See [`Driver::text_literal`].
     pub fn text_literal(&self, text: &str) -> Option<String> {
         dispatch_static!(self, D => D::text_literal(text))
+    }
+
+    /// Begins a transaction whose first statement is `sql`, and runs it: in one
+    /// round trip where the driver can write the parameters out as literals
+    /// ([`Driver::literal`]), otherwise BEGIN, then the statement. Returns the
+    /// rows it affected. A delete batch is three round trips (BEGIN, DELETE,
+    /// checkpoint with COMMIT) without this, and two with it.
+    pub async fn begin_with(&mut self, sql: &str, params: &[Value]) -> sqlx::Result<u64> {
+        let begin = dispatch_static!(self, D => D::BEGIN);
+        if let Some(text) = dispatch_static!(self, D => inline::<D>(sql, params)) {
+            return self.script_rows(&format!("{begin}; {text}")).await;
+        }
+        self.begin().await?;
+        self.execute(sql, params).await
+    }
+
+    /// Whether [`Conn::begin_with`] saves a round trip on this connection.
+    pub fn begins_with_statement(&self) -> bool {
+        dispatch_static!(self, D => D::literal(&Value::Null)).is_some()
     }
 
     pub async fn begin(&mut self) -> sqlx::Result<()> {
@@ -979,6 +1026,36 @@ mod tests {
             redact_text("bad url postgres://u:pw@h/db here"),
             "bad url postgres://***@h/db here"
         );
+    }
+
+    #[test]
+    fn inlines_parameters_outside_quotes_only() {
+        type Pg = postgres::Postgres;
+        let ts = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
+            .and_then(|d| d.and_hms_micro_opt(3, 4, 5, 6))
+            .map(Value::Timestamp);
+        let params = [
+            Value::Int(-5),
+            Value::Text("it's ?".into()),
+            Value::Bytes(vec![0, 0xff]),
+            Value::Null,
+            Value::Float(f64::NEG_INFINITY),
+            ts.unwrap_or(Value::Null),
+        ];
+        assert_eq!(
+            inline::<Pg>("a = ? AND b = '?' AND c = ? AND d = ? AND e IS ? AND f = ? AND g = ?", &params)
+                .as_deref(),
+            Some(
+                "a = '-5'::int8 AND b = '?' AND c = 'it''s ?'::text AND d = '\\x00ff'::bytea \
+                 AND e IS NULL::int8 AND f = '-Infinity'::float8 AND g = '2026-01-02 03:04:05.000006'::timestamp"
+            )
+        );
+        // Too few or too many parameters, and text PostgreSQL cannot hold.
+        assert_eq!(inline::<Pg>("a = ? AND b = ?", &params[..1]), None);
+        assert_eq!(inline::<Pg>("a = ?", &params[..2]), None);
+        assert_eq!(inline::<Pg>("a = ?", &[Value::Text("\0".into())]), None);
+        // The other drivers send parameters apart.
+        assert_eq!(inline::<mysql::MySql>("a = ?", &params[..1]), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! taken with `pg_try_advisory_lock`, polled, never the blocking form (which
 //! deadlocks with `CREATE INDEX CONCURRENTLY` running in a peer).
 
+use std::fmt::Write as _;
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgRow};
@@ -189,6 +190,32 @@ impl Driver for Postgres {
         // PostgreSQL text cannot hold NUL; with standard_conforming_strings,
         // doubling the quote is all the escaping a literal needs.
         (!text.contains('\0')).then(|| format!("'{}'", text.replace('\'', "''")))
+    }
+
+    /// Typed as `bind_values!` binds it, so that a statement plans and compares
+    /// the same with the literal as with the parameter.
+    fn literal(value: &Value) -> Option<String> {
+        Some(match value {
+            Value::Null => "NULL::int8".into(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => format!("'{i}'::int8"),
+            Value::Float(f) if f.is_nan() => "'NaN'::float8".into(),
+            Value::Float(f) if f.is_infinite() => {
+                format!("'{}Infinity'::float8", if *f < 0.0 { "-" } else { "" })
+            }
+            Value::Float(f) => format!("'{f}'::float8"),
+            Value::Text(t) => format!("{}::text", Self::text_literal(t)?),
+            Value::Bytes(b) => {
+                let mut hex = String::with_capacity(b.len() * 2 + 14);
+                hex.push_str("'\\x");
+                for byte in b {
+                    let _ = write!(hex, "{byte:02x}");
+                }
+                hex.push_str("'::bytea");
+                hex
+            }
+            Value::Timestamp(t) => format!("'{}'::timestamp", t.format("%Y-%m-%d %H:%M:%S%.f")),
+        })
     }
 
     fn timeouts(lock: std::time::Duration, statement: Option<std::time::Duration>) -> Vec<String> {
@@ -507,13 +534,18 @@ impl Driver for Postgres {
 
     async fn health(c: &mut PgConnection) -> sqlx::Result<crate::run::throttle::Health> {
         // This process's sessions share its application_name: its writer, its reader.
+        // replay_lag is the lag measured when the standby last replayed new WAL; it
+        // stays at that figure for a while after the standby has caught up, so a
+        // standby that has replayed all there is counts as not behind. (And a stalled
+        // standby shows the lag of before the stall: `--replica` measures it exactly.)
         let sql = "SELECT
               (SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend'
                  AND application_name <> current_setting('application_name')),
               (SELECT extract(epoch FROM max(now() - xact_start))::float8 FROM pg_stat_activity
                  WHERE backend_type = 'client backend' AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
                    AND application_name <> current_setting('application_name')),
-              (SELECT extract(epoch FROM max(replay_lag))::float8 FROM pg_stat_replication)";
+              (SELECT extract(epoch FROM max(replay_lag))::float8 FROM pg_stat_replication
+                 WHERE replay_lsn < pg_current_wal_lsn())";
         let row = Self::fetch(c, sql, &[])
             .await?
             .into_iter()
@@ -527,9 +559,13 @@ impl Driver for Postgres {
     }
 
     async fn replica_lag(c: &mut PgConnection) -> sqlx::Result<Option<std::time::Duration>> {
-        // A standby that has replayed nothing yet has no timestamp: no lag to report.
+        // Behind by the age of the last transaction replayed, while WAL it has received
+        // waits for replay; none when it has replayed all it has (an idle primary sends
+        // no transactions, and the last one's age says nothing), or nothing yet.
         let sql = "SELECT pg_is_in_recovery(),
-                          coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0)";
+                          CASE WHEN coalesce(pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn(), true)
+                               THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0)
+                               ELSE 0 END";
         let row = Self::fetch(c, sql, &[])
             .await?
             .into_iter()

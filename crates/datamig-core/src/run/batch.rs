@@ -746,9 +746,11 @@ async fn run(
     archive: Option<&Archive>,
 ) -> Result<Batch> {
     let started = Instant::now();
-    conn.begin()
-        .await
-        .map_err(|e| failed(conn, "cannot begin the batch", &e))?;
+    if !opens_with_statement(conn, plan, &work) {
+        conn.begin()
+            .await
+            .map_err(|e| failed(conn, "cannot begin the batch", &e))?;
+    }
     let result = body(conn, plan, prep, run_id, work, size, started, dry, archive).await;
     match result {
         Ok(Batch::Done(mut done)) if dry => {
@@ -806,6 +808,18 @@ async fn run(
     }
 }
 
+/// Whether the batch's first statement is its write, sent with its BEGIN
+/// ([`Conn::begin_with`]): a SQL or delete step over a range known before the
+/// transaction.
+fn opens_with_statement(conn: &Conn, plan: &Plan, work: &Work<'_>) -> bool {
+    conn.begins_with_statement()
+        && matches!(
+            (work, &plan.source, &plan.step),
+            (Work::Bounded { .. }, _, Step::Delete | Step::Sql(_))
+                | (Work::Serial { .. }, Source::Range { .. }, Step::Sql(_))
+        )
+}
+
 fn no_longer_running(run_id: i64) -> Error {
     Error::JobFailed(format!(
         "run {run_id} is no longer running in datamig_runs (cancelled from elsewhere?); this batch was rolled back"
@@ -856,6 +870,7 @@ async fn body(
     archive: Option<&Archive>,
 ) -> Result<Batch> {
     let mut file_offset = None;
+    let opening = opens_with_statement(conn, plan, &work);
     let (cursor, mut counts, scanned) = match (work, &plan.source, &plan.step) {
         (Work::Guarded(applied), _, _) => {
             if !write(conn, prep, run_id, applied, true, dry).await? {
@@ -879,10 +894,12 @@ async fn body(
             let sql = sql
                 .replace("{lo}", &lo.to_string())
                 .replace("{hi}", &hi.to_string());
-            let changed = conn
-                .execute(&sql, &[])
-                .await
-                .map_err(|e| failed(conn, "the batch's statement failed", &e))?;
+            let changed = if opening {
+                conn.begin_with(&sql, &[]).await
+            } else {
+                conn.execute(&sql, &[]).await
+            }
+            .map_err(|e| failed(conn, "the batch's statement failed", &e))?;
             let rows = hi - lo + 1;
             (
                 vec![Value::Int(hi)],
@@ -943,12 +960,14 @@ async fn body(
             let Some(bound) = bound(conn, prep, after, size).await? else {
                 return Ok(Batch::Empty);
             };
-            let (counts, offset) = key_range(conn, prep, step, after, &bound, archive, dry).await?;
+            let (counts, offset) =
+                key_range(conn, prep, step, after, &bound, archive, dry, opening).await?;
             file_offset = offset;
             (bound.last, counts, bound.scanned)
         }
         (Work::Bounded { after, bound }, _, step) => {
-            let (counts, offset) = key_range(conn, prep, step, after, bound, archive, dry).await?;
+            let (counts, offset) =
+                key_range(conn, prep, step, after, bound, archive, dry, opening).await?;
             file_offset = offset;
             (bound.last.clone(), counts, bound.scanned)
         }
@@ -1161,6 +1180,8 @@ async fn insert(conn: &mut Conn, table: &str, columns: &[String], rows: &[Row]) 
 
 /// Runs a SQL, delete or archive step over the key range `(after, bound.last]`;
 /// for an archive, also returns the archive's length with this batch's rows.
+/// `opening`: the statement begins the batch's transaction.
+#[allow(clippy::too_many_arguments)] // the batch's parts, as `body` has them
 async fn key_range(
     conn: &mut Conn,
     prep: &Prepared,
@@ -1169,6 +1190,7 @@ async fn key_range(
     bound: &Bound,
     archive: Option<&Archive>,
     dry: bool,
+    opening: bool,
 ) -> Result<(BatchCounts, Option<u64>)> {
     let (range, params) = prep.conditions(conn, true, after, Some(&bound.last));
     let table = conn.quote_ident(&prep.table);
@@ -1227,10 +1249,12 @@ async fn key_range(
             unreachable!("these read their rows")
         }
     };
-    let changed = conn
-        .execute(&sql, &params)
-        .await
-        .map_err(|e| failed(conn, "the batch's statement failed", &e))?;
+    let changed = if opening {
+        conn.begin_with(&sql, &params).await
+    } else {
+        conn.execute(&sql, &params).await
+    }
+    .map_err(|e| failed(conn, "the batch's statement failed", &e))?;
     Ok((
         BatchCounts {
             rows: bound.scanned.matched,
