@@ -753,3 +753,141 @@ fn throttled_by_a_lagging_standby_postgres() {
         p.db.scalar("SELECT count(*) FROM datamig_runs WHERE state = 'completed'");
     assert_eq!(runs, 2);
 }
+
+/// The MariaDB pair `.ci/run` keeps for this test: a primary with its binary log
+/// on 127.0.0.1:3307, and its replica on 3308.
+fn mariadb_pair() -> (String, String) {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    (
+        var(
+            "DATAMIG_TEST_MYSQL_PRIMARY_URL",
+            "mysql://root@127.0.0.1:3307/mysql",
+        ),
+        var(
+            "DATAMIG_TEST_MYSQL_REPLICA_URL",
+            "mysql://root@127.0.0.1:3308/mysql",
+        ),
+    )
+}
+
+/// Starts the replica's SQL thread again when the test ends, whatever happens.
+struct SqlThreadStopped(crate::support::TestDb);
+
+impl Drop for SqlThreadStopped {
+    fn drop(&mut self) {
+        self.0.exec("START SLAVE SQL_THREAD");
+    }
+}
+
+/// A MariaDB replica whose SQL thread waits on a row lock falls behind as the
+/// run's batches commit on the primary: the run waits while
+/// `Seconds_Behind_Master` is over `--max-replica-lag`, saying why, and goes on
+/// when the replica catches up. A replica whose SQL thread is stopped reports no
+/// lag: it counts as not replicating, and the run waits for it too.
+#[test]
+fn throttled_by_a_lagging_replica_mariadb() {
+    let (primary, replica_server) = mariadb_pair();
+    let p = Project::with(crate::support::TestDb::on(Db::MySql, &primary));
+    visits(&p, 3_000);
+    let mut replica_url = crate::support::url_parts(&replica_server);
+    replica_url.set_path(crate::support::url_parts(&p.db.url).path());
+    let replica = (0..100)
+        .find_map(|_| {
+            let ok = std::panic::catch_unwind(|| {
+                let db = crate::support::TestDb::attach(replica_url.as_str());
+                (db.scalar("SELECT count(*) FROM visits") == 3_000).then_some(db)
+            })
+            .ok()
+            .flatten();
+            if ok.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ok
+        })
+        .unwrap_or_else(|| panic!("the replica at {replica_server} did not copy the test database within 10 s; `bash .ci/run` makes it"));
+
+    // The replica's SQL thread will wait on these row locks for 5 s.
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let locker = {
+        let url = replica_url.to_string();
+        std::thread::spawn(move || {
+            crate::support::TestDb::attach(&url).hold(
+                "BEGIN; SELECT id FROM visits FOR UPDATE",
+                Duration::from_secs(5),
+                held_tx,
+            );
+        })
+    };
+    held.recv().unwrap();
+    let started = Instant::now();
+    let run = p.run_fixtures(&[
+        "run",
+        "count_visits",
+        "--batch",
+        "100",
+        "--sleep",
+        "100ms",
+        "--max-replica-lag",
+        "1s",
+        "--replica",
+        replica_url.as_str(),
+        "--progress",
+        "log",
+        "--json",
+    ]);
+    locker.join().unwrap();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("waiting: replica mysql://root@127.0.0.1:3308/dm_t_"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(" behind (--max-replica-lag 1.0s)"),
+        "{run:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "it waited for the replica: {run:?}"
+    );
+    assert!(
+        summary(&run)["waited_ms"].as_u64().unwrap() >= 1_000,
+        "{run:?}"
+    );
+    assert_each_row_once(&p, 3_000, "count_visits");
+
+    // A stopped SQL thread: no lag to report, so not replicating.
+    replica.exec("STOP SLAVE SQL_THREAD");
+    let stopped = SqlThreadStopped(replica);
+    p.db.exec("UPDATE visits SET hits = 0");
+    let child = p
+        .fixtures(&[
+            "run",
+            "count_visits_sql",
+            "--batch",
+            "500",
+            "--max-replica-lag",
+            "1s",
+            "--replica",
+            replica_url.as_str(),
+            "--progress",
+            "log",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let done_while_stopped =
+        p.db.scalar("SELECT coalesce(max(rows_done), 0) FROM datamig_runs WHERE state = 'running'");
+    drop(stopped);
+    let run = to_run(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        done_while_stopped, 0,
+        "no batch while the replica is stopped: {run:?}"
+    );
+    assert!(run.stderr.contains("3308/dm_t_"), "{run:?}");
+    assert!(run.stderr.contains(" is not replicating"), "{run:?}");
+}

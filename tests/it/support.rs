@@ -38,6 +38,8 @@ pub struct TestDb {
     _dir: Option<tempfile::TempDir>,
     /// Whether this handle created the database (and drops it).
     owned: bool,
+    /// The server's URL with its maintenance database (PostgreSQL, MariaDB).
+    server: String,
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -50,6 +52,17 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 impl TestDb {
     pub fn new(kind: Db) -> TestDb {
+        let server = match kind {
+            Db::Postgres => postgres_server(),
+            _ => mysql_server(),
+        };
+        TestDb::on(kind, &server)
+    }
+
+    /// A fresh database on the server at `server` (PostgreSQL or MariaDB; SQLite
+    /// ignores it).
+    pub fn on(kind: Db, server: &str) -> TestDb {
+        let server = server.to_string();
         let name = format!("dm_t_{:016x}", rand::random::<u64>());
         match kind {
             Db::Sqlite => {
@@ -61,14 +74,10 @@ impl TestDb {
                     name,
                     _dir: Some(dir),
                     owned: true,
+                    server,
                 }
             }
             Db::Postgres | Db::MySql => {
-                let server = if kind == Db::Postgres {
-                    postgres_server()
-                } else {
-                    mysql_server()
-                };
                 let sql = format!("CREATE DATABASE {name}");
                 block_on(async {
                     match kind {
@@ -98,6 +107,7 @@ impl TestDb {
                     name,
                     _dir: None,
                     owned: true,
+                    server,
                 }
             }
         }
@@ -118,6 +128,7 @@ impl TestDb {
             name: String::new(),
             _dir: None,
             owned: false,
+            server: String::new(),
         }
     }
 
@@ -270,13 +281,13 @@ impl Drop for TestDb {
         if self.kind == Db::Sqlite || !self.owned {
             return;
         }
-        let (kind, name) = (self.kind, self.name.clone());
+        let (kind, name, server) = (self.kind, self.name.clone(), self.server.clone());
         // Drop on a thread of its own: this may run inside a test's runtime.
         let _ = std::thread::spawn(move || {
             block_on(async move {
                 match kind {
                     Db::Postgres => {
-                        if let Ok(mut c) = sqlx::PgConnection::connect(&postgres_server()).await {
+                        if let Ok(mut c) = sqlx::PgConnection::connect(&server).await {
                             let _ = sqlx::raw_sql(&format!(
                                 "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                             ))
@@ -285,7 +296,7 @@ impl Drop for TestDb {
                         }
                     }
                     _ => {
-                        if let Ok(mut c) = sqlx::MySqlConnection::connect(&mysql_server()).await {
+                        if let Ok(mut c) = sqlx::MySqlConnection::connect(&server).await {
                             let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}"))
                                 .execute(&mut c)
                                 .await;
@@ -333,12 +344,14 @@ pub fn bin() -> PathBuf {
 
 impl Project {
     pub fn new(kind: Db) -> Project {
+        Project::with(TestDb::new(kind))
+    }
+
+    /// A project on the database `db`.
+    pub fn with(db: TestDb) -> Project {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("migrations")).expect("mkdir");
-        Project {
-            dir,
-            db: TestDb::new(kind),
-        }
+        Project { dir, db }
     }
 
     pub fn path(&self) -> &Path {
