@@ -10,5 +10,6 @@ mod guard;
 mod jobs;
 mod operate;
 mod production;
+mod reliability;
 mod schema;
 mod support;

@@ -8,6 +8,14 @@ use crate::each_db;
 use crate::jobs::{assert_each_row_once, rows_done, spawn, visits, wait_for_progress};
 use crate::support::{to_run, Db, Project, Run};
 
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 fn summary(run: &Run) -> serde_json::Value {
     serde_json::from_str(run.stdout.lines().last().expect("a summary line"))
         .unwrap_or_else(|e| panic!("not JSON ({e}): {run:?}"))
@@ -890,4 +898,29 @@ fn throttled_by_a_lagging_replica_mariadb() {
     );
     assert!(run.stderr.contains("3308/dm_t_"), "{run:?}");
     assert!(run.stderr.contains(" is not replicating"), "{run:?}");
+}
+
+each_db! {
+    // Found by the steering race in reliability.rs: a pause that arrived after a
+    // cancel replaced it, and the run sat paused instead of stopping.
+    fn a_pause_cannot_override_a_pending_cancel(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 100);
+        let run = p.run_fixtures(&["run", "count_visits", "--max-runtime", "1ms", "--batch", "10"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let id = p.db.scalar("SELECT max(id) FROM datamig_runs");
+        p.db.exec(&format!("UPDATE datamig_runs SET state = 'running', request = 'cancel', request_by = 'op@host pid 1' WHERE id = {id}"));
+        let refused = block_on(async {
+            let url = datamig_core::config::DatabaseUrl::parse(&p.db.url).unwrap();
+            let mut conn = datamig_core::db::Conn::connect(&url, &datamig_core::db::ConnectOptions::default()).await.unwrap();
+            let pause = datamig_core::run::store::request(&mut conn, id, datamig_core::run::store::Request::Pause).await;
+            let cancel = datamig_core::run::store::request(&mut conn, id, datamig_core::run::store::Request::Cancel).await;
+            conn.close().await;
+            (pause.map_err(|e| e.to_string()), cancel.is_ok())
+        });
+        let message = refused.0.expect_err("the pause is refused");
+        assert!(message.contains("is being cancelled (asked by op@host pid 1)"), "{message}");
+        assert!(refused.1, "a second cancel is accepted");
+        assert_eq!(p.db.query(&format!("SELECT request FROM datamig_runs WHERE id = {id}"))[0][0], "cancel");
+    }
 }

@@ -14,6 +14,7 @@
 //! do, and the CLI maps each to a documented exit code.
 
 pub mod config;
+pub mod crash;
 pub mod db;
 mod error;
 pub mod job;

@@ -613,6 +613,7 @@ async fn run_sql(
             ),
             statements_done: n,
         })?;
+        crate::crash::reached(crate::crash::Point::MigrationStatement);
     }
     Ok(())
 }
@@ -699,6 +700,7 @@ pub(crate) async fn apply_up(conn: &mut Conn, m: &Migration) -> Result<()> {
         let recorded = async {
             insert_history(conn, m, ms(started.elapsed()), Dirty::Clean).await?;
             write_log(conn, "upgrade", m.version, &m.name, "").await?;
+            crate::crash::reached(crate::crash::Point::MigrationBeforeCommit);
             conn.commit().await
         };
         if let Err(e) = recorded.await {

@@ -53,7 +53,12 @@ pub fn split(sql: &str, flavor: Flavor) -> Vec<Statement> {
         if flavor == Flavor::MySql && at_line_start && !has_code {
             let rest: String = chars[i..].iter().take_while(|&&ch| ch != '\n').collect();
             let trimmed = rest.trim();
-            if trimmed.len() > 10 && trimmed[..10].eq_ignore_ascii_case("delimiter ") {
+            // `get`: the line's 10th byte may fall inside a character.
+            if trimmed.len() > 10
+                && trimmed
+                    .get(..10)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("delimiter "))
+            {
                 delimiter = trimmed[10..].trim().to_string();
                 i += rest.chars().count();
                 continue;
@@ -247,6 +252,16 @@ fn words_outside_quotes(s: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Found by tests/fuzz: a MariaDB file whose line had a multi-byte character
+    // across its 10th byte panicked the splitter (a byte slice of the line).
+    #[test]
+    fn a_multibyte_character_at_the_delimiter_check_does_not_panic() {
+        let statements = split("'aa  a®🌀", Flavor::MySql);
+        assert_eq!(statements.len(), 1);
+        let statements = split("DELIMITER //\nSELECT 'ü' //\n", Flavor::MySql);
+        assert_eq!(statements[0].sql, "SELECT 'ü'");
+    }
 
     fn sqls(text: &str, flavor: Flavor) -> Vec<String> {
         split(text, flavor).into_iter().map(|s| s.sql).collect()

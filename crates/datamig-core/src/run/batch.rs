@@ -751,6 +751,7 @@ async fn run(
             .await
             .map_err(|e| failed(conn, "cannot begin the batch", &e))?;
     }
+    crate::crash::reached(crate::crash::Point::BeforeWrite);
     let result = body(conn, plan, prep, run_id, work, size, started, dry, archive).await;
     match result {
         Ok(Batch::Done(mut done)) if dry => {
@@ -761,6 +762,7 @@ async fn run(
             Ok(Batch::Done(done))
         }
         Ok(Batch::Done(mut done)) => {
+            crate::crash::reached(crate::crash::Point::AfterWrite);
             let mut sent_with_commit = None;
             match done.commit_with.take() {
                 None => conn
@@ -790,6 +792,7 @@ async fn run(
                     sent_with_commit = Some(sent.elapsed());
                 }
             }
+            crate::crash::reached(crate::crash::Point::AfterCommit);
             done.transaction = started.elapsed();
             if let Some(spent) = sent_with_commit {
                 // What the checkpoint adds to the COMMIT's round trip.

@@ -1129,7 +1129,16 @@ async fn between_batches(
         steer::Polled::Go | steer::Polled::Resume(_) => {}
         steer::Polled::Cancel(by) => return Ok(Between::Cancelled(by)),
         steer::Polled::Pause(by) => {
-            store::settle_request(conn, progress.run_id, RunState::Paused).await?;
+            if !store::settle_request(
+                conn,
+                progress.run_id,
+                RunState::Paused,
+                store::Request::Pause,
+            )
+            .await?
+            {
+                return Ok(Between::Wait); // a cancel came after the pause
+            }
             obs.message(&format!(
                 "paused by {by} at {}; `datamig resume {name}` lets it go on, `datamig cancel {name}` stops it",
                 if progress.position.is_empty() { "the start" } else { &progress.position },
@@ -1144,7 +1153,16 @@ async fn between_batches(
                 }
                 match poller.poll(conn, progress.run_id, true).await? {
                     steer::Polled::Resume(by) => {
-                        store::settle_request(conn, progress.run_id, RunState::Running).await?;
+                        if !store::settle_request(
+                            conn,
+                            progress.run_id,
+                            RunState::Running,
+                            store::Request::Resume,
+                        )
+                        .await?
+                        {
+                            continue; // a cancel came after the resume
+                        }
                         obs.message(&format!("resumed by {by}"));
                         obs.waiting(None);
                         waits.total += paused.elapsed();

@@ -93,6 +93,13 @@ pub async fn steer(conn: &mut Conn, job: &str, action: Action) -> Result<Steered
         let (state, pending, _) = store::poll(conn, run.id)
             .await
             .map_err(|e| Error::db("cannot read the run", db_message(&e)))?;
+        if let Some(ended) = state.filter(|s| *s != wanted && !s.is_resumable()) {
+            // Another command's cancel, or the run's last batch, came first.
+            return Err(Error::Usage(format!(
+                "run {} of {job} ended {ended} before its process could {verb}; `datamig status {job}` shows it",
+                run.id
+            )));
+        }
         if state == Some(wanted) && pending.is_none() {
             let now = store::latest(conn, job).await?;
             return Ok(Steered {

@@ -334,15 +334,34 @@ pub async fn set_verification(conn: &mut Conn, id: i64, json: &str) -> Result<()
 }
 
 /// Asks the process running run `id` to pause, resume or stop. It reads the
-/// request between batches ([`poll`]).
+/// request between batches ([`poll`]). A cancel is final: a pause or resume
+/// arriving while one is pending is refused, rather than replacing it (a pause
+/// that overwrote a cancel left the run paused, waiting for a resume).
 pub async fn request(conn: &mut Conn, id: i64, request: Request) -> Result<()> {
-    conn.execute(
-        "UPDATE datamig_runs SET request = ?, request_by = ? WHERE id = ?",
-        &[request.as_str().into(), who_am_i().into(), id.into()],
-    )
-    .await
-    .map(drop)
-    .map_err(failed("cannot record the request"))
+    let recorded = conn
+        .execute(
+            "UPDATE datamig_runs SET request = ?, request_by = ? \
+             WHERE id = ? AND (request IS NULL OR request <> 'cancel' OR ? = 'cancel')",
+            &[
+                request.as_str().into(),
+                who_am_i().into(),
+                id.into(),
+                request.as_str().into(),
+            ],
+        )
+        .await
+        .map_err(failed("cannot record the request"))?;
+    if recorded == 0 {
+        let (_, _, by) = poll(conn, id)
+            .await
+            .map_err(failed("cannot read the run"))?;
+        return Err(Error::Usage(format!(
+            "run {id} is being cancelled (asked by {}); a {} cannot undo that",
+            by.unwrap_or_else(|| "another process".into()),
+            request.as_str()
+        )));
+    }
+    Ok(())
 }
 
 /// The run's state and any request for it: what a running process checks
@@ -371,16 +390,28 @@ pub async fn poll(
     Ok((state, request, it.next().and_then(Value::into_string)))
 }
 
-/// Marks the run paused (or running again) and clears the request that asked for it.
-pub async fn settle_request(conn: &mut Conn, id: i64, state: RunState) -> Result<()> {
+/// Marks the run paused (or running again) and clears `answered`, the request
+/// that asked for it. Returns false, changing nothing, when another request has
+/// replaced it meanwhile (a cancel after a pause must not be wiped by the pause's
+/// answer): the next poll finds that one.
+pub async fn settle_request(
+    conn: &mut Conn,
+    id: i64,
+    state: RunState,
+    answered: Request,
+) -> Result<bool> {
     let sql = format!(
-        "UPDATE datamig_runs SET state = ?, request = NULL, updated_at = {} WHERE id = ?",
+        "UPDATE datamig_runs SET state = ?, request = NULL, updated_at = {} \
+         WHERE id = ? AND (request IS NULL OR request = ?)",
         conn.now_sql()
     );
-    conn.execute(&sql, &[state.as_str().into(), id.into()])
-        .await
-        .map(drop)
-        .map_err(failed("cannot update the run"))
+    conn.execute(
+        &sql,
+        &[state.as_str().into(), id.into(), answered.as_str().into()],
+    )
+    .await
+    .map(|n| n == 1)
+    .map_err(failed("cannot update the run"))
 }
 
 /// What one batch adds to a run's counters.

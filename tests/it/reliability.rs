@@ -1,0 +1,258 @@
+//! The reliability battery (issue 6; figures in RELIABILITY.md): SIGKILL at
+//! random moments and at named crash points, of runs and of schema upgrades;
+//! concurrent runners; steering racing a run. Nothing may be lost or done twice.
+//!
+//! The CI scale runs in the test suite. `DATAMIG_RELIABILITY=long` gives the long
+//! run (1M rows, 50 random kills, 100 rounds of 8 upgrade runners):
+//!
+//! ```text
+//! DATAMIG_RELIABILITY=long cargo test --release --test it reliability:: -- --nocapture
+//! ```
+//!
+//! Each test prints one `reliability:` line with what it did, for RELIABILITY.md.
+
+use std::time::{Duration, Instant};
+
+use crate::each_db;
+use crate::jobs::{assert_each_row_once, rows_done, spawn, visits, wait_for_progress};
+use crate::support::{to_run, Db, Project, Run};
+
+/// How hard the battery pushes.
+struct Scale {
+    rows: i64,
+    random_kills: usize,
+    upgrade_rounds: usize,
+    races: usize,
+}
+
+fn scale() -> Scale {
+    if std::env::var("DATAMIG_RELIABILITY").as_deref() == Ok("long") {
+        Scale {
+            rows: 1_000_000,
+            random_kills: 50,
+            upgrade_rounds: 100,
+            races: 20,
+        }
+    } else {
+        Scale {
+            rows: 200_000,
+            random_kills: 5,
+            upgrade_rounds: 20,
+            races: 3,
+        }
+    }
+}
+
+/// Whether the process ended by SIGKILL.
+fn was_killed(run: &Run) -> bool {
+    run.code == -1
+}
+
+fn name(kind: Db) -> &'static str {
+    match kind {
+        Db::Sqlite => "sqlite",
+        Db::Postgres => "postgres",
+        Db::MySql => "mariadb",
+    }
+}
+
+each_db! {
+    fn sigkill_at_random_moments_and_at_crash_points_loses_and_repeats_nothing(kind: Db) {
+        let s = scale();
+        let p = Project::new(kind);
+        visits(&p, s.rows);
+        let batch = (s.rows / 200).to_string();
+        let args = ["run", "count_visits", "--batch", &batch, "--progress", "none"];
+        let started = Instant::now();
+        // Random moments: after the run has committed something, within about
+        // two batches of it.
+        let mut kills = 0;
+        for _ in 0..s.random_kills {
+            let mut child = spawn(&p, &args);
+            let before = rows_done(&p);
+            wait_for_progress(&p, &mut child, before + 1);
+            std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 40));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().expect("SIGKILL");
+                kills += 1;
+            }
+            let _ = child.wait();
+        }
+        // Named points, each at a batch drawn from the next few.
+        let mut points = 0;
+        for point in ["before_write", "after_write", "after_commit"] {
+            let at = format!("{point}:{}", 1 + rand::random::<u32>() % 4);
+            let before = rows_done(&p);
+            let run = to_run(p.fixtures(&args).env("DATAMIG_CRASH_AT", &at).output().unwrap());
+            assert!(was_killed(&run), "{at}: {run:?}");
+            points += 1;
+            let after = rows_done(&p);
+            // The kill lands inside a batch: what it had not committed is not counted.
+            assert!(after >= before, "{at}: the committed work stays");
+            assert_eq!(
+                p.db.scalar("SELECT count(*) FROM visits WHERE hits > 0"),
+                after,
+                "{at}: exactly the committed batches' rows were visited"
+            );
+        }
+        assert!(rows_done(&p) < s.rows, "the run must not have finished before the last kill");
+        let done = to_run(p.fixtures(&args).output().unwrap());
+        assert_eq!(done.code, 0, "{done:?}");
+        assert_each_row_once(&p, s.rows, "count_visits");
+        println!(
+            "reliability: crash {}: {} rows, {kills} random SIGKILLs + {points} at crash points, \
+             0 rows lost, 0 visited twice ({:.1}s)",
+            name(kind),
+            s.rows,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn a_schema_upgrade_killed_mid_migration_applies_nothing_twice(kind: Db) {
+        let p = Project::new(kind);
+        p.migration(V1, "create_a", "CREATE TABLE a (id INT);\n", "DROP TABLE a;\n");
+        p.migration(V2, "create_b_and_c", "CREATE TABLE b (id INT);\nINSERT INTO b (id) VALUES (1);\nCREATE TABLE c (id INT);\n", "DROP TABLE c;\nDROP TABLE b;\n");
+        p.migration(V3, "create_d", "CREATE TABLE d (id INT);\n", "DROP TABLE d;\n");
+        let mut kills = 0;
+        if kind != Db::MySql {
+            // In a transaction: killed before its COMMIT, none of it stays.
+            let run = to_run(p.command(&["schema", "upgrade"]).env("DATAMIG_CRASH_AT", "migration_before_commit:2").output().unwrap());
+            assert!(was_killed(&run), "{run:?}");
+            kills += 1;
+            assert_eq!(p.applied_versions(), vec![V1]);
+            assert!(!p.db.table_exists("b"), "the killed migration's changes rolled back");
+            let run = p.run(&["schema", "upgrade"]);
+            assert_eq!(run.code, 0, "{run:?}");
+            assert_eq!(p.applied_versions(), vec![V1, V2, V3]);
+            assert_eq!(p.db.scalar("SELECT count(*) FROM b"), 1, "applied once");
+            p.ok(&["schema", "downgrade", "base"]);
+            // Statement by statement, as every migration runs on MariaDB.
+            for v in [V1, V2, V3] {
+                let up = p.path().join(format!("migrations/{v}_{}.up.sql", match v { V1 => "create_a", V2 => "create_b_and_c", _ => "create_d" }));
+                let sql = std::fs::read_to_string(&up).unwrap();
+                std::fs::write(&up, format!("-- datamig:no-transaction\n{sql}")).unwrap();
+            }
+        }
+        // Killed after the first statement of the second migration (the second
+        // statement the process runs): it stays recorded as dirty, and nothing
+        // runs until an operator says how it ended.
+        let run = to_run(p.command(&["schema", "upgrade"]).env("DATAMIG_CRASH_AT", "migration_statement:2").output().unwrap());
+        assert!(was_killed(&run), "{run:?}");
+        kills += 1;
+        let run = p.run(&["schema", "upgrade"]);
+        assert_eq!(run.code, 7, "{run:?}");
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+        assert!(run.stderr.contains("dirty"), "{run:?}");
+        assert!(!p.db.table_exists("d"), "nothing after the dirty migration ran");
+        // The operator undoes the half (table b) and says so.
+        p.db.exec("DROP TABLE b");
+        let repaired = p.run(&["schema", "repair", "--dirty", "reverted"]);
+        assert_eq!(repaired.code, 0, "{repaired:?}");
+        let run = p.run(&["schema", "upgrade"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(p.applied_versions(), vec![V1, V2, V3]);
+        assert_eq!(p.db.scalar("SELECT count(*) FROM b"), 1, "applied once");
+        println!("reliability: schema kill {}: {kills} SIGKILLs mid-migration, no migration applied twice or half-recorded", name(kind));
+    }
+
+    fn eight_upgrade_runners_round_after_round_apply_each_migration_once(kind: Db) {
+        let s = scale();
+        let p = Project::new(kind);
+        p.migration(V1, "create_counter", "CREATE TABLE counter (n INT NOT NULL);\n", "DROP TABLE counter;\n");
+        p.migration(V2, "insert_counter_row", "INSERT INTO counter (n) VALUES (1);\n", "DELETE FROM counter;\n");
+        p.migration(V3, "create_other", "CREATE TABLE other (id INT);\n", "DROP TABLE other;\n");
+        let started = Instant::now();
+        for round in 0..s.upgrade_rounds {
+            for run in p.run_concurrently(8, &["schema", "upgrade", "head"]) {
+                assert_eq!(run.code, 0, "round {round}: {run:?}");
+            }
+            assert_eq!(p.applied_versions(), vec![V1, V2, V3], "round {round}");
+            assert_eq!(p.db.scalar("SELECT count(*) FROM counter"), 1, "round {round}: the insert ran more than once");
+            let upgrades = p.db.scalar("SELECT count(*) FROM datamig_schema_log WHERE action = 'upgrade'");
+            assert_eq!(upgrades, 3 * (i64::try_from(round).unwrap() + 1), "round {round}");
+            p.ok(&["schema", "downgrade", "base"]);
+        }
+        println!(
+            "reliability: upgrade runners {}: {} rounds of 8 concurrent `schema upgrade`, each migration applied once per round ({:.1}s)",
+            name(kind),
+            s.upgrade_rounds,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn pause_and_cancel_racing_a_run_leave_it_consistent(kind: Db) {
+        let s = scale();
+        let p = Project::new(kind);
+        let n = 20_000;
+        visits(&p, n);
+        // SQLite has one writer: the steering request needs the gap a sleep leaves.
+        let args = ["run", "count_visits", "--batch", "200", "--sleep", "5ms", "--progress", "none"];
+        let mut outcomes = Vec::new();
+        for race in 0..s.races {
+            p.db.exec("UPDATE visits SET hits = 0");
+            let mut child = spawn(&p, &["run", "count_visits", "--batch", "200", "--sleep", "5ms", "--progress", "none", "--restart"]);
+            wait_for_progress(&p, &mut child, 1);
+            // Pause and cancel from two threads at once, at a random moment.
+            let delay = Duration::from_millis(rand::random::<u64>() % 50);
+            let steer = |cmd: &'static str| {
+                let mut command = p.fixtures(&[cmd, "count_visits"]);
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    to_run(command.output().unwrap())
+                })
+            };
+            if race % 2 == 1 {
+                // A pause alone: the live process waits, its work consistent, until resumed.
+                let pause = steer("pause").join().unwrap();
+                if pause.code == 0 {
+                    assert!(child.try_wait().unwrap().is_none(), "paused in place: {pause:?}");
+                    let done = p.db.scalar("SELECT rows_done FROM datamig_runs ORDER BY id DESC LIMIT 1");
+                    assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits = 1"), done, "race {race}");
+                    let resumed = p.run_fixtures(&["resume", "count_visits"]);
+                    assert_eq!(resumed.code, 0, "{resumed:?}");
+                }
+                let run = to_run(child.wait_with_output().unwrap());
+                assert_eq!(run.code, 0, "race {race}: {run:?}\npause: {pause:?}");
+                assert_each_row_once(&p, n, "count_visits");
+                outcomes.push(if pause.code == 0 { 16 } else { 0 });
+                continue;
+            }
+            let (pause, cancel) = (steer("pause"), steer("cancel"));
+            let (pause, cancel) = (pause.join().unwrap(), cancel.join().unwrap());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("race {race}: the run is still going 20 s after pause and cancel\npause: {pause:?}\ncancel: {cancel:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let run = to_run(child.wait_with_output().unwrap());
+            // A steering command either landed or said why not; the run ended
+            // paused (16), cancelled (17), or done (0) if it won the race.
+            for steered in [&pause, &cancel] {
+                assert!(!steered.all().contains("panicked"), "{steered:?}");
+                assert!(steered.code == 0 || steered.stderr.trim().lines().count() == 1, "{steered:?}");
+            }
+            assert!([0, 16, 17].contains(&run.code), "race {race}: {run:?}\npause: {pause:?}\ncancel: {cancel:?}");
+            let state = p.db.query("SELECT state, rows_done FROM datamig_runs ORDER BY id DESC")[0].clone();
+            let done: i64 = state[1].parse().unwrap();
+            assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits > 1"), 0, "race {race}");
+            assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits = 1"), done, "race {race}: {state:?}");
+            if run.code == 16 {
+                // Paused: resumed, it finishes the rest exactly once.
+                let resumed = p.run_fixtures(&["resume", "count_visits"]);
+                assert_eq!(resumed.code, 0, "{resumed:?}");
+                let rest = to_run(p.fixtures(&args).output().unwrap());
+                assert_eq!(rest.code, 0, "{rest:?}");
+                assert_each_row_once(&p, n, "count_visits");
+            }
+            outcomes.push(run.code);
+        }
+        println!("reliability: steering races {}: {} races of pause and cancel against a run, outcomes {outcomes:?} (0 done, 16 paused in place then resumed, 17 cancelled), state consistent each time", name(kind), s.races);
+    }
+}
+
+const V1: i64 = 20260101000000;
+const V2: i64 = 20260102000000;
+const V3: i64 = 20260103000000;
