@@ -10,6 +10,7 @@ mod guard;
 mod jobs;
 mod operate;
 mod production;
+mod proxy;
 mod reliability;
 mod schema;
 mod support;

@@ -256,3 +256,118 @@ each_db! {
 const V1: i64 = 20260101000000;
 const V2: i64 = 20260102000000;
 const V3: i64 = 20260103000000;
+
+/// The test server's URL with its traffic sent through `proxy`.
+fn through(p: &Project, proxy: &crate::proxy::Proxy) -> String {
+    let mut url = crate::support::url_parts(&p.db.url);
+    url.set_port(Some(proxy.port)).unwrap();
+    url.to_string()
+}
+
+/// Latency, connection resets and a blackholed connection, between datamig and
+/// the server, mid-run: every run finishes, nothing lost or doubled, and a
+/// silent socket ends in a timeout and a retry, never a hang.
+fn faults_through_a_proxy(kind: Db) {
+    let p = Project::new(kind);
+    let n = 30_000;
+    visits(&p, n);
+    let server = crate::support::url_parts(&p.db.url);
+    let proxy = crate::proxy::Proxy::start(&format!("127.0.0.1:{}", server.port().unwrap()));
+    let url = through(&p, &proxy);
+    let run_args = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "count_visits",
+            "--batch",
+            "500",
+            "--arg",
+            "pause_ms=5",
+            "--progress",
+            "log",
+            "--restart",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let spawn_through = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        p.fixtures(&args)
+            .env("DATABASE_URL", &url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // Latency on every packet: slower, still right.
+    proxy.set_latency(1);
+    let run = to_run(spawn_through(&run_args(&[])).wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_each_row_once(&p, n, "count_visits");
+    proxy.set_latency(0);
+
+    // Every connection reset, three times in one run.
+    // (Each phase starts a new run: the old ones' records go, so that
+    // rows_done is this run's.)
+    p.db.exec("UPDATE visits SET hits = 0");
+    p.db.exec("DELETE FROM datamig_runs");
+    let mut child = spawn_through(&run_args(&[]));
+    for _ in 0..3 {
+        let before = rows_done(&p);
+        wait_for_progress(&p, &mut child, before + 1);
+        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 30));
+        proxy.reset_all();
+    }
+    let run = to_run(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("connection lost"), "{run:?}");
+    assert_each_row_once(&p, n, "count_visits");
+
+    // Silence: the connections stay open and nothing comes back.
+    p.db.exec("UPDATE visits SET hits = 0");
+    p.db.exec("DELETE FROM datamig_runs");
+    let started = Instant::now();
+    let mut child = spawn_through(&run_args(&[
+        "--statement-timeout",
+        "2s",
+        "--lock-timeout",
+        "1s",
+        "--network-timeout",
+        "2s",
+    ]));
+    wait_for_progress(&p, &mut child, 1);
+    proxy.blackhole_all();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let run = to_run(child.wait_with_output().unwrap());
+            panic!("the run hangs on a blackholed connection: {run:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = to_run(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("no answer from the server within 5s"),
+        "{run:?}"
+    );
+    assert_each_row_once(&p, n, "count_visits");
+    println!(
+        "reliability: network faults {}: {} faults through a TCP proxy (latency, 3 resets, a blackhole) in 3 runs of {n} rows, \
+         0 rows lost, 0 visited twice; the blackholed run took {:.1}s",
+        name(kind),
+        proxy.faults.load(std::sync::atomic::Ordering::SeqCst) + 1,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn faults_through_a_proxy_postgres() {
+    faults_through_a_proxy(Db::Postgres);
+}
+
+#[test]
+fn faults_through_a_proxy_mariadb() {
+    faults_through_a_proxy(Db::MySql);
+}

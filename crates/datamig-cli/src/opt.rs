@@ -112,6 +112,13 @@ pub struct RunCmd {
     /// runs out is retried at half the size. Not enforced on SQLite.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, allow_hyphen_values = true)]
     pub statement_timeout: Duration,
+    /// How long past its statement and lock timeouts a batch may wait for the
+    /// server before its connection is taken for dead, dropped, and the batch
+    /// retried on a new one (a dead network path or a frozen server sends no
+    /// error). The server also ends a datamig session left idle inside a batch
+    /// that long, releasing its locks. Off with `--statement-timeout 0`.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub network_timeout: Duration,
     /// Pause after each batch, so that other writers get their turn (on SQLite,
     /// where a run otherwise takes the database's lock again at once) and the load
     /// stays low.

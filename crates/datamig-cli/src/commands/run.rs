@@ -84,6 +84,7 @@ fn options(global: &GlobalOpts, cmd: &RunCmd, settings: &Settings) -> Result<Opt
     opts.read_ahead = !cmd.no_read_ahead;
     opts.lock_timeout = cmd.lock_timeout;
     opts.statement_timeout = (!cmd.statement_timeout.is_zero()).then_some(cmd.statement_timeout);
+    opts.network_timeout = cmd.network_timeout;
     opts.max_retries = cmd.max_retries;
     opts.sleep = cmd.sleep;
     opts.count = match cmd.count {

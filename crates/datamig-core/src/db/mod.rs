@@ -200,7 +200,11 @@ pub(crate) trait Driver {
 
     /// Session settings that bound how long a batch's statement waits for a lock
     /// and how long it may run (`None`: no limit).
-    fn timeouts(lock: Duration, statement: Option<Duration>) -> Vec<String>;
+    /// The session settings for these timeouts; `idle` is how long the server
+    /// lets the session sit idle inside a transaction before ending it (so that
+    /// a session whose client vanished mid-batch releases its locks).
+    fn timeouts(lock: Duration, statement: Option<Duration>, idle: Option<Duration>)
+        -> Vec<String>;
 
     /// Whether a database error passes if the batch is tried again.
     fn transient(err: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Transient>;
@@ -666,8 +670,9 @@ impl Conn {
         &mut self,
         lock: Duration,
         statement: Option<Duration>,
+        idle: Option<Duration>,
     ) -> sqlx::Result<()> {
-        let statements = dispatch_static!(self, D => D::timeouts(lock, statement));
+        let statements = dispatch_static!(self, D => D::timeouts(lock, statement, idle));
         for sql in statements {
             self.script(&sql).await?;
         }

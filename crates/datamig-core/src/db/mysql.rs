@@ -244,7 +244,11 @@ impl Driver for MySql {
         ))
     }
 
-    fn timeouts(lock: std::time::Duration, statement: Option<std::time::Duration>) -> Vec<String> {
+    fn timeouts(
+        lock: std::time::Duration,
+        statement: Option<std::time::Duration>,
+        idle: Option<std::time::Duration>,
+    ) -> Vec<String> {
         // InnoDB row locks and metadata locks wait whole seconds (at least 1);
         // max_statement_time takes fractions, 0 is no limit.
         let lock_secs = lock.as_secs_f64().ceil().max(1.0);
@@ -255,7 +259,22 @@ impl Driver for MySql {
                 "SET SESSION max_statement_time = {:.3}",
                 statement.map_or(0.0, |d| d.as_secs_f64().max(0.001))
             ),
+            // MariaDB 10.3+: whole seconds, 0 is no limit.
+            format!(
+                "SET SESSION idle_transaction_timeout = {:.0}",
+                idle.map_or(0.0, |d| d.as_secs_f64().ceil().max(1.0))
+            ),
         ]
+        .into_iter()
+        // And idle outside one: a session whose client is gone would otherwise keep
+        // the job's named lock for wait_timeout (8 hours by default).
+        .chain(idle.map(|d| {
+            format!(
+                "SET SESSION wait_timeout = {:.0}",
+                d.as_secs_f64().ceil().max(1.0)
+            )
+        }))
+        .collect()
     }
 
     fn transient(err: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Transient> {

@@ -218,12 +218,27 @@ impl Driver for Postgres {
         })
     }
 
-    fn timeouts(lock: std::time::Duration, statement: Option<std::time::Duration>) -> Vec<String> {
+    fn timeouts(
+        lock: std::time::Duration,
+        statement: Option<std::time::Duration>,
+        idle: Option<std::time::Duration>,
+    ) -> Vec<String> {
         // 0 turns a timeout off; a set one is at least 1 ms.
         let ms = |d: std::time::Duration| d.as_millis().max(1);
         vec![
             format!("SET lock_timeout = {}", ms(lock)),
             format!("SET statement_timeout = {}", statement.map_or(0, ms)),
+            format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                idle.map_or(0, ms)
+            ),
+            // And idle outside one (PostgreSQL 14+): a session whose client is gone
+            // would otherwise keep the job's advisory lock until TCP gives up on it.
+            format!(
+                "DO $$ BEGIN IF current_setting('server_version_num')::int >= 140000 THEN \
+                 PERFORM set_config('idle_session_timeout', '{}', false); END IF; END $$",
+                idle.map_or(0, ms)
+            ),
         ]
     }
 

@@ -287,7 +287,11 @@ impl Driver for Sqlite {
     // BEGIN IMMEDIATE already holds the database's write lock for the batch.
     const FOR_UPDATE: &'static str = "";
 
-    fn timeouts(lock: std::time::Duration, _statement: Option<std::time::Duration>) -> Vec<String> {
+    fn timeouts(
+        lock: std::time::Duration,
+        _statement: Option<std::time::Duration>,
+        _idle: Option<std::time::Duration>,
+    ) -> Vec<String> {
         // SQLite has no statement timeout; waiting for the database's lock is
         // the busy timeout.
         vec![format!("PRAGMA busy_timeout = {}", lock.as_millis().max(1))]

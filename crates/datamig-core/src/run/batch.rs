@@ -437,16 +437,29 @@ enum Work<'a> {
 pub(crate) struct Limits {
     pub lock_timeout: Duration,
     pub statement_timeout: Option<Duration>,
+    /// See [`Limits::deadline`].
+    pub network_timeout: Duration,
 }
 
 impl Limits {
     /// Sets up a connection's session for batches: the driver's batch settings
     /// and these timeouts, chosen by datamig rather than inherited from the server.
+    /// How long a whole batch may take before its connection is taken for dead:
+    /// its statement timeout (a batch's statements run one after another, but a
+    /// batch that is not dead ends at the first that runs out), its lock timeout,
+    /// and the network's allowance. A socket whose peer went silent (a dead
+    /// network path, a frozen server) never returns an error by itself. `None`
+    /// without a statement timeout: then no batch is presumed dead.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.statement_timeout
+            .map(|s| s + self.lock_timeout + self.network_timeout)
+    }
+
     pub async fn apply(&self, conn: &mut Conn) -> Result<()> {
         conn.prepare_for_batches()
             .await
             .map_err(|e| failed(conn, "cannot prepare the session for batches", &e))?;
-        conn.set_timeouts(self.lock_timeout, self.statement_timeout)
+        conn.set_timeouts(self.lock_timeout, self.statement_timeout, self.deadline())
             .await
             .map_err(|e| failed(conn, "cannot set the batch timeouts", &e))
     }
@@ -598,7 +611,10 @@ impl<'p> Batches<'p> {
     /// Drops the read in flight and the reader connection, after an error that
     /// may have broken them; the next batch opens a new one.
     pub fn reset(&mut self) {
-        self.in_flight = None;
+        // A read stuck on a dead socket is abandoned, not waited for.
+        if let Some(read) = self.in_flight.take() {
+            read.abort();
+        }
         self.reader = None;
     }
 
@@ -730,6 +746,18 @@ impl<'p> Batches<'p> {
         if let Some(reader) = self.reader.take() {
             reader.close().await;
         }
+    }
+}
+
+/// The error for a batch that had no answer within `deadline`: its connection
+/// is lost, as far as the run can tell, and is replaced before a retry.
+pub(crate) fn unanswered(deadline: Duration) -> Error {
+    Error::Transient {
+        message: format!(
+            "no answer from the server within {:.0}s (the statement and lock timeouts plus --network-timeout)",
+            deadline.as_secs_f64()
+        ),
+        kind: crate::db::Transient::ConnectionLost,
     }
 }
 

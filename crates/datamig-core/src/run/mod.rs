@@ -61,6 +61,9 @@ pub struct Options {
     /// How long a batch's statement may run (`None`: no limit); a batch that
     /// runs out is retried at half the size.
     pub statement_timeout: Option<Duration>,
+    /// How long past its statement and lock timeouts a batch may go unanswered
+    /// before its connection counts as dead (a blackholed socket never errors).
+    pub network_timeout: Duration,
     /// How often a batch that failed transiently (a timeout, a deadlock, a lost
     /// connection) is retried before the run fails.
     pub max_retries: u32,
@@ -96,6 +99,7 @@ impl Options {
             read_ahead: true,
             lock_timeout: Duration::from_secs(5),
             statement_timeout: Some(Duration::from_secs(300)),
+            network_timeout: Duration::from_secs(30),
             max_retries: 10,
             sleep: Duration::ZERO,
             resume_command: String::new(),
@@ -447,6 +451,7 @@ async fn run_locked(
     let limits = batch::Limits {
         lock_timeout: opts.lock_timeout,
         statement_timeout: None,
+        network_timeout: opts.network_timeout,
     };
     limits
         .apply(conn)
@@ -652,7 +657,14 @@ async fn run_locked(
                 break Err(e);
             }
         }
-        match batches.next(conn, cursor.as_deref(), sizer.rows()).await {
+        let next = batches.next(conn, cursor.as_deref(), sizer.rows());
+        let next = match limits.deadline() {
+            Some(deadline) => tokio::time::timeout(deadline, next)
+                .await
+                .unwrap_or_else(|_| Err(batch::unanswered(deadline))),
+            None => next.await,
+        };
+        match next {
             Ok(None) => break Ok(None),
             Ok(Some(done)) => {
                 attempt = 0;
@@ -786,7 +798,7 @@ async fn run_locked(
     throttle.close().await;
     obs.waiting(None);
     let stopped = looped?;
-    if let Err(e) = conn.set_timeouts(opts.lock_timeout, None).await {
+    if let Err(e) = conn.set_timeouts(opts.lock_timeout, None, None).await {
         tracing::warn!("could not lift the statement timeout for the checks: {e}");
     }
     progress.elapsed = started.elapsed();
@@ -915,6 +927,7 @@ async fn dry_run_locked(
     let limits = batch::Limits {
         lock_timeout: opts.lock_timeout,
         statement_timeout: opts.statement_timeout,
+        network_timeout: opts.network_timeout,
     };
     limits.apply(conn).await?;
     let prep = batch::Prepared::new(conn, plan).await?;
@@ -1336,10 +1349,19 @@ async fn reconnect(conn: &mut Conn, lock: &str, limits: &batch::Limits) -> Resul
             message: e.to_string(),
             kind: Transient::ConnectionLost,
         })?;
-    std::mem::replace(conn, fresh).close().await;
+    // Dropped, not closed: a graceful close waits for a server that may never
+    // answer (a blackholed socket hung the run here).
+    drop(std::mem::replace(conn, fresh));
     limits.apply(conn).await?;
-    // The old session's lock goes when its server process ends, a moment after.
-    for _ in 0..50 {
+    // The old session's lock goes when its server process ends: a moment after a
+    // connection the server saw close, or, for one whose client went silent, when
+    // the server's idle timeouts for it (set to the batch deadline) end it.
+    let until = Instant::now()
+        + limits
+            .deadline()
+            .unwrap_or_default()
+            .max(Duration::from_secs(5));
+    while Instant::now() < until {
         if conn.try_lock(lock).await? {
             tracing::info!("reconnected, and holding the job lock again");
             return Ok(());
