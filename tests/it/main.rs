@@ -13,4 +13,5 @@ mod production;
 mod proxy;
 mod reliability;
 mod schema;
+mod server;
 mod support;

@@ -371,3 +371,235 @@ fn faults_through_a_proxy_postgres() {
 fn faults_through_a_proxy_mariadb() {
     faults_through_a_proxy(Db::MySql);
 }
+
+/// The database server restarted mid-run (a test's own server, so the shared
+/// ones stay up): the run waits, reconnects and finishes, nothing lost or doubled.
+fn server_restarted_mid_run(kind: Db) {
+    let server = crate::server::Server::start(kind);
+    let p = Project::with(crate::support::TestDb::on(kind, &server.url()));
+    let n = 30_000;
+    visits(&p, n);
+    let started = Instant::now();
+    let mut child = spawn(
+        &p,
+        &[
+            "run",
+            "count_visits",
+            "--batch",
+            "500",
+            "--arg",
+            "pause_ms=5",
+            "--progress",
+            "log",
+        ],
+    );
+    let mut restarts = 0;
+    for _ in 0..2 {
+        let before = rows_done(&p);
+        wait_for_progress(&p, &mut child, before + 1);
+        server.restart(Duration::from_millis(500));
+        restarts += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!(
+                "the run did not finish after the restarts: {:?}",
+                to_run(child.wait_with_output().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = to_run(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("(connection lost)"), "{run:?}");
+    assert_each_row_once(&p, n, "count_visits");
+    println!(
+        "reliability: server restart {}: {restarts} restarts of the server mid-run ({n} rows), the run reconnected \
+         and finished, 0 rows lost, 0 visited twice ({:.1}s)",
+        name(kind),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn server_restarted_mid_run_postgres() {
+    server_restarted_mid_run(Db::Postgres);
+}
+
+#[test]
+fn server_restarted_mid_run_mariadb() {
+    server_restarted_mid_run(Db::MySql);
+}
+
+/// What a refused command must not have changed: the data, and datamig's tables.
+fn fingerprint(p: &Project) -> Vec<String> {
+    let mut out = vec![
+        format!(
+            "visits {:?}",
+            p.db.query("SELECT count(*), sum(hits) FROM visits")
+        ),
+        format!("users {}", p.db.scalar("SELECT count(*) FROM users")),
+    ];
+    for table in [
+        "datamig_runs",
+        "datamig_rejects",
+        "datamig_schema_history",
+        "datamig_schema_log",
+    ] {
+        out.push(if p.db.table_exists(table) {
+            format!(
+                "{table} {}",
+                p.db.scalar(&format!("SELECT count(*) FROM {table}"))
+            )
+        } else {
+            format!("{table} absent")
+        });
+    }
+    out
+}
+
+/// A user of the test database who may read and nothing else.
+fn read_only_url(p: &Project) -> String {
+    let mut url = crate::support::url_parts(&p.db.url);
+    let user = format!("dm_ro{:08x}", rand::random::<u32>());
+    match p.db.kind {
+        Db::Sqlite => return format!("{}?mode=ro", p.db.url),
+        Db::Postgres => {
+            p.db.exec(&format!("CREATE ROLE {user} LOGIN"));
+            p.db.exec(&format!(
+                "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {user}"
+            ));
+        }
+        Db::MySql => {
+            let db = url.path().trim_start_matches('/').to_string();
+            for host in ["%", "localhost"] {
+                p.db.exec(&format!(
+                    "CREATE USER '{user}'@'{host}' IDENTIFIED BY 'ropw'"
+                ));
+                p.db.exec(&format!("GRANT SELECT ON {db}.* TO '{user}'@'{host}'"));
+            }
+            url.set_password(Some("ropw")).unwrap();
+        }
+    }
+    url.set_username(&user).unwrap();
+    url.to_string()
+}
+
+each_db! {
+    fn bad_inputs_get_one_clear_line_a_documented_code_and_change_nothing(kind: Db) {
+        let p = Project::new(kind);
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for entry in std::fs::read_dir(repo).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, p.path().join("migrations").join(path.file_name().unwrap())).unwrap();
+        }
+        p.ok(&["schema", "upgrade"]);
+        visits(&p, 100);
+        let dir = p.path().to_path_buf();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path.display().to_string()
+        };
+        let secret_url = |url: &str| {
+            let mut u = crate::support::url_parts(url);
+            if kind != Db::Sqlite {
+                u.set_password(Some("secretpw")).unwrap();
+            }
+            u.to_string()
+        };
+        let unreachable = match kind {
+            Db::Sqlite => "sqlite:/nonexistent-dir/x.db".to_string(),
+            Db::Postgres => "postgres://app:secretpw@127.0.0.1:1/db".into(),
+            Db::MySql => "mysql://app:secretpw@127.0.0.1:1/db".into(),
+        };
+        // A database that does not exist; for SQLite, a file that is not one.
+        let no_such_db = if kind == Db::Sqlite {
+            format!("sqlite:{}", file("not-a-database.db", b"hello, this is text\n".repeat(100).as_slice()))
+        } else {
+            let mut u = crate::support::url_parts(&p.db.url);
+            u.set_path("/no_such_database_datamig");
+            u.to_string()
+        };
+        let bad_csv_header = file("latin1.csv", b"id,e\xe9mail\n1,a@example.com\n");
+        let binary = file("binary.csv", &[0xff, 0xfe, 0x00, 0x01, 0x02]);
+        let empty = file("empty.csv", b"");
+        let read_only = read_only_url(&p);
+
+        // (arguments, expected code, what the line must say)
+        let cases: Vec<(Vec<String>, i32, &str)> = vec![
+            // Unknown names.
+            (s(&["run", "no_such_job"]), 2, "unknown job `no_such_job`"),
+            (s(&["verify", "no_such_job"]), 2, "unknown job `no_such_job`"),
+            (s(&["pause", "no_such_job"]), 2, "unknown job `no_such_job`"),
+            (s(&["schema", "upgrade", "20991231235959"]), 2, "no migration with version 20991231235959"),
+            (s(&["schema", "downgrade", "20991231235959"]), 2, "20991231235959"),
+            (s(&["schema", "upgrade", "tomorrow"]), 2, "`tomorrow` is not a target"),
+            (s(&["schema", "downgrade", "-0"]), 2, "not a step count"),
+            (s(&["schema", "downgrade", "-99"]), 2, "only 3 applied"),
+            (s(&["schema", "frobnicate"]), 2, "frobnicate"),
+            (s(&["schema", "new", "Add Users Email"]), 2, "did you mean"),
+            (s(&["resume", "count_visits"]), 2, "no unfinished run"),
+            // URLs and credentials.
+            (s(&["--database-url", "postgres://app:secretpw@127.0.0.1:notaport/db", "schema", "status"]), 3, "URL"),
+            (s(&["--database-url", "mysql://app:secretpw@[bad/db", "schema", "status"]), 3, "URL"),
+            (s(&["--database-url", "http://app:secretpw@x/db", "schema", "status"]), 3, "unsupported database URL scheme `http`"),
+            (s(&["--database-url", "", "schema", "status"]), 3, "URL"),
+            (s(&["--database-url", &unreachable, "schema", "status"]), 4, "cannot connect to"),
+            (s(&["--database-url", &secret_url(&no_such_db), "run", "count_visits"]), 4, ""),
+            (s(&["--env", "staging", "schema", "status"]), 3, "unknown env `staging`"),
+            // Absurd numbers.
+            (s(&["run", "count_visits", "--batch", "0"]), 2, "0 is not in 1..=1000000"),
+            (s(&["run", "count_visits", "--batch", "1000000000000"]), 2, "--batch"),
+            (s(&["run", "count_visits", "--batch", "-1"]), 2, "--batch"),
+            (s(&["run", "count_visits", "--rate", "0"]), 2, "--rate"),
+            (s(&["run", "count_visits", "--rate", "-100"]), 2, "--rate"),
+            (s(&["run", "count_visits", "--max-runtime", "99999999999999999999999s"]), 2, "--max-runtime"),
+            (s(&["run", "count_visits", "--until", "25:00"]), 2, "--until"),
+            (s(&["run", "count_visits", "--sleep", "forever"]), 2, "--sleep"),
+            (s(&["run", "count_visits", "--lock-timeout", "-1s"]), 2, "--lock-timeout"),
+            (s(&["run", "count_visits", "--max-errors", "-1"]), 2, "--max-errors"),
+            (s(&["run", "count_visits", "--max-retries", "99999999999"]), 2, "--max-retries"),
+            (s(&["run", "count_visits", "--batch-min", "500", "--batch-max", "10", "--target-batch-time", "1s"]), 2, "--batch-min"),
+            (s(&["status", "--limit", "0"]), 2, "0 is not in 1..=10000"),
+            // Hostile --arg values and names.
+            (s(&["run", "count_visits", "--arg", "pause_ms=1; DROP TABLE visits"]), 2, "invalid --arg for job count_visits"),
+            (s(&["run", "count_visits", "--arg", "x'); DROP TABLE visits; --=1"]), 2, "unknown field"),
+            (s(&["run", "count_visits", "--arg", "pause_ms=99999999999999999999999"]), 2, "invalid --arg"),
+            (s(&["run", "purge_expired_sessions", "--arg", "older_than=30d' OR '1'='1"]), 2, "is not a duration"),
+            (s(&["run", "count_visits", "--arg", "pause_ms"]), 2, "is not KEY=VALUE"),
+            (s(&["run", "count_visits", "--arg", "=5"]), 2, ""),
+            (s(&["run", "seed_demo_users", "--arg", "rows=99999999999999"]), 2, "rows must be between"),
+            // CSV files.
+            (s(&["run", "import_users", "--arg", "file=/nonexistent/users.csv"]), 2, "/nonexistent/users.csv"),
+            (s(&["run", "import_users", "--arg", &format!("file={bad_csv_header}")]), 2, "not UTF-8"),
+            (s(&["run", "import_users", "--arg", &format!("file={binary}")]), 2, "binary.csv"),
+            (s(&["run", "import_users", "--arg", &format!("file={empty}")]), 2, "empty.csv"),
+            (s(&["run", "import_users", "--arg", &format!("file={}", dir.display())]), 2, ""),
+            // Refused before a read-only user could fail halfway.
+            (s(&["--database-url", &read_only, "run", "count_visits"]), 19, "The database user may not do this"),
+        ];
+        let tried = cases.len();
+        assert!(tried >= 40, "{tried} cases");
+        for (args, code, says) in cases {
+            let before = fingerprint(&p);
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let run = to_run(p.fixtures(&argv).output().unwrap());
+            let lines: Vec<&str> = run.stderr.trim().lines().collect();
+            assert_eq!(run.code, code, "{args:?}: {run:?}");
+            assert_eq!(lines.len(), 1, "{args:?}: one line: {run:?}");
+            assert!(lines[0].starts_with("error: "), "{args:?}: {run:?}");
+            assert!(lines[0].contains(says), "{args:?}: expected {says:?}: {run:?}");
+            assert!(!run.all().contains("secretpw") && !run.all().contains("ropw@"), "{args:?}: a password in {run:?}");
+            assert!(!run.all().contains("panicked"), "{args:?}: {run:?}");
+            assert_eq!(fingerprint(&p), before, "{args:?} changed the database: {run:?}");
+        }
+        println!("reliability: bad inputs {}: {tried} refused, each with one line, its exit code, no password, no change", name(kind));
+    }
+}
+
+fn s(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_string()).collect()
+}

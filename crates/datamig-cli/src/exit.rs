@@ -42,6 +42,8 @@ pub const PAUSED: u8 = 16;
 pub const CANCELLED: u8 = 17;
 /// `run`: more rows were rejected than `--max-errors` allows; the run is saved as failed.
 pub const ERROR_BUDGET: u8 = 18;
+/// The database user lacks a privilege the command needs (named in the message).
+pub const PERMISSION: u8 = 19;
 /// `run`: stopped by Ctrl-C or SIGTERM between batches; run the same command to resume.
 pub const INTERRUPTED: u8 = 130;
 
@@ -69,6 +71,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         Error::Paused(_) => PAUSED,
         Error::Cancelled(_) => CANCELLED,
         Error::ErrorBudget(_) => ERROR_BUDGET,
+        Error::Permission(_) => PERMISSION,
         _ => FAILURE,
     }
 }
@@ -94,5 +97,6 @@ pub const ALL: &[u8] = &[
     PAUSED,
     CANCELLED,
     ERROR_BUDGET,
+    PERMISSION,
     INTERRUPTED,
 ];

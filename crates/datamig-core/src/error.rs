@@ -104,6 +104,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The database user may not do what the command needs (a read-only user, a
+    /// read-only replica or file, a missing grant).
+    #[error("{0}")]
+    Permission(String),
+
     /// A database error in datamig's own bookkeeping, with what datamig was doing.
     #[error("{context}: {message}")]
     Database { context: String, message: String },

@@ -206,6 +206,10 @@ pub(crate) trait Driver {
     fn timeouts(lock: Duration, statement: Option<Duration>, idle: Option<Duration>)
         -> Vec<String>;
 
+    /// Whether a database error says the user lacks a privilege, or the database
+    /// is read-only.
+    fn permission_denied(err: &(dyn sqlx::error::DatabaseError + 'static)) -> bool;
+
     /// Whether a database error passes if the batch is tried again.
     fn transient(err: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Transient>;
 
@@ -304,6 +308,39 @@ fn inline<D: Driver>(sql: &str, params: &[Value]) -> Option<String> {
         }
     }
     values.next().is_none().then_some(out)
+}
+
+/// `err`, from doing `context`, as the engine's error: a missing privilege as
+/// [`Error::Permission`] (its own exit code, and what to do), anything else as a
+/// database error.
+pub(crate) fn error(context: &str, err: &sqlx::Error) -> Error {
+    let denied = match err {
+        sqlx::Error::Database(db) => {
+            let db = db.as_ref();
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                postgres::Postgres::permission_denied(db)
+            } else if db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some()
+            {
+                mysql::MySql::permission_denied(db)
+            } else {
+                sqlite::Sqlite::permission_denied(db)
+            }
+        }
+        _ => false,
+    };
+    if denied {
+        return Error::Permission(format!(
+            "{context}: {}. The database user may not do this: datamig creates and writes its own \
+             tables (datamig_*) and writes the job's tables; grant that, or connect as a user who may",
+            db_message(err)
+        ));
+    }
+    Error::db(context, db_message(err))
 }
 
 /// Runs catalogue queries that each yield one text column, and collects the lines.
@@ -544,7 +581,7 @@ impl Conn {
     /// Two runners creating them at once can collide even with `IF NOT EXISTS`
     /// (PostgreSQL's catalogue race), so creation happens under a lock of its own.
     pub async fn ensure_bookkeeping(&mut self) -> Result<()> {
-        let creating = |e: sqlx::Error| Error::db("cannot create datamig's tables", db_message(&e));
+        let creating = |e: sqlx::Error| error("cannot create datamig's tables", &e);
         if self.bookkeeping_complete().await.map_err(creating)? {
             return Ok(());
         }

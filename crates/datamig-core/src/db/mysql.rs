@@ -277,6 +277,12 @@ impl Driver for MySql {
         .collect()
     }
 
+    fn permission_denied(err: &(dyn sqlx::error::DatabaseError + 'static)) -> bool {
+        // The MariaDB error numbers: 1044 database, 1142 table, 1143 column and
+        // 1227 privilege denied; 1290 --read-only (a replica).
+        matches!(error_number(err), Some(1044 | 1142 | 1143 | 1227 | 1290))
+    }
+
     fn transient(err: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Transient> {
         match error_number(err)? {
             1205 => Some(Transient::LockTimeout),

@@ -242,6 +242,12 @@ impl Driver for Postgres {
         ]
     }
 
+    fn permission_denied(err: &(dyn sqlx::error::DatabaseError + 'static)) -> bool {
+        // insufficient_privilege; read_only_sql_transaction (a standby, or
+        // default_transaction_read_only).
+        matches!(err.code().as_deref(), Some("42501" | "25006"))
+    }
+
     fn transient(err: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Transient> {
         // SQLSTATEs: https://www.postgresql.org/docs/15/errcodes-appendix.html
         match err.code()?.as_ref() {

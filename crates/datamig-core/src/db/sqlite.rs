@@ -123,7 +123,13 @@ impl Driver for Sqlite {
             // each other; an existing file keeps the journal mode its owner chose.
             options = options.journal_mode(SqliteJournalMode::Wal);
         }
-        let conn = SqliteConnection::connect_with(&options).await?;
+        let mut conn = SqliteConnection::connect_with(&options).await?;
+        // SQLite opens any file and fails at the first read: read now, so that a
+        // file that is not a database is a connection error ("file is not a
+        // database"), not a failure halfway into a command.
+        sqlx::query("SELECT count(*) FROM sqlite_master")
+            .fetch_one(&mut conn)
+            .await?;
         Ok(SqliteConn {
             conn,
             path,
@@ -295,6 +301,13 @@ impl Driver for Sqlite {
         // SQLite has no statement timeout; waiting for the database's lock is
         // the busy timeout.
         vec![format!("PRAGMA busy_timeout = {}", lock.as_millis().max(1))]
+    }
+
+    fn permission_denied(err: &(dyn sqlx::error::DatabaseError + 'static)) -> bool {
+        // SQLITE_READONLY (a file opened read-only, or not writable), SQLITE_PERM
+        // and SQLITE_AUTH, with their extended codes.
+        let code: i64 = err.code().and_then(|c| c.parse().ok()).unwrap_or(0);
+        matches!(code & 0xff, 3 | 8 | 23)
     }
 
     fn transient(err: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Transient> {

@@ -678,10 +678,7 @@ fn ms(d: Duration) -> i64 {
 }
 
 fn bookkeeping(e: sqlx::Error) -> Error {
-    Error::db(
-        "cannot record the migration in datamig_schema_history",
-        db_message(&e),
-    )
+    crate::db::error("cannot record the migration in datamig_schema_history", &e)
 }
 
 /// Applies one migration and records it: together in one transaction where the

@@ -73,6 +73,14 @@ fn headers(rdr: &mut csv::Reader<BufReader<File>>, path: &Path) -> Result<Vec<St
             path.display()
         ))
     })?;
+    if headers.is_empty() {
+        // Most likely the wrong file, or one still being written: refuse it,
+        // rather than import nothing and report success.
+        return Err(Error::Usage(format!(
+            "{} is empty: an import file starts with its header line",
+            path.display()
+        )));
+    }
     headers
         .iter()
         .map(|h| {

@@ -1,6 +1,6 @@
 //! `datamig_runs` and `datamig_rejects`: a run's state, cursor and counters.
 
-use crate::db::{db_message, who_am_i, Conn, Value};
+use crate::db::{who_am_i, Conn, Value};
 use crate::{Error, Result};
 
 /// A run's lifecycle.
@@ -172,7 +172,7 @@ fn parse(row: Vec<Value>) -> Result<RunRecord> {
 }
 
 fn failed(context: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
-    move |e| Error::db(context, db_message(&e))
+    move |e| crate::db::error(context, &e)
 }
 
 /// The runs of a job (or of all jobs), newest first.
