@@ -924,3 +924,43 @@ each_db! {
         assert_eq!(p.db.query(&format!("SELECT request FROM datamig_runs WHERE id = {id}"))[0][0], "cancel");
     }
 }
+
+/// A session idle past the batch deadline (here: a --sleep longer than it) is
+/// ended by the server, as datamig asked (idle_session_timeout, wait_timeout):
+/// the next batch finds it gone, reconnects, and the run finishes exactly once.
+fn a_session_ended_for_idling_past_the_deadline_is_replaced(kind: Db) {
+    let p = Project::new(kind);
+    visits(&p, 300);
+    let run = p.run_fixtures(&[
+        "run",
+        "count_visits",
+        "--batch",
+        "100",
+        "--sleep",
+        "4500ms",
+        "--statement-timeout",
+        "1s",
+        "--lock-timeout",
+        "1s",
+        "--network-timeout",
+        "1s",
+        "--progress",
+        "log",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("(connection lost)"),
+        "the idle session was ended: {run:?}"
+    );
+    assert_each_row_once(&p, 300, "count_visits");
+}
+
+#[test]
+fn a_session_ended_for_idling_past_the_deadline_is_replaced_postgres() {
+    a_session_ended_for_idling_past_the_deadline_is_replaced(Db::Postgres);
+}
+
+#[test]
+fn a_session_ended_for_idling_past_the_deadline_is_replaced_mariadb() {
+    a_session_ended_for_idling_past_the_deadline_is_replaced(Db::MySql);
+}

@@ -52,6 +52,7 @@ impl Server {
                     .expect("initdb under /usr/lib/postgresql/*/bin");
                 run(Command::new("chown").args(["postgres:postgres"]).arg(&dir));
                 run(Command::new("runuser")
+                    .current_dir("/")
                     .args(["-u", "postgres", "--"])
                     .arg(bin.join("initdb"))
                     .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
@@ -93,6 +94,7 @@ impl Server {
     fn up(&self) {
         match self.kind {
             Db::Postgres => run(Command::new("runuser")
+                .current_dir("/")
                 .args(["-u", "postgres", "--"])
                 .arg(self.bin.join("pg_ctl"))
                 .arg("-D")
@@ -151,6 +153,7 @@ impl Server {
         match self.kind {
             Db::Postgres => {
                 let _ = Command::new("runuser")
+                    .current_dir("/")
                     .args(["-u", "postgres", "--"])
                     .arg(self.bin.join("pg_ctl"))
                     .arg("-D")

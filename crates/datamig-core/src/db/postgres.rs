@@ -254,10 +254,11 @@ impl Driver for Postgres {
             "55P03" => Some(Transient::LockTimeout),
             "57014" => Some(Transient::StatementTimeout),
             "40001" | "40P01" => Some(Transient::Deadlock),
-            // Terminated by an administrator or a shutdown, or the connection broke.
-            "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006" | "08001" | "08004" => {
-                Some(Transient::ConnectionLost)
-            }
+            // Terminated by an administrator or a shutdown, or the connection broke;
+            // or ended by the idle timeouts datamig sets (25P03, 57P05: a session left
+            // idle past the batch deadline, by a long --sleep or a pause).
+            "57P01" | "57P02" | "57P03" | "57P05" | "25P03" | "08000" | "08003" | "08006"
+            | "08001" | "08004" => Some(Transient::ConnectionLost),
             _ => None,
         }
     }

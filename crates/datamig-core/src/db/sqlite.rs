@@ -123,13 +123,35 @@ impl Driver for Sqlite {
             // each other; an existing file keeps the journal mode its owner chose.
             options = options.journal_mode(SqliteJournalMode::Wal);
         }
-        let mut conn = SqliteConnection::connect_with(&options).await?;
+        // Runners that start together on a file that does not exist yet all set WAL
+        // on it; the switch takes the file's lock without the busy handler, so a
+        // runner may be told "database is locked" at once: wait as a busy timeout would.
+        let started = std::time::Instant::now();
+        let mut conn = loop {
+            match SqliteConnection::connect_with(&options).await {
+                Err(sqlx::Error::Database(db))
+                    if db.code().is_some_and(|c| c == "5" || c == "6")
+                        && started.elapsed() < std::time::Duration::from_secs(30) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => break other?,
+            }
+        };
         // SQLite opens any file and fails at the first read: read now, so that a
-        // file that is not a database is a connection error ("file is not a
-        // database"), not a failure halfway into a command.
-        sqlx::query("SELECT count(*) FROM sqlite_master")
+        // file that is not a database (SQLITE_NOTADB) is a connection error, not a
+        // failure halfway into a command. Anything else (a peer holding the lock
+        // while it creates the file) is left to the commands, which wait for it.
+        if let Err(e) = sqlx::query("SELECT count(*) FROM sqlite_master")
             .fetch_one(&mut conn)
-            .await?;
+            .await
+        {
+            if let sqlx::Error::Database(db) = &e {
+                if db.code().as_deref() == Some("26") {
+                    return Err(e);
+                }
+            }
+        }
         Ok(SqliteConn {
             conn,
             path,

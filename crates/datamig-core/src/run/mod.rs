@@ -798,6 +798,12 @@ async fn run_locked(
     throttle.close().await;
     obs.waiting(None);
     let stopped = looped?;
+    // The loop may end on a connection the server has since ended (idle past the
+    // batch deadline in a last --sleep, or lost as the last batch committed): the
+    // checks and the run's record need a live one.
+    if !alive(conn).await {
+        reconnect(conn, &job_lock(job), &limits).await?;
+    }
     if let Err(e) = conn.set_timeouts(opts.lock_timeout, None, None).await {
         tracing::warn!("could not lift the statement timeout for the checks: {e}");
     }
