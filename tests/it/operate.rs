@@ -964,3 +964,64 @@ fn a_session_ended_for_idling_past_the_deadline_is_replaced_postgres() {
 fn a_session_ended_for_idling_past_the_deadline_is_replaced_mariadb() {
     a_session_ended_for_idling_past_the_deadline_is_replaced(Db::MySql);
 }
+
+each_db! {
+    fn notify_command_gets_the_outcome_as_json_however_the_run_ends(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 300);
+        let out = p.path().join("notified.json");
+        let notify = format!("cat > '{}'; echo \"$DATAMIG_JOB $DATAMIG_STATE\" >> '{}.env'", out.display(), out.display());
+        let read = || -> serde_json::Value {
+            serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap()
+        };
+        // Completed.
+        let run = p.run_fixtures(&["run", "count_visits", "--batch", "100", "--notify-command", &notify]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let json = read();
+        assert_eq!(json["state"], "completed", "{json}");
+        assert_eq!(json["exit_code"], 0, "{json}");
+        assert_eq!(json["rows_done"], 300, "{json}");
+        // Failed before it could start: the job's table is not there.
+        p.db.exec("DROP TABLE visits");
+        let run = p.run_fixtures(&["run", "count_visits", "--notify-command", &notify]);
+        assert_eq!(run.code, 14, "{run:?}");
+        let json = read();
+        assert_eq!(json["state"], "failed", "{json}");
+        assert_eq!(json["exit_code"], 14, "{json}");
+        assert!(json["error"].as_str().unwrap().contains("visits"), "{json}");
+        // Cannot connect: the alert that matters at night; no password in it.
+        let unreachable = match kind {
+            Db::Sqlite => "sqlite:/nonexistent-dir/x.db".to_string(),
+            Db::Postgres => "postgres://app:secretpw@127.0.0.1:1/db".into(),
+            Db::MySql => "mysql://app:secretpw@127.0.0.1:1/db".into(),
+        };
+        let run = p.run_fixtures(&["--database-url", &unreachable, "run", "count_visits", "--notify-command", &notify]);
+        assert_eq!(run.code, 4, "{run:?}");
+        let json = read();
+        assert_eq!(json["exit_code"], 4, "{json}");
+        assert!(!json.to_string().contains("secretpw"), "{json}");
+        let env = std::fs::read_to_string(format!("{}.env", out.display())).unwrap();
+        assert_eq!(env, "count_visits completed\ncount_visits failed\ncount_visits failed\n");
+        // A failing notify command is reported and changes nothing else.
+        p.db.exec("CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, hits INT NOT NULL DEFAULT 0)");
+        p.db.fill_ids("visits", 10);
+        let run = p.run_fixtures(&["run", "count_visits", "--restart", "--notify-command", "exit 3"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stderr.contains("warning: --notify-command failed (exit status: 3)"), "{run:?}");
+    }
+}
+
+each_db! {
+    fn slow_batches_and_a_long_run_are_warned_about(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 300);
+        let run = p.run_fixtures(&["run", "count_visits", "--batch", "100", "--warn-batch-time", "0ms", "--warn-run-time", "0s", "--progress", "log"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(run.stderr.matches("more than --warn-batch-time 0 ms").count(), 3, "one per batch: {run:?}");
+        assert_eq!(run.stderr.matches("warning: the run has taken").count(), 1, "once: {run:?}");
+        p.db.exec("UPDATE visits SET hits = 0");
+        let quiet = p.run_fixtures(&["run", "count_visits_sql", "--batch", "100", "--warn-batch-time", "1h", "--warn-run-time", "1h", "--progress", "log"]);
+        assert_eq!(quiet.code, 0, "{quiet:?}");
+        assert!(!quiet.stderr.contains("warning:"), "{quiet:?}");
+    }
+}

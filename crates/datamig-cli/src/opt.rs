@@ -141,6 +141,19 @@ pub struct RunCmd {
     /// Print nothing but one summary line (and errors): for cron.
     #[arg(long, conflicts_with = "json")]
     pub quiet: bool,
+    /// When the invocation ends, however it ends (completed, stopped by its time
+    /// window, paused, cancelled, failed, refused as overlapping, unable to
+    /// connect), run this shell command with the outcome as one JSON object on
+    /// its standard input (for alerting). It does not change datamig's exit code.
+    #[arg(long, value_name = "CMD")]
+    pub notify_command: Option<String>,
+    /// Warn when a batch holds its transaction (its locks) longer than this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub warn_batch_time: Option<Duration>,
+    /// Warn, once, when the run has taken longer than this (a nightly job
+    /// running late); it goes on.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub warn_run_time: Option<Duration>,
 
     /// At most this many rows a second over the whole run (2000, 2000/s,
     /// 120000/m, 500000/h), or batches with b (5b/s).

@@ -85,6 +85,8 @@ fn options(global: &GlobalOpts, cmd: &RunCmd, settings: &Settings) -> Result<Opt
     opts.lock_timeout = cmd.lock_timeout;
     opts.statement_timeout = (!cmd.statement_timeout.is_zero()).then_some(cmd.statement_timeout);
     opts.network_timeout = cmd.network_timeout;
+    opts.warn_batch_time = cmd.warn_batch_time;
+    opts.warn_run_time = cmd.warn_run_time;
     opts.max_retries = cmd.max_retries;
     opts.sleep = cmd.sleep;
     opts.count = match cmd.count {
@@ -205,7 +207,11 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
         }
         Ok(outcome)
     })
-    .await?;
+    .await
+    .and_then(|outcome| outcome.map_err(anyhow::Error::from));
+    if let Some(command) = &cmd.notify_command {
+        notify(command, job.name(), &outcome).await;
+    }
     // An error is one `error:` line on stderr (what cron mails), with its exit code.
     let report = outcome?;
     let summary = Summary::of(job.name(), &report);
@@ -226,6 +232,68 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
         ));
     }
     Ok(())
+}
+
+/// How long `--notify-command` may take before it is stopped.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `--notify-command` with the invocation's outcome as JSON on its stdin:
+/// the run's summary (as `--json` prints it) when it ended without an error,
+/// else the job, the state, the error's line and the exit code. A command that
+/// fails or hangs is reported on stderr; it never changes the exit code.
+async fn notify(command: &str, job: &str, outcome: &Result<run::Report>) {
+    let json = match outcome {
+        Ok(report) => {
+            let mut json = Summary::of(job, report).json();
+            json["exit_code"] = 0.into();
+            json
+        }
+        Err(err) => {
+            let code = crate::exit::code_for(err);
+            let state = match code {
+                crate::exit::PAUSED => "paused",
+                crate::exit::CANCELLED => "cancelled",
+                crate::exit::INTERRUPTED => "interrupted",
+                crate::exit::ALREADY_RUNNING => "already_running",
+                crate::exit::VERIFICATION_FAILED => "verification_failed",
+                _ => "failed",
+            };
+            serde_json::json!({"job": job, "state": state, "error": format!("{err:#}"), "exit_code": code})
+        }
+    };
+    let spawned = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .env("DATAMIG_JOB", job)
+        .env("DATAMIG_STATE", json["state"].as_str().unwrap_or(""))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => return warn(&format!("--notify-command could not start: {e}")),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt as _;
+        // A command that does not read its input still runs.
+        let _ = stdin.write_all(format!("{json}\n").as_bytes()).await;
+    }
+    match tokio::time::timeout(NOTIFY_TIMEOUT, child.wait()).await {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => warn(&format!("--notify-command failed ({status})")),
+        Ok(Err(e)) => warn(&format!("--notify-command failed: {e}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            warn(&format!(
+                "--notify-command did not finish within {}s; stopped",
+                NOTIFY_TIMEOUT.as_secs()
+            ));
+        }
+    }
+}
+
+fn warn(message: &str) {
+    crate::output::error(&format!("warning: {message}"));
 }
 
 /// What a finished invocation says: one line for cron, timings, JSON.

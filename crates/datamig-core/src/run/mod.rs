@@ -64,6 +64,10 @@ pub struct Options {
     /// How long past its statement and lock timeouts a batch may go unanswered
     /// before its connection counts as dead (a blackholed socket never errors).
     pub network_timeout: Duration,
+    /// Warn when a batch's transaction takes longer than this.
+    pub warn_batch_time: Option<Duration>,
+    /// Warn (once) when the run has taken longer than this.
+    pub warn_run_time: Option<Duration>,
     /// How often a batch that failed transiently (a timeout, a deadlock, a lost
     /// connection) is retried before the run fails.
     pub max_retries: u32,
@@ -100,6 +104,8 @@ impl Options {
             lock_timeout: Duration::from_secs(5),
             statement_timeout: Some(Duration::from_secs(300)),
             network_timeout: Duration::from_secs(30),
+            warn_batch_time: None,
+            warn_run_time: None,
             max_retries: 10,
             sleep: Duration::ZERO,
             resume_command: String::new(),
@@ -603,6 +609,7 @@ async fn run_locked(
     // Retries of the batch at hand.
     let mut attempt = 0_u32;
     let mut last_batch = Duration::ZERO;
+    let mut warned_run_time = false;
     let looped: Result<Option<String>> = loop {
         if stop.load(Ordering::SeqCst) {
             break Err(
@@ -684,6 +691,26 @@ async fn run_locked(
                 cursor = Some(done.cursor);
                 last_batch = done.transaction;
                 sizer.after_batch(done.counts.rows, done.transaction);
+                if let Some(max) = opts.warn_batch_time.filter(|max| done.transaction > *max) {
+                    obs.message(&format!(
+                        "warning: batch {} held its transaction {} ms, more than --warn-batch-time {} ms",
+                        progress.batches,
+                        done.transaction.as_millis(),
+                        max.as_millis()
+                    ));
+                }
+                if let Some(max) = opts
+                    .warn_run_time
+                    .filter(|max| !warned_run_time && started.elapsed() > *max)
+                {
+                    warned_run_time = true;
+                    obs.message(&format!(
+                        "warning: the run has taken {:.0}s, more than --warn-run-time {:.0}s, and is at {}",
+                        started.elapsed().as_secs_f64(),
+                        max.as_secs_f64(),
+                        at(plan, &progress.position)
+                    ));
+                }
                 obs.batch(&progress);
                 if let Some(max) = opts.max_errors {
                     if progress.rows_rejected > max {
