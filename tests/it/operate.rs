@@ -1025,3 +1025,31 @@ each_db! {
         assert!(!quiet.stderr.contains("warning:"), "{quiet:?}");
     }
 }
+
+each_db! {
+    fn the_run_history_records_every_batch(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 1_000);
+        let run = p.run_fixtures(&["run", "count_visits", "--batch", "100", "--rate", "2000"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let status = p.run_fixtures(&["status", "count_visits", "--json", "--batches", "50"]);
+        assert_eq!(status.code, 0, "{status:?}");
+        let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+        let batches = json[0]["batches"].as_array().unwrap();
+        let numbers: Vec<i64> = batches.iter().map(|b| b["batch"].as_i64().unwrap()).collect();
+        assert_eq!(numbers, (1..=10).collect::<Vec<_>>(), "{json}");
+        assert_eq!(batches.iter().map(|b| b["rows"].as_i64().unwrap()).sum::<i64>(), 1_000);
+        assert_eq!(batches.iter().map(|b| b["changed"].as_i64().unwrap()).sum::<i64>(), 1_000);
+        // --rate 2000 at 100 rows a batch: the limiter held most batches back.
+        let waited: i64 = batches.iter().map(|b| b["waited_ms"].as_i64().unwrap()).sum();
+        assert!(waited >= 200, "{json}");
+        assert!(batches.iter().all(|b| b["at_ms"].as_i64().unwrap() > 1_700_000_000_000), "{json}");
+        let text = p.run_fixtures(&["status", "count_visits", "--batches", "3"]);
+        assert_eq!(text.code, 0, "{text:?}");
+        assert!(text.stdout.contains("last 3 batches of run 1:"), "{text:?}");
+        let section = text.stdout.split("last 3 batches of run 1:").nth(1).unwrap();
+        assert_eq!(section.lines().filter(|l| l.trim_end().ends_with('Z')).count(), 3, "{text:?}");
+        let refused = p.run_fixtures(&["status", "--batches"]);
+        assert_eq!(refused.code, 2, "{refused:?}");
+    }
+}

@@ -70,6 +70,11 @@ pub enum Command {
         /// How many runs to show.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
+        /// With a job: the newest run's last N batches (default 20): size, time,
+        /// rows changed, time waited before each, retries.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "20",
+              value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        batches: Option<i64>,
     },
     /// Run a job's verification queries now.
     Verify {

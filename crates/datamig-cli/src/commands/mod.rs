@@ -20,9 +20,12 @@ pub async fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
         Command::Schema(cmd) => schema::run(&cli.global, cmd).await,
         Command::Jobs => jobs::run(registry),
         Command::Run(cmd) => run::run(&cli.global, registry, *cmd).await,
-        Command::Status { job, json, limit } => {
-            status::run(&cli.global, job.as_deref(), json, limit).await
-        }
+        Command::Status {
+            job,
+            json,
+            limit,
+            batches,
+        } => status::run(&cli.global, job.as_deref(), json, limit, batches).await,
         Command::Verify { job, args } => run::verify(&cli.global, registry, &job, &args).await,
         Command::Pause { job } => steer::run(&cli.global, registry, &job, Action::Pause).await,
         Command::Resume { job } => steer::run(&cli.global, registry, &job, Action::Resume).await,

@@ -60,12 +60,36 @@ fn position(r: &RunRecord) -> String {
     }
 }
 
-pub async fn run(global: &GlobalOpts, job: Option<&str>, json: bool, limit: i64) -> Result<()> {
+/// When a batch committed, as UTC text.
+fn at_text(at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms).map_or_else(
+        || "-".into(),
+        |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    )
+}
+
+pub async fn run(
+    global: &GlobalOpts,
+    job: Option<&str>,
+    json: bool,
+    limit: i64,
+    batches: Option<i64>,
+) -> Result<()> {
+    if batches.is_some() && job.is_none() {
+        return Err(datamig_core::Error::Usage(
+            "--batches shows one run's batches: name the job, as in `datamig status <job> --batches`".into(),
+        )
+        .into());
+    }
     let settings = settings(global)?;
     with_conn(global, &settings, async |conn| {
         let runs = store::list(conn, job, limit).await?;
+        let history = match (batches, runs.first()) {
+            (Some(n), Some(r)) => store::batches(conn, r.id, n).await?,
+            _ => Vec::new(),
+        };
         if json {
-            let items: Vec<serde_json::Value> = runs
+            let mut items: Vec<serde_json::Value> = runs
                 .iter()
                 .map(|r| {
                     json!({
@@ -82,6 +106,9 @@ pub async fn run(global: &GlobalOpts, job: Option<&str>, json: bool, limit: i64)
                     })
                 })
                 .collect();
+            if let (Some(_), Some(first)) = (batches, items.first_mut()) {
+                first["batches"] = serde_json::to_value(&history)?;
+            }
             line(&serde_json::to_string_pretty(&items)?);
             return Ok(());
         }
@@ -141,6 +168,19 @@ pub async fn run(global: &GlobalOpts, job: Option<&str>, json: bool, limit: i64)
             }
             if let Some(checks) = r.verification.as_deref().and_then(|v| serde_json::from_str::<Vec<CheckResult>>(v).ok()) {
                 super::run::print_checks(&checks);
+            }
+            if batches.is_some() {
+                line(&format!("last {} batches of run {}:", history.len(), r.id));
+                line(&format!(
+                    "  {:>7}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}  {:>7}  COMMITTED",
+                    "BATCH", "ROWS", "CHANGED", "REJECTED", "MS", "WAITED MS", "RETRIES"
+                ));
+                for b in &history {
+                    line(&format!(
+                        "  {:>7}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}  {:>7}  {}",
+                        b.batch, b.rows, b.changed, b.rejected, b.ms, b.waited_ms, b.retries, at_text(b.at_ms)
+                    ));
+                }
             }
             let rejects = store::rejects(conn, r.id, 20).await?;
             if !rejects.is_empty() {

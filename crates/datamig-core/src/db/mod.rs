@@ -400,6 +400,7 @@ pub const BOOKKEEPING_TABLES: &[&str] = &[
     "datamig_schema_log",
     "datamig_runs",
     "datamig_rejects",
+    "datamig_batches",
 ];
 
 enum Inner {

@@ -141,6 +141,18 @@ impl Driver for MySql {
             reason TEXT NOT NULL,
             at DATETIME(6) NOT NULL
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        "CREATE TABLE IF NOT EXISTS datamig_batches (
+            run_id BIGINT NOT NULL,
+            batch BIGINT NOT NULL,
+            rows_done BIGINT NOT NULL,
+            rows_changed BIGINT NOT NULL,
+            rows_rejected BIGINT NOT NULL,
+            ms BIGINT NOT NULL,
+            waited_ms BIGINT NOT NULL,
+            retries BIGINT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            PRIMARY KEY (run_id, batch)
+        ) ENGINE=InnoDB",
     ];
 
     async fn connect(

@@ -317,6 +317,18 @@ impl Driver for Postgres {
             reason TEXT NOT NULL,
             at TIMESTAMPTZ NOT NULL
         )",
+        "CREATE TABLE IF NOT EXISTS datamig_batches (
+            run_id BIGINT NOT NULL,
+            batch BIGINT NOT NULL,
+            rows_done BIGINT NOT NULL,
+            rows_changed BIGINT NOT NULL,
+            rows_rejected BIGINT NOT NULL,
+            ms BIGINT NOT NULL,
+            waited_ms BIGINT NOT NULL,
+            retries BIGINT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            PRIMARY KEY (run_id, batch)
+        )",
     ];
 
     async fn connect(

@@ -110,6 +110,18 @@ impl Driver for Sqlite {
             reason TEXT NOT NULL,
             at TEXT NOT NULL
         )",
+        "CREATE TABLE IF NOT EXISTS datamig_batches (
+            run_id INTEGER NOT NULL,
+            batch INTEGER NOT NULL,
+            rows_done INTEGER NOT NULL,
+            rows_changed INTEGER NOT NULL,
+            rows_rejected INTEGER NOT NULL,
+            ms INTEGER NOT NULL,
+            waited_ms INTEGER NOT NULL,
+            retries INTEGER NOT NULL,
+            at_ms INTEGER NOT NULL,
+            PRIMARY KEY (run_id, batch)
+        )",
     ];
 
     async fn connect(url: &DatabaseUrl, _opts: &ConnectOptions) -> Result<SqliteConn, sqlx::Error> {

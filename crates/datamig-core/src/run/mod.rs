@@ -16,6 +16,7 @@
 mod batch;
 mod csv_source;
 pub mod cursor;
+mod history;
 pub mod pace;
 pub mod steer;
 pub mod store;
@@ -606,6 +607,8 @@ async fn run_locked(
     });
     let mut poller = steer::Poller::new();
     let mut waits = Waits::default();
+    let mut history = history::History::new(run_id, waits.total);
+    let history_limit = opts.network_timeout.max(Duration::from_secs(1));
     // Retries of the batch at hand.
     let mut attempt = 0_u32;
     let mut last_batch = Duration::ZERO;
@@ -674,6 +677,7 @@ async fn run_locked(
         match next {
             Ok(None) => break Ok(None),
             Ok(Some(done)) => {
+                let retries = attempt;
                 attempt = 0;
                 progress.rows_done += done.counts.rows;
                 progress.rows_this_process += done.counts.rows;
@@ -691,6 +695,14 @@ async fn run_locked(
                 cursor = Some(done.cursor);
                 last_batch = done.transaction;
                 sizer.after_batch(done.counts.rows, done.transaction);
+                history.committed(
+                    progress.batches,
+                    &done.counts,
+                    done.transaction,
+                    waits.total,
+                    retries,
+                );
+                history.flush_if_due(conn, history_limit).await;
                 if let Some(max) = opts.warn_batch_time.filter(|max| done.transaction > *max) {
                     obs.message(&format!(
                         "warning: batch {} held its transaction {} ms, more than --warn-batch-time {} ms",
@@ -824,13 +836,17 @@ async fn run_locked(
     batches.close().await;
     throttle.close().await;
     obs.waiting(None);
-    let stopped = looped?;
     // The loop may end on a connection the server has since ended (idle past the
     // batch deadline in a last --sleep, or lost as the last batch committed): the
-    // checks and the run's record need a live one.
-    if !alive(conn).await {
+    // history, the checks and the run's record need a live one.
+    let live = tokio::time::timeout(history_limit, alive(conn))
+        .await
+        .unwrap_or(false);
+    if !live && looped.is_ok() {
         reconnect(conn, &job_lock(job), &limits).await?;
     }
+    history.flush(conn, history_limit).await;
+    let stopped = looped?;
     if let Err(e) = conn.set_timeouts(opts.lock_timeout, None, None).await {
         tracing::warn!("could not lift the statement timeout for the checks: {e}");
     }

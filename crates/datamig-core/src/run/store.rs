@@ -489,6 +489,98 @@ pub fn not_running(err: &sqlx::Error) -> bool {
         && db.message().contains("\"state\""))
 }
 
+/// One committed batch, for the run's history (`datamig status <job> --batches`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BatchRecord {
+    /// The batch's number in its run, from 1.
+    pub batch: i64,
+    pub rows: i64,
+    pub changed: i64,
+    pub rejected: i64,
+    /// BEGIN to the end of COMMIT.
+    pub ms: i64,
+    /// Time spent waiting before it (throttles, rate limit, pause, retry backoff).
+    pub waited_ms: i64,
+    /// How many times it failed transiently before it committed.
+    pub retries: i64,
+    /// When it committed: milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// Appends committed batches to the run's history, many per statement. Written
+/// outside the batches' transactions, a few times a second at most: the history
+/// never lengthens a batch's locks, and a crash loses at most its last moments
+/// (never a batch's data or its checkpoint).
+pub async fn record_batches(
+    conn: &mut Conn,
+    run_id: i64,
+    batches: &[BatchRecord],
+) -> sqlx::Result<()> {
+    // 9 values a row: 200 rows stay under every database's parameter limit.
+    for chunk in batches.chunks(200) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO datamig_batches (run_id, batch, rows_done, rows_changed, rows_rejected, ms, waited_ms, retries, at_ms) \
+             VALUES {values}"
+        );
+        let params: Vec<Value> = chunk
+            .iter()
+            .flat_map(|b| {
+                [
+                    run_id.into(),
+                    b.batch.into(),
+                    b.rows.into(),
+                    b.changed.into(),
+                    b.rejected.into(),
+                    b.ms.into(),
+                    b.waited_ms.into(),
+                    b.retries.into(),
+                    b.at_ms.into(),
+                ]
+            })
+            .collect();
+        conn.execute(&sql, &params).await?;
+    }
+    Ok(())
+}
+
+/// The run's last `limit` batches, oldest first.
+pub async fn batches(conn: &mut Conn, run_id: i64, limit: i64) -> Result<Vec<BatchRecord>> {
+    if !conn
+        .table_exists("datamig_batches")
+        .await
+        .map_err(failed("cannot read datamig_batches"))?
+    {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT batch, rows_done, rows_changed, rows_rejected, ms, waited_ms, retries, at_ms FROM datamig_batches \
+         WHERE run_id = ? ORDER BY batch DESC LIMIT {limit}"
+    );
+    let rows = conn
+        .fetch(&sql, &[run_id.into()])
+        .await
+        .map_err(failed("cannot read datamig_batches"))?;
+    let mut out: Vec<BatchRecord> = rows
+        .into_iter()
+        .map(|r| {
+            let n = |i: usize| r.get(i).and_then(Value::as_i64).unwrap_or(0);
+            BatchRecord {
+                batch: n(0),
+                rows: n(1),
+                changed: n(2),
+                rejected: n(3),
+                ms: n(4),
+                waited_ms: n(5),
+                retries: n(6),
+                at_ms: n(7),
+            }
+        })
+        .collect();
+    out.reverse();
+    Ok(out)
+}
+
 /// Records rejected rows (inside the batch's transaction).
 pub async fn reject(
     conn: &mut Conn,

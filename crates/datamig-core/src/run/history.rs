@@ -1,0 +1,90 @@
+//! The run's history: one record per committed batch (size, time, rows changed,
+//! time waited for throttles before it, retries), kept in `datamig_batches` for
+//! `datamig status <job> --batches`. Records are buffered and written in one
+//! statement at most every [`History::EVERY`] (or [`History::MAX`] records),
+//! outside the batches' transactions: the history never lengthens a batch's
+//! locks, and a crash loses at most its last second, never a batch's data or its
+//! checkpoint.
+
+use std::time::{Duration, Instant};
+
+use super::store::{self, BatchRecord};
+use crate::db::Conn;
+
+pub(crate) struct History {
+    run_id: i64,
+    pending: Vec<BatchRecord>,
+    flushed: Instant,
+    /// The run's wait total when the last batch committed.
+    waited_until_last: Duration,
+}
+
+impl History {
+    pub const EVERY: Duration = Duration::from_secs(1);
+    pub const MAX: usize = 200;
+
+    pub fn new(run_id: i64, waited: Duration) -> History {
+        History {
+            run_id,
+            pending: Vec::new(),
+            flushed: Instant::now(),
+            waited_until_last: waited,
+        }
+    }
+
+    /// Notes a committed batch: `waited` is the run's total wait so far, and
+    /// `retries` how often the batch failed before it committed.
+    pub fn committed(
+        &mut self,
+        batch: i64,
+        counts: &store::BatchCounts,
+        transaction: Duration,
+        waited: Duration,
+        retries: u32,
+    ) {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        self.pending.push(BatchRecord {
+            batch,
+            rows: counts.rows,
+            changed: counts.changed,
+            rejected: counts.rejected,
+            ms: ms(transaction),
+            waited_ms: ms(waited.saturating_sub(self.waited_until_last)),
+            retries: i64::from(retries),
+            at_ms: chrono::Utc::now().timestamp_millis(),
+        });
+        self.waited_until_last = waited;
+    }
+
+    /// Writes the buffered records if it is time to.
+    pub async fn flush_if_due(&mut self, conn: &mut Conn, limit: Duration) {
+        if self.pending.len() >= Self::MAX || self.flushed.elapsed() >= Self::EVERY {
+            self.flush(conn, limit).await;
+        }
+    }
+
+    /// Writes the buffered records, within `limit` (a dead connection must not
+    /// hold the run up). A failure is a warning: the history is a record of the
+    /// run, not part of its work, and those records are dropped.
+    pub async fn flush(&mut self, conn: &mut Conn, limit: Duration) {
+        self.flushed = Instant::now();
+        if self.pending.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.pending);
+        match tokio::time::timeout(limit, store::record_batches(conn, self.run_id, &records)).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "could not record {} batches in datamig_batches: {}",
+                records.len(),
+                crate::db::db_message(&e)
+            ),
+            Err(_) => tracing::warn!(
+                "could not record {} batches in datamig_batches: no answer within {}s",
+                records.len(),
+                limit.as_secs()
+            ),
+        }
+    }
+}
