@@ -1053,3 +1053,32 @@ each_db! {
         assert_eq!(refused.code, 2, "{refused:?}");
     }
 }
+
+each_db! {
+    fn json_logs_carry_the_run_and_each_batchs_figures(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 300);
+        let out = p
+            .fixtures(&["--log-format", "json", "run", "count_visits", "--batch", "100", "--progress", "none"])
+            .env("RUST_LOG", "datamig_core=debug")
+            .output()
+            .unwrap();
+        let run = to_run(out);
+        assert_eq!(run.code, 0, "{run:?}");
+        let events: Vec<serde_json::Value> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let batches: Vec<&serde_json::Value> = events.iter().filter(|e| e["fields"]["message"] == "batch committed").collect();
+        assert_eq!(batches.len(), 3, "{run:?}");
+        for (i, e) in batches.iter().enumerate() {
+            assert_eq!(e["span"]["job"], "count_visits", "{e}");
+            assert_eq!(e["span"]["run_id"], 1, "{e}");
+            assert_eq!(e["fields"]["batch"], i64::try_from(i).unwrap() + 1, "{e}");
+            assert_eq!(e["fields"]["rows"], 100, "{e}");
+            assert!(e["fields"]["transaction_ms"].is_u64(), "{e}");
+        }
+    }
+}

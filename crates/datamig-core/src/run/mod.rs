@@ -430,7 +430,11 @@ pub async fn run(
             job.name()
         )));
     }
-    let result = run_locked(conn, job, args, &plan, opts, stop, obs).await;
+    // Every event of the run carries its job and run id (`--log-format json`).
+    let span = tracing::info_span!("run", job = job.name(), run_id = tracing::field::Empty);
+    let result =
+        tracing::Instrument::instrument(run_locked(conn, job, args, &plan, opts, stop, obs), span)
+            .await;
     if let Err(e) = conn.unlock(&lock).await {
         tracing::warn!(
             "could not release the job lock cleanly ({e}); closing the connection releases it"
@@ -607,6 +611,7 @@ async fn run_locked(
     });
     let mut poller = steer::Poller::new();
     let mut waits = Waits::default();
+    tracing::Span::current().record("run_id", run_id);
     let mut history = history::History::new(run_id, waits.total);
     let history_limit = opts.network_timeout.max(Duration::from_secs(1));
     // Retries of the batch at hand.
@@ -701,6 +706,16 @@ async fn run_locked(
                     done.transaction,
                     waits.total,
                     retries,
+                );
+                tracing::debug!(
+                    batch = progress.batches,
+                    rows = done.counts.rows,
+                    changed = done.counts.changed,
+                    rejected = done.counts.rejected,
+                    transaction_ms = u64::try_from(done.transaction.as_millis()).unwrap_or(u64::MAX),
+                    retries,
+                    position = %progress.position,
+                    "batch committed"
                 );
                 history.flush_if_due(conn, history_limit).await;
                 if let Some(max) = opts.warn_batch_time.filter(|max| done.transaction > *max) {
