@@ -774,7 +774,8 @@ async fn run(
     archive: Option<&Archive>,
 ) -> Result<Batch> {
     let started = Instant::now();
-    if !opens_with_statement(conn, plan, &work) {
+    let opening = opens_with_statement(conn, plan, &work);
+    if !opening {
         conn.begin()
             .await
             .map_err(|e| failed(conn, "cannot begin the batch", &e))?;
@@ -828,6 +829,9 @@ async fn run(
             }
             Ok(Batch::Done(done))
         }
+        // Nothing to do: a batch that begins with its statement has not begun
+        // (a ROLLBACK then would draw PostgreSQL's "no transaction in progress").
+        Ok(other) if opening => Ok(other),
         Ok(other) => {
             let _ = conn.rollback().await;
             Ok(other)
