@@ -6,15 +6,8 @@ use datamig_core::config::DatabaseUrl;
 use datamig_core::db::{BulkUpdate, Conn, ConnectOptions, Guard, Value};
 
 use crate::each_db;
+use crate::support::block_on;
 use crate::support::TestDb;
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 each_db! {
     fn a_guarded_write_skips_rows_changed_since_the_read(kind: Db) {

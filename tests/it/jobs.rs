@@ -366,11 +366,7 @@ each_db! {
 
     fn backfill_emails_end_to_end(kind: Db) {
         let p = Project::new(kind);
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        for entry in std::fs::read_dir(repo).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, p.path().join("migrations").join(path.file_name().unwrap())).unwrap();
-        }
+        p.copy_project_migrations();
         // Before the schema is there: refused with the way out, nothing changed.
         let run = p.run(&["run", "backfill_emails"]);
         assert_eq!(run.code, 14, "{run:?}");
@@ -482,11 +478,7 @@ each_db! {
     // WARN line ("there is no transaction in progress") in every such run.
     fn a_range_job_ends_without_a_stray_rollback(kind: Db) {
         let p = Project::new(kind);
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        for entry in std::fs::read_dir(repo).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, p.path().join("migrations").join(path.file_name().unwrap())).unwrap();
-        }
+        p.copy_project_migrations();
         p.ok(&["schema", "upgrade"]);
         let run = p.run(&["run", "seed_demo_users", "--arg", "rows=2000", "--batch", "500"]);
         assert_eq!(run.code, 0, "{run:?}");

@@ -6,15 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::each_db;
 use crate::jobs::{assert_each_row_once, rows_done, spawn, visits, wait_for_progress};
+use crate::support::block_on;
 use crate::support::{to_run, Db, Project, Run};
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 fn summary(run: &Run) -> serde_json::Value {
     serde_json::from_str(run.stdout.lines().last().expect("a summary line"))
@@ -27,15 +20,7 @@ fn state(p: &Project) -> String {
 
 /// The project's migrations, seeded with `rows` users (every `invalid_every`-th invalid).
 fn users(p: &Project, rows: i64, invalid_every: i64) {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-    for entry in std::fs::read_dir(repo).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(
-            &path,
-            p.path().join("migrations").join(path.file_name().unwrap()),
-        )
-        .unwrap();
-    }
+    p.copy_project_migrations();
     p.ok(&["schema", "upgrade"]);
     let rows = format!("rows={rows}");
     let invalid = format!("invalid_every={invalid_every}");
@@ -487,11 +472,7 @@ each_db! {
 each_db! {
     fn a_csv_import_killed_and_resumed_inserts_every_record_once(kind: Db) {
         let p = Project::new(kind);
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        for entry in std::fs::read_dir(repo).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, p.path().join("migrations").join(path.file_name().unwrap())).unwrap();
-        }
+        p.copy_project_migrations();
         p.ok(&["schema", "upgrade"]);
         // Records 1..=3000 on lines 2..=3001, every 500th with a malformed id; then
         // a record with a field too many, one that is not UTF-8, one whose quoted
@@ -551,11 +532,7 @@ each_db! {
 each_db! {
     fn an_archiving_purge_killed_and_resumed_archives_every_deleted_row_once(kind: Db) {
         let p = Project::new(kind);
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        for entry in std::fs::read_dir(repo).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, p.path().join("migrations").join(path.file_name().unwrap())).unwrap();
-        }
+        p.copy_project_migrations();
         p.ok(&["schema", "upgrade"]);
         p.ok(&["run", "seed_demo_sessions", "--arg", "rows=12000", "--batch", "5000"]);
         let before = p.db.scalar("SELECT count(*) FROM sessions");
@@ -654,6 +631,24 @@ fn standby_server() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".into())
 }
 
+/// The test database on a replica (`url`), once replication has brought it
+/// there with all `rows` rows of `visits`: a handle on it.
+fn copy_on_replica(url: &str, rows: i64) -> crate::support::TestDb {
+    for _ in 0..100 {
+        // Until the database exists there, connecting to it fails.
+        let copied = std::panic::catch_unwind(|| {
+            let db = crate::support::TestDb::attach(url);
+            (db.scalar("SELECT count(*) FROM visits") == rows).then_some(db)
+        });
+        if let Ok(Some(db)) = copied {
+            return db;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let shown = crate::support::url_parts(url);
+    panic!("the replica at {shown} did not copy the test database within 10 s; `bash .ci/run` makes it");
+}
+
 /// Resumes the standby's replay when the test ends, whatever happens in it.
 struct ReplayPaused(crate::support::TestDb);
 
@@ -679,20 +674,7 @@ fn throttled_by_a_lagging_standby_postgres() {
             .trim_start_matches('/')
     ));
     // The new database reaches the standby by replay.
-    let replica = (0..100)
-        .find_map(|_| {
-            let ok = std::panic::catch_unwind(|| {
-                let db = crate::support::TestDb::attach(standby.as_str());
-                (db.scalar("SELECT count(*) FROM visits") == 2_000).then_some(db)
-            })
-            .ok()
-            .flatten();
-            if ok.is_none() {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            ok
-        })
-        .unwrap_or_else(|| panic!("the standby at {} did not replay the test database within 10 s; `bash .ci/run` makes it", standby_server()));
+    let replica = copy_on_replica(standby.as_str(), 2_000);
     replica.exec("SELECT pg_wal_replay_pause()");
     let paused = ReplayPaused(replica);
     // Committed on the primary, not replayed: the standby falls behind.
@@ -799,20 +781,7 @@ fn throttled_by_a_lagging_replica_mariadb() {
     visits(&p, 3_000);
     let mut replica_url = crate::support::url_parts(&replica_server);
     replica_url.set_path(crate::support::url_parts(&p.db.url).path());
-    let replica = (0..100)
-        .find_map(|_| {
-            let ok = std::panic::catch_unwind(|| {
-                let db = crate::support::TestDb::attach(replica_url.as_str());
-                (db.scalar("SELECT count(*) FROM visits") == 3_000).then_some(db)
-            })
-            .ok()
-            .flatten();
-            if ok.is_none() {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            ok
-        })
-        .unwrap_or_else(|| panic!("the replica at {replica_server} did not copy the test database within 10 s; `bash .ci/run` makes it"));
+    let replica = copy_on_replica(replica_url.as_str(), 3_000);
 
     // The replica's SQL thread will wait on these row locks for 5 s.
     let (held_tx, held) = std::sync::mpsc::channel();

@@ -8,15 +8,8 @@ use datamig_core::db::{Conn, ConnectOptions};
 
 use crate::each_db;
 use crate::jobs::{assert_each_row_once, spawn, visits, wait_for_progress};
+use crate::support::block_on;
 use crate::support::{to_run, Db, Project};
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 /// Holds a lock the run will need, from another connection, for `hold`: row
 /// `id` of `visits` on a server, the whole database on SQLite.

@@ -490,11 +490,7 @@ fn read_only_url(p: &Project) -> String {
 each_db! {
     fn bad_inputs_get_one_clear_line_a_documented_code_and_change_nothing(kind: Db) {
         let p = Project::new(kind);
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        for entry in std::fs::read_dir(repo).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, p.path().join("migrations").join(path.file_name().unwrap())).unwrap();
-        }
+        p.copy_project_migrations();
         p.ok(&["schema", "upgrade"]);
         visits(&p, 100);
         let dir = p.path().to_path_buf();

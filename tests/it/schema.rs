@@ -340,11 +340,7 @@ fn config_file_profiles_and_dotenv_pick_the_database() {
 each_db! {
     fn repository_migrations_apply_and_reverse(kind: Db) {
         let p = Project::new(kind);
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        for entry in std::fs::read_dir(repo).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, p.path().join("migrations").join(path.file_name().unwrap())).unwrap();
-        }
+        p.copy_project_migrations();
         p.ok(&["schema", "check", "--no-database"]);
         p.ok(&["schema", "test"]);
         p.ok(&["schema", "upgrade"]);

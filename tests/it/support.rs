@@ -42,7 +42,7 @@ pub struct TestDb {
     server: String,
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -356,6 +356,20 @@ impl Project {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Copies this repository's own migrations (`migrations/`) into the project,
+    /// for tests of the shipped jobs.
+    pub fn copy_project_migrations(&self) {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for entry in std::fs::read_dir(repo).expect("the repository's migrations") {
+            let path = entry.expect("a migration file").path();
+            let to = self
+                .path()
+                .join("migrations")
+                .join(path.file_name().expect("a file name"));
+            std::fs::copy(&path, to).expect("copy a migration");
+        }
     }
 
     /// Writes a migration pair.
