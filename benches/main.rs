@@ -36,7 +36,7 @@ fn parse_opts() -> Result<Opts, String> {
         rows: 1_000_000,
         rounds: 5,
         batch: 5000,
-        parts: ["main", "delete", "sweep", "cpu", "growth"]
+        parts: ["main", "delete", "sweep", "cpu", "growth", "workers"]
             .map(String::from)
             .to_vec(),
     };
@@ -467,6 +467,103 @@ fn ratio(limit: Duration, d: Duration) -> String {
     format!("{:.2}", limit.as_secs_f64() / d.as_secs_f64().max(1e-9))
 }
 
+/// Throughput at 1, 2 and 4 workers (`--workers`) of the set-based job, the
+/// Rust transform and the CPU-heavy transform, against the single statement
+/// and the same job without `--workers`, interleaved round by round.
+async fn bench_workers(b: &mut Bench, opts: &Opts, update: &str) -> Res<()> {
+    let n = opts.rows;
+    let m = (n / 10).max(100);
+    b.conn
+        .script("CREATE TABLE IF NOT EXISTS digests (id BIGINT NOT NULL PRIMARY KEY, payload VARCHAR(64) NOT NULL, digest VARCHAR(64))")
+        .await
+        .map_err(s)?;
+    b.no_autovacuum(&["digests"]).await?;
+    b.conn.script("DELETE FROM digests").await.map_err(s)?;
+    b.conn
+        .script(&format!(
+            "INSERT INTO digests (id, payload) SELECT id, email FROM users WHERE id <= {m}"
+        ))
+        .await
+        .map_err(s)?;
+    let configs: [(&str, &[&str]); 4] = [
+        ("no --workers", &[]),
+        ("--workers 1", &["--workers", "1"]),
+        ("--workers 2", &["--workers", "2"]),
+        ("--workers 4", &["--workers", "4"]),
+    ];
+    // The CPU-heavy job twice: as in the CPU section (200 SHA-256 rounds a row,
+    // where reading and writing the rows is a third of the work), and heavier
+    // (1000 rounds), where the transform is nearly all of it.
+    let jobs: [(&str, &[&str], i64); 4] = [
+        ("backfill_emails_sql", &[], n),
+        ("backfill_emails", &[], n),
+        ("digest_payloads", &["--arg", "rounds=200"], m),
+        ("digest_payloads", &["--arg", "rounds=1000"], m),
+    ];
+    let mut limits = Vec::new();
+    let mut runs: Vec<Vec<Vec<JobRun>>> = vec![vec![Vec::new(); configs.len()]; jobs.len()];
+    for round in 0..opts.rounds {
+        b.reset_users().await?;
+        limits.push(b.timed(update).await?);
+        for (j, (job, job_args, _)) in jobs.iter().enumerate() {
+            let mut order: Vec<usize> = (0..configs.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for c in order {
+                if *job == "digest_payloads" {
+                    b.conn
+                        .script("UPDATE digests SET digest = NULL")
+                        .await
+                        .map_err(s)?;
+                    b.settle("digests").await?;
+                } else {
+                    b.reset_users().await?;
+                }
+                let args = [*job_args, configs[c].1].concat();
+                runs[j][c].push(b.job(job, opts.batch, &args, &[])?);
+            }
+        }
+    }
+    let limit = median(limits);
+    println!(
+        "### Scaling out: throughput by workers ({n} rows; the CPU-heavy job over {m}; batch {}; median of {} round(s))\n",
+        opts.batch, opts.rounds
+    );
+    println!(
+        "One `UPDATE` statement over the {n} rows (the limit): {} s, {} rows/s.\n",
+        secs(limit),
+        rate(n, limit)
+    );
+    println!("| job | workers | time in batches (s) | rows/s | × limit (batches) | × 1 worker | longest transaction (ms) | p99 transaction (ms) |\n|---|---|---|---|---|---|---|---|");
+    for (j, (job, job_args, rows)) in jobs.iter().enumerate() {
+        let rows = *rows;
+        let label = match job_args {
+            [_, a] => format!("`{job}` ({})", a.replace('=', " ")),
+            _ => format!("`{job}`"),
+        };
+        let one = median_by(&runs[j][1], |r| r.batches);
+        for (c, (name, _)) in configs.iter().enumerate() {
+            let t = median_by(&runs[j][c], |r| r.batches);
+            let vs_limit = if *job == "digest_payloads" {
+                "-".to_string()
+            } else {
+                ratio(limit, t)
+            };
+            println!(
+                "| {label} | {name} | {} | {} | {vs_limit} | {} | {} | {} |",
+                secs(t),
+                rate(rows, t),
+                ratio(one, t),
+                median_by(&runs[j][c], |r| r.max_tx).as_millis(),
+                median_by(&runs[j][c], |r| r.p99_tx).as_millis(),
+            );
+        }
+    }
+    println!();
+    Ok(())
+}
+
 /// After a job's table on PostgreSQL: what its checkpoints cost the server, as a
 /// share of its batch loop (the table's checkpoints column is an upper bound there).
 async fn checkpoint_note(b: &mut Bench, batch: i64, runs: &[JobRun]) -> Res<()> {
@@ -769,6 +866,10 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
             );
         }
         println!();
+    }
+
+    if want("workers") && backend != Backend::Sqlite {
+        bench_workers(&mut b, opts, update).await?;
     }
 
     if want("growth") {

@@ -15,3 +15,4 @@ mod reliability;
 mod schema;
 mod server;
 mod support;
+mod workers;

@@ -64,7 +64,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         Error::SchemaTest(_) => SCHEMA_TEST_FAILED,
         Error::VerificationFailed(_) => VERIFICATION_FAILED,
         Error::AlreadyRunning(_) => ALREADY_RUNNING,
-        Error::JobFailed(_) | Error::Transient { .. } => JOB_FAILED,
+        Error::JobFailed(_) | Error::Transient { .. } | Error::PartitionLost(_) => JOB_FAILED,
         Error::SchemaNotReady(_) => SCHEMA_NOT_READY,
         Error::CorruptCheckpoint(_) => CORRUPT_CHECKPOINT,
         Error::Interrupted(_) => INTERRUPTED,

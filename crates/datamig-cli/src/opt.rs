@@ -133,6 +133,16 @@ pub struct RunCmd {
     /// deadlock, lost connection) is retried, with growing waits, before the run fails.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub max_retries: u32,
+    /// Split the key range into partitions and work on them with N workers, each
+    /// with its own connection and cursor (PostgreSQL and MariaDB). The same
+    /// command on other hosts joins the same run; an unfinished partitioned run
+    /// is joined by any `datamig run` of the job.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Scaling out")]
+    pub workers: Option<u16>,
+    /// How long a partition stays a runner's without word from it: the partitions
+    /// of a runner that died go to the others this long after.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration, help_heading = "Scaling out")]
+    pub lease: Duration,
     /// Use one connection: read each batch inside its own transaction instead of
     /// reading the next batch on a second connection while the current one is written.
     #[arg(long)]

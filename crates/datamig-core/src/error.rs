@@ -72,6 +72,12 @@ pub enum Error {
         kind: crate::db::Transient,
     },
 
+    /// A partitioned run's batch found its partition taken over or split, or
+    /// the run stopped: it rolled back, and its worker finds out which (never
+    /// reported to the user as such).
+    #[error("{0}")]
+    PartitionLost(String),
+
     /// Stopped by a signal between batches; the run resumes where it stopped.
     #[error("{0}")]
     Interrupted(String),

@@ -41,6 +41,9 @@ fn resume_command(global: &GlobalOpts, cmd: &RunCmd) -> String {
         parts.push(format!("--env {env}"));
     }
     parts.push(format!("run {} --batch {}", cmd.job, cmd.batch));
+    if let Some(n) = cmd.workers {
+        parts.push(format!("--workers {n}"));
+    }
     for (k, v) in &cmd.args {
         parts.push(format!("--arg {k}={v}"));
     }
@@ -157,6 +160,8 @@ fn options(global: &GlobalOpts, cmd: &RunCmd, settings: &Settings) -> Result<Opt
         }
     }
     opts.max_errors = cmd.max_errors;
+    opts.workers = cmd.workers.map(usize::from);
+    opts.lease = cmd.lease;
     opts.analyze = match cmd.analyze {
         AnalyzeArg::Auto => Analyze::Auto,
         AnalyzeArg::Always => Analyze::Always,

@@ -264,6 +264,9 @@ pub(crate) trait Driver {
     async fn snapshot(c: &mut Self::Connection) -> Result<Vec<String>>;
     /// SQL that yields the current UTC time for a timestamp column.
     fn now_sql() -> &'static str;
+    /// The server's clock in milliseconds since the Unix epoch, as an SQL
+    /// expression: leases are timed by the database, not by the hosts' clocks.
+    fn epoch_ms_sql() -> &'static str;
     /// SQL that renders a timestamp column as ISO-8601 text.
     fn timestamp_text(column: &str) -> String;
     fn quote_ident(name: &str) -> String;
@@ -401,6 +404,7 @@ pub const BOOKKEEPING_TABLES: &[&str] = &[
     "datamig_runs",
     "datamig_rejects",
     "datamig_batches",
+    "datamig_partitions",
 ];
 
 enum Inner {
@@ -566,6 +570,10 @@ impl Conn {
 
     pub fn now_sql(&self) -> &'static str {
         dispatch_static!(self, D => D::now_sql())
+    }
+
+    pub fn epoch_ms_sql(&self) -> &'static str {
+        dispatch_static!(self, D => D::epoch_ms_sql())
     }
 
     pub fn timestamp_text(&self, column: &str) -> String {

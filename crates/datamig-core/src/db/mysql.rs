@@ -153,6 +153,21 @@ impl Driver for MySql {
             at_ms BIGINT NOT NULL,
             PRIMARY KEY (run_id, batch)
         ) ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS datamig_partitions (
+            run_id BIGINT NOT NULL,
+            part BIGINT NOT NULL,
+            lo BIGINT,
+            hi BIGINT,
+            position BIGINT,
+            done SMALLINT NOT NULL DEFAULT 0,
+            owner VARCHAR(255),
+            lease_until BIGINT NOT NULL DEFAULT 0,
+            rows_done BIGINT NOT NULL DEFAULT 0,
+            rows_changed BIGINT NOT NULL DEFAULT 0,
+            rows_rejected BIGINT NOT NULL DEFAULT 0,
+            batches_done BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (run_id, part)
+        ) ENGINE=InnoDB",
     ];
 
     async fn connect(
@@ -562,6 +577,10 @@ impl Driver for MySql {
 
     fn analyze_sql(table: &str) -> String {
         format!("ANALYZE TABLE {table}")
+    }
+
+    fn epoch_ms_sql() -> &'static str {
+        "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"
     }
 
     fn now_sql() -> &'static str {

@@ -329,6 +329,21 @@ impl Driver for Postgres {
             at_ms BIGINT NOT NULL,
             PRIMARY KEY (run_id, batch)
         )",
+        "CREATE TABLE IF NOT EXISTS datamig_partitions (
+            run_id BIGINT NOT NULL,
+            part BIGINT NOT NULL,
+            lo BIGINT,
+            hi BIGINT,
+            position BIGINT,
+            done SMALLINT NOT NULL DEFAULT 0,
+            owner VARCHAR(255),
+            lease_until BIGINT NOT NULL DEFAULT 0,
+            rows_done BIGINT NOT NULL DEFAULT 0,
+            rows_changed BIGINT NOT NULL DEFAULT 0,
+            rows_rejected BIGINT NOT NULL DEFAULT 0,
+            batches_done BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (run_id, part)
+        )",
     ];
 
     async fn connect(
@@ -655,6 +670,10 @@ impl Driver for Postgres {
                 .to_string(),
         ];
         super::catalogue_lines::<Self>(c, &queries).await
+    }
+
+    fn epoch_ms_sql() -> &'static str {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
     }
 
     fn now_sql() -> &'static str {

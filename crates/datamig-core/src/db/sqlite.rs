@@ -122,6 +122,21 @@ impl Driver for Sqlite {
             at_ms INTEGER NOT NULL,
             PRIMARY KEY (run_id, batch)
         )",
+        "CREATE TABLE IF NOT EXISTS datamig_partitions (
+            run_id INTEGER NOT NULL,
+            part INTEGER NOT NULL,
+            lo INTEGER,
+            hi INTEGER,
+            position INTEGER,
+            done INTEGER NOT NULL DEFAULT 0,
+            owner TEXT,
+            lease_until INTEGER NOT NULL DEFAULT 0,
+            rows_done INTEGER NOT NULL DEFAULT 0,
+            rows_changed INTEGER NOT NULL DEFAULT 0,
+            rows_rejected INTEGER NOT NULL DEFAULT 0,
+            batches_done INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (run_id, part)
+        )",
     ];
 
     async fn connect(url: &DatabaseUrl, _opts: &ConnectOptions) -> Result<SqliteConn, sqlx::Error> {
@@ -412,6 +427,10 @@ impl Driver for Sqlite {
         // A sample, not a full scan of a table that may be large: SQLite's own
         // advice for applications that run ANALYZE.
         format!("PRAGMA analysis_limit = 1000; ANALYZE {table}")
+    }
+
+    fn epoch_ms_sql() -> &'static str {
+        "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
     }
 
     fn now_sql() -> &'static str {

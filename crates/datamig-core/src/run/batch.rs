@@ -33,6 +33,7 @@ use rayon::prelude::*;
 use tokio::task::JoinHandle;
 
 use super::cursor;
+use super::partition::{self, Claim};
 use super::store::{self, BatchCounts};
 use crate::db::{db_message, BulkUpdate, Conn, ConnectOptions, Guard, Row, Value};
 use crate::job::{Filter, Outcome, Plan, Source, SourceRow, Step, Transform};
@@ -224,6 +225,7 @@ fn field(v: &Value) -> String {
 }
 
 /// Per-run facts computed once: quoted names, the bulk-update shape.
+#[derive(Clone)]
 pub(crate) struct Prepared {
     table: String,
     keys: Vec<String>,
@@ -232,6 +234,12 @@ pub(crate) struct Prepared {
     bulk: Option<BulkUpdate>,
     /// What a read ahead selects with each row for the guarded write.
     guard_select: Vec<String>,
+    /// The last key batches may reach (a partition's upper bound); `None`: the table's end.
+    end: Option<Vec<Value>>,
+    /// Whether a CPU-heavy transform spreads each batch over all cores (one
+    /// cursor), or runs on the thread of its worker (a partitioned run, whose
+    /// workers are the parallelism).
+    spread: bool,
 }
 
 impl Prepared {
@@ -277,7 +285,15 @@ impl Prepared {
             filter,
             bulk,
             guard_select,
+            end: None,
+            spread: true,
         })
+    }
+
+    /// Runs a CPU-heavy transform on the calling worker's thread only.
+    pub fn one_thread_per_batch(mut self) -> Prepared {
+        self.spread = false;
+        self
     }
 
     /// Key range conditions `key > after AND key <= upto`, with the filter when asked.
@@ -294,6 +310,8 @@ impl Prepared {
             parts.push(format!("({})", f.sql));
             params.extend(f.params.iter().cloned());
         }
+        // A range redone up to `upto` is within the end already.
+        let upto = upto.or(self.end.as_deref());
         for (bound, op) in [(after, ">"), (upto, "<=")] {
             if let Some(key) = bound {
                 let (sql, order) = conn.compare_keys(&self.keys, op);
@@ -483,6 +501,9 @@ pub(crate) struct Batches<'p> {
     dry: bool,
     /// The archive of an archive step.
     archive: Option<Archive>,
+    /// The partition batches work in, for a partitioned run: each checkpoints
+    /// into it, and none goes past its upper bound.
+    claim: Option<Claim>,
 }
 
 /// What is read ahead of a batch's transaction.
@@ -513,6 +534,7 @@ impl Ahead {
 struct InFlight {
     reader: Conn,
     after: Option<Vec<Value>>,
+    end: Option<Vec<Value>>,
     rows: i64,
     read: Result<Option<Ahead>>,
 }
@@ -558,7 +580,21 @@ impl<'p> Batches<'p> {
             density: Density::default(),
             dry,
             archive: None,
+            claim: None,
         }
+    }
+
+    /// Works in `claim` from here on: batches stay within its upper bound and
+    /// checkpoint into it. A read in flight for another range is not used.
+    pub fn set_claim(&mut self, claim: Option<Claim>) {
+        let end = claim
+            .as_ref()
+            .and_then(|c| c.hi)
+            .map(|hi| vec![Value::Int(hi)]);
+        if self.prep.end != end {
+            Arc::make_mut(&mut self.prep).end = end;
+        }
+        self.claim = claim;
     }
 
     /// The archive an archive step writes to.
@@ -585,6 +621,7 @@ impl<'p> Batches<'p> {
             size,
             self.dry,
             self.archive.as_ref(),
+            self.claim.as_ref(),
         )
         .await?;
         if let (Batch::Done(done), Some(a)) = (&batch, &mut self.archive) {
@@ -631,7 +668,8 @@ impl<'p> Batches<'p> {
         rows: i64,
     ) -> Result<Option<Done>> {
         if self.reads_ahead && self.reader.is_none() && self.in_flight.is_none() {
-            let mut reader = Conn::connect(conn.url(), &ConnectOptions::default())
+            let url = conn.url().clone();
+            let mut reader = Conn::connect(&url, &ConnectOptions::default())
                 .await
                 .map_err(|e| Error::Transient {
                     message: format!("cannot open the reader connection: {e}"),
@@ -641,26 +679,22 @@ impl<'p> Batches<'p> {
             self.reader = Some(reader);
         }
         let size = self.size(rows);
-        let (reader, read) = match (self.in_flight.take(), self.reader.take()) {
-            (Some(handle), _) => {
-                let done = handle.await.map_err(|e| {
-                    Error::JobFailed(format!("reading ahead stopped unexpectedly: {e}"))
-                })?;
-                let mut reader = done.reader;
-                if done.after.as_deref() == after && done.rows == rows {
-                    (reader, done.read)
-                } else {
-                    let read =
-                        read_ahead(&mut reader, self.transform(), &self.prep, after, size).await;
-                    (reader, read)
-                }
-            }
-            (None, Some(mut reader)) => {
-                let read = read_ahead(&mut reader, self.transform(), &self.prep, after, size).await;
-                (reader, read)
-            }
+        let in_flight = match (self.in_flight.take(), self.reader.take()) {
+            (Some(handle), _) => handle,
+            (None, Some(reader)) => self.read_ahead(reader, after.map(<[Value]>::to_vec), rows),
             (None, None) => return self.serial(conn, after, None, size).await,
         };
+        let mut done = in_flight
+            .await
+            .map_err(|e| Error::JobFailed(format!("reading ahead stopped unexpectedly: {e}")))?;
+        if !(done.after.as_deref() == after && done.rows == rows && done.end == self.prep.end) {
+            // Read for another batch (or another partition's bound): read again.
+            done = self
+                .read_ahead(done.reader, after.map(<[Value]>::to_vec), rows)
+                .await
+                .map_err(|e| Error::JobFailed(format!("reading ahead stopped unexpectedly: {e}")))?;
+        }
+        let (reader, read) = (done.reader, done.read);
         let ahead = match read {
             Ok(Some(ahead)) => ahead,
             other => {
@@ -669,21 +703,8 @@ impl<'p> Batches<'p> {
             }
         };
         self.density = self.density.after(ahead.scanned());
-        // Read (and transform) the next batch while this one is written: the
-        // task runs on another of the runtime's threads.
-        let (prep, from) = (Arc::clone(&self.prep), ahead.cursor().to_vec());
-        let transform = self.transform().cloned();
-        let next = self.size(rows);
-        self.in_flight = Some(tokio::spawn(async move {
-            let mut reader = reader;
-            let read = read_ahead(&mut reader, transform.as_ref(), &prep, Some(&from), next).await;
-            InFlight {
-                reader,
-                after: Some(from),
-                rows,
-                read,
-            }
-        }));
+        // Read (and transform) the next batch while this one is written.
+        self.in_flight = Some(self.read_ahead(reader, Some(ahead.cursor().to_vec()), rows));
         let work = match &ahead {
             Ahead::Rows(applied) => Work::Guarded(applied),
             Ahead::Bound(bound) => Work::Bounded { after, bound },
@@ -703,6 +724,30 @@ impl<'p> Batches<'p> {
                 self.serial(conn, after, Some(&upto), size).await
             }
         }
+    }
+
+    /// Reads (and transforms) the batch of `rows` rows after `after` on the
+    /// reader connection, as a task of its own: on another of the runtime's
+    /// threads, whoever awaits it (several workers' transforms run at once).
+    fn read_ahead(
+        &self,
+        mut reader: Conn,
+        after: Option<Vec<Value>>,
+        rows: i64,
+    ) -> JoinHandle<InFlight> {
+        let prep = Arc::clone(&self.prep);
+        let transform = self.transform().cloned();
+        let size = self.size(rows);
+        tokio::spawn(async move {
+            let read = read_ahead(&mut reader, transform.as_ref(), &prep, after.as_deref(), size).await;
+            InFlight {
+                reader,
+                after,
+                end: prep.end.clone(),
+                rows,
+                read,
+            }
+        })
     }
 
     fn transform(&self) -> Option<&Arc<dyn Transform>> {
@@ -772,6 +817,7 @@ async fn run(
     size: Size,
     dry: bool,
     archive: Option<&Archive>,
+    claim: Option<&Claim>,
 ) -> Result<Batch> {
     let started = Instant::now();
     let opening = opens_with_statement(conn, plan, &work);
@@ -781,7 +827,10 @@ async fn run(
             .map_err(|e| failed(conn, "cannot begin the batch", &e))?;
     }
     crate::crash::reached(crate::crash::Point::BeforeWrite);
-    let result = body(conn, plan, prep, run_id, work, size, started, dry, archive).await;
+    let result = body(
+        conn, plan, prep, run_id, work, size, started, dry, archive, claim,
+    )
+    .await;
     match result {
         Ok(Batch::Done(mut done)) if dry => {
             conn.rollback()
@@ -806,11 +855,19 @@ async fn run(
                             let _ = conn.rollback().await;
                             return Err(if store::not_running(&e) {
                                 no_longer_running(run_id)
+                            } else if let (true, Some(claim)) = (partition::refused(&e), claim) {
+                                partition::lost(claim)
                             } else {
                                 failed(conn, "the checkpoint and commit failed", &e)
                             });
                         }
                     };
+                    if moved != 1 && claim.is_some() {
+                        return Err(Error::JobFailed(format!(
+                            "a partition of run {run_id} is missing from datamig_partitions (deleted by hand?); \
+                             its last batch committed without a checkpoint. Start over with --restart"
+                        )));
+                    }
                     if moved != 1 {
                         // Its row is gone: the batch committed with nothing to record it.
                         return Err(Error::JobFailed(format!(
@@ -903,6 +960,7 @@ async fn body(
     started: Instant,
     dry: bool,
     archive: Option<&Archive>,
+    claim: Option<&Claim>,
 ) -> Result<Batch> {
     let mut file_offset = None;
     let opening = opens_with_statement(conn, plan, &work);
@@ -925,7 +983,19 @@ async fn body(
             if lo > *end {
                 return Ok(Batch::Empty);
             }
-            let hi = lo.saturating_add(size.rows - 1).min(*end);
+            let end = match prep
+                .end
+                .as_deref()
+                .and_then(|e| e.first())
+                .and_then(Value::as_i64)
+            {
+                Some(bound) => bound.min(*end),
+                None => *end,
+            };
+            if lo > end {
+                return Ok(Batch::Empty);
+            }
+            let hi = lo.saturating_add(size.rows - 1).min(end);
             let sql = sql
                 .replace("{lo}", &lo.to_string())
                 .replace("{hi}", &hi.to_string());
@@ -1019,6 +1089,9 @@ async fn body(
             file_offset,
         }));
     }
+    if let Some(claim) = claim {
+        return partition_checkpoint(conn, claim, cursor, counts, scanned).await;
+    }
     let position = cursor::encode(&cursor).map_err(Error::JobFailed)?;
     let offset = file_offset.map(|o| i64::try_from(o).unwrap_or(i64::MAX));
     if let Some(sql) = store::checkpoint_text(conn, run_id, &position, &counts, offset) {
@@ -1049,6 +1122,45 @@ async fn body(
         commit_with: None,
         file_offset,
     }))
+}
+
+/// The checkpoint of a partition's batch: sent with the COMMIT where the driver
+/// can, or run here.
+async fn partition_checkpoint(
+    conn: &mut Conn,
+    claim: &Claim,
+    cursor: Vec<Value>,
+    counts: BatchCounts,
+    scanned: Scanned,
+) -> Result<Batch> {
+    let Some(position) = cursor.first().and_then(Value::as_i64) else {
+        return Err(Error::JobFailed(format!(
+            "a partitioned run's key must be one integer column; this batch ended at {}",
+            cursor::display(&cursor)
+        )));
+    };
+    let mut done = Done {
+        cursor,
+        counts,
+        transaction: Duration::ZERO,
+        bookkeeping: Duration::ZERO,
+        scanned,
+        commit_with: None,
+        file_offset: None,
+    };
+    if let Some(sql) = partition::checkpoint_text(conn, claim, position, &done.counts) {
+        done.commit_with = Some(sql);
+        return Ok(Batch::Done(done));
+    }
+    let started = Instant::now();
+    let moved = partition::checkpoint(conn, claim, position, &done.counts)
+        .await
+        .map_err(|e| failed(conn, "the checkpoint failed", &e))?;
+    done.bookkeeping = started.elapsed();
+    if !moved {
+        return Err(partition::lost(claim));
+    }
+    Ok(Batch::Done(done))
 }
 
 /// A SQL or delete step's batch: the keys after the cursor up to `last`.
@@ -1479,8 +1591,10 @@ fn apply(transform: &dyn Transform, prep: &Prepared, read: Read, ahead: bool) ->
             key_len: n_keys,
         })
     };
-    let outcomes: Vec<Outcome> = if transform.cpu_heavy() {
+    let outcomes: Vec<Outcome> = if transform.cpu_heavy() && prep.spread {
         tokio::task::block_in_place(|| read.rows.par_iter().map(apply).collect())
+    } else if transform.cpu_heavy() {
+        tokio::task::block_in_place(|| read.rows.iter().map(apply).collect())
     } else {
         read.rows.iter().map(apply).collect()
     };

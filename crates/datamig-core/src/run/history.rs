@@ -43,8 +43,9 @@ impl History {
         retries: u32,
     ) {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        self.pending.push(BatchRecord {
+        self.push(BatchRecord {
             batch,
+            partition: None,
             rows: counts.rows,
             changed: counts.changed,
             rejected: counts.rejected,
@@ -54,6 +55,11 @@ impl History {
             at_ms: chrono::Utc::now().timestamp_millis(),
         });
         self.waited_until_last = waited;
+    }
+
+    /// Notes a committed batch as recorded (a partitioned run's workers report their own waits).
+    pub fn push(&mut self, record: BatchRecord) {
+        self.pending.push(record);
     }
 
     /// Writes the buffered records if it is time to.

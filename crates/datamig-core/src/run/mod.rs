@@ -18,9 +18,11 @@ mod csv_source;
 pub mod cursor;
 mod history;
 pub mod pace;
+pub mod partition;
 pub mod steer;
 pub mod store;
 pub mod throttle;
+mod workers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +34,9 @@ pub use store::{RunRecord, RunState};
 use crate::db::{db_message, Conn, ConnectOptions, Transient, Value};
 use crate::job::{Check, DynJob, ParsedArgs, Plan, PlanContext, Source, Step};
 use crate::{migrate, Error, Result};
+
+/// The most workers one process runs (each holds one or two connections).
+pub const MAX_WORKERS: usize = 64;
 
 /// The largest batch datamig accepts: beyond it, one transaction holds locks for seconds.
 pub const MAX_BATCH: u64 = 1_000_000;
@@ -91,6 +96,12 @@ pub struct Options {
     pub max_errors: Option<i64>,
     /// When to refresh the planner's statistics after the run.
     pub analyze: Analyze,
+    /// A partitioned run with this many workers in this process (`--workers`);
+    /// `None`: one cursor, unless the unfinished run is partitioned already.
+    pub workers: Option<usize>,
+    /// How long a partition stays a worker's without word from it: a runner
+    /// that died loses its partitions to the others this long after.
+    pub lease: Duration,
 }
 
 impl Options {
@@ -118,6 +129,8 @@ impl Options {
             throttle: throttle::Limits::default(),
             max_errors: None,
             analyze: Analyze::Auto,
+            workers: None,
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -393,6 +406,19 @@ pub async fn run(
     }
     let plan = plan(conn, job, args)?;
     check_schema(conn, job, &plan).await?;
+    if let Some(n) = workers::workers_for(conn, job, args, opts, obs).await? {
+        if n == 0 || n > MAX_WORKERS {
+            return Err(Error::Usage(format!(
+                "--workers must be between 1 and {MAX_WORKERS}"
+            )));
+        }
+        let span = tracing::info_span!("run", job = job.name(), run_id = tracing::field::Empty);
+        return tracing::Instrument::instrument(
+            workers::run(conn, job, args, plan, opts, n, stop, obs),
+            span,
+        )
+        .await;
+    }
     let lock = job_lock(job);
     let mut waited = Duration::ZERO;
     while !conn.try_lock(&lock).await? {
@@ -1101,6 +1127,35 @@ async fn find_run(
     arity: usize,
     obs: &mut dyn Observer,
 ) -> Result<(Option<RunRecord>, Option<Vec<Value>>, bool)> {
+    match find_run_record(conn, job, args, opts, obs).await? {
+        Some(r) => {
+            let cursor = match &r.position {
+                None => None,
+                Some(text) => Some(cursor::decode(text, arity).map_err(|why| {
+                    Error::CorruptCheckpoint(format!(
+                        "run {} of {} has a corrupt checkpoint in datamig_runs.position ({why}); \
+                         nothing was changed. Fix that row, or start over with --restart",
+                        r.id,
+                        job.name()
+                    ))
+                })?),
+            };
+            Ok((Some(r), cursor, true))
+        }
+        None => Ok((None, None, false)),
+    }
+}
+
+/// The unfinished run to resume, or `None` to start one (abandoning the
+/// unfinished one with `--restart`); refuses a paused run and one begun with
+/// other arguments.
+async fn find_run_record(
+    conn: &mut Conn,
+    job: &dyn DynJob,
+    args: &ParsedArgs,
+    opts: &Options,
+    obs: &mut dyn Observer,
+) -> Result<Option<RunRecord>> {
     let previous = store::latest(conn, job.name())
         .await?
         .filter(|r| r.state.is_resumable());
@@ -1112,7 +1167,7 @@ async fn find_run(
                 r.id,
                 job.name()
             ));
-            Ok((None, None, false))
+            Ok(None)
         }
         Some(r) if r.state == RunState::Paused => Err(Error::Paused(format!(
             "run {} of {} is paused (by {}); `datamig resume {}` releases it, then run this again \
@@ -1129,21 +1184,7 @@ async fn find_run(
             job.name(),
             r.args
         ))),
-        Some(r) => {
-            let cursor = match &r.position {
-                None => None,
-                Some(text) => Some(cursor::decode(text, arity).map_err(|why| {
-                    Error::CorruptCheckpoint(format!(
-                        "run {} of {} has a corrupt checkpoint in datamig_runs.position ({why}); \
-                         nothing was changed. Fix that row, or start over with --restart",
-                        r.id,
-                        job.name()
-                    ))
-                })?),
-            };
-            Ok((Some(r), cursor, true))
-        }
-        None => Ok((None, None, false)),
+        other => Ok(other),
     }
 }
 

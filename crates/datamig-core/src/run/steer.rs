@@ -55,7 +55,12 @@ pub async fn steer(conn: &mut Conn, job: &str, action: Action) -> Result<Steered
             ))
         })?;
     let lock = super::job_lock_name(job);
-    let live = !conn.try_lock(&lock).await?;
+    let mut live = !conn.try_lock(&lock).await?;
+    // A partitioned run's workers hold leases on its partitions, not the job lock.
+    if !live && super::partition::leased(conn, run.id).await? {
+        let _ = conn.unlock(&lock).await;
+        live = true;
+    }
     if !live {
         // No process runs it: change the record, under the job's lock.
         let result = steer_record(conn, job, &run, action).await;

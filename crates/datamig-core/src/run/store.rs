@@ -492,8 +492,11 @@ pub fn not_running(err: &sqlx::Error) -> bool {
 /// One committed batch, for the run's history (`datamig status <job> --batches`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BatchRecord {
-    /// The batch's number in its run, from 1.
+    /// The batch's number in its run (in its partition, for a partitioned run), from 1.
     pub batch: i64,
+    /// The partition it ran in, for a partitioned run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i64>,
     pub rows: i64,
     pub changed: i64,
     pub rejected: i64,
@@ -528,7 +531,7 @@ pub async fn record_batches(
             .flat_map(|b| {
                 [
                     run_id.into(),
-                    b.batch.into(),
+                    stored_number(b).into(),
                     b.rows.into(),
                     b.changed.into(),
                     b.rejected.into(),
@@ -544,6 +547,17 @@ pub async fn record_batches(
     Ok(())
 }
 
+/// A partitioned run's batches are numbered within their partition; stored,
+/// the partition goes in the number's upper half, which keeps the key unique.
+fn stored_number(b: &BatchRecord) -> i64 {
+    match b.partition {
+        Some(p) => (p << PARTITION_SHIFT) | (b.batch & ((1 << PARTITION_SHIFT) - 1)),
+        None => b.batch,
+    }
+}
+
+const PARTITION_SHIFT: u32 = 32;
+
 /// The run's last `limit` batches, oldest first.
 pub async fn batches(conn: &mut Conn, run_id: i64, limit: i64) -> Result<Vec<BatchRecord>> {
     if !conn
@@ -555,7 +569,7 @@ pub async fn batches(conn: &mut Conn, run_id: i64, limit: i64) -> Result<Vec<Bat
     }
     let sql = format!(
         "SELECT batch, rows_done, rows_changed, rows_rejected, ms, waited_ms, retries, at_ms FROM datamig_batches \
-         WHERE run_id = ? ORDER BY batch DESC LIMIT {limit}"
+         WHERE run_id = ? ORDER BY at_ms DESC, batch DESC LIMIT {limit}"
     );
     let rows = conn
         .fetch(&sql, &[run_id.into()])
@@ -565,8 +579,11 @@ pub async fn batches(conn: &mut Conn, run_id: i64, limit: i64) -> Result<Vec<Bat
         .into_iter()
         .map(|r| {
             let n = |i: usize| r.get(i).and_then(Value::as_i64).unwrap_or(0);
+            let stored = n(0);
+            let partition = stored >> PARTITION_SHIFT;
             BatchRecord {
-                batch: n(0),
+                batch: stored & ((1 << PARTITION_SHIFT) - 1),
+                partition: (partition > 0).then_some(partition),
                 rows: n(1),
                 changed: n(2),
                 rejected: n(3),

@@ -1,0 +1,298 @@
+//! Partitioned runs: `--workers N`, several processes on one run, a runner
+//! killed mid-run and its partitions taken over, partitions split so that the
+//! last one does not run alone.
+
+use std::io::Read;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use crate::jobs::{assert_each_row_once, spawn, visits};
+use crate::support::{to_run, Db, Project, Run};
+
+fn output(mut child: Child) -> Run {
+    let status = child.wait().expect("wait");
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut stdout);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut stderr);
+    }
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+    }
+}
+
+/// The rows the run's batches have committed.
+fn partition_rows(p: &Project) -> i64 {
+    p.db.scalar("SELECT count(*) FROM visits WHERE hits > 0")
+}
+
+/// Waits until the run has committed at least `rows`.
+fn wait_for_rows(p: &Project, rows: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partition_rows(p) < rows {
+        assert!(Instant::now() < deadline, "no progress within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn partitions(p: &Project) -> (i64, i64) {
+    let row = &p
+        .db
+        .query("SELECT count(*), count(CASE WHEN done = 1 THEN 1 END) FROM datamig_partitions")[0];
+    (row[0].parse().unwrap(), row[1].parse().unwrap())
+}
+
+/// Three processes of two workers each on one run; one is killed with SIGKILL
+/// in the middle. The other two take its partitions over once their leases run
+/// out, and the run completes with every row visited exactly once.
+fn three_processes_one_killed(kind: Db) {
+    let p = Project::new(kind);
+    let n = 60_000;
+    visits(&p, n);
+    // About 30 ms a batch: 600 batches over 6 workers take some seconds.
+    let args = [
+        "run",
+        "count_visits",
+        "--batch",
+        "100",
+        "--workers",
+        "2",
+        "--lease",
+        "2s",
+        "--arg",
+        "pause_ms=30",
+        "--progress",
+        "log",
+    ];
+    let mut children: Vec<Child> = (0..3).map(|_| spawn(&p, &args)).collect();
+    wait_for_rows(&p, n / 5);
+    // Every process is at work: each holds a partition.
+    let owners = p.db.scalar(
+        "SELECT count(DISTINCT owner) FROM datamig_partitions WHERE owner IS NOT NULL AND done = 0",
+    );
+    assert!(owners >= 3, "only {owners} workers hold partitions");
+    let mut victim = children.remove(1);
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "it ended before the kill"
+    );
+    victim.kill().expect("SIGKILL");
+    let _ = victim.wait();
+    assert!(partition_rows(&p) < n, "the run finished before the kill");
+    let runs: Vec<Run> = children.into_iter().map(output).collect();
+    for run in &runs {
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    let all: String = runs.iter().map(|r| r.stderr.clone()).collect();
+    assert!(
+        all.contains("whose lease ran out"),
+        "no partition was taken over: {all}"
+    );
+    assert_each_row_once(&p, n, "count_visits");
+    let (count, done) = partitions(&p);
+    assert_eq!(count, done, "every partition finished");
+    // One of them ran the checks and completed the run; both report it.
+    for run in &runs {
+        assert!(run.stdout.contains("ok    rows visited twice"), "{run:?}");
+    }
+}
+
+#[test]
+fn three_processes_one_killed_postgres() {
+    three_processes_one_killed(Db::Postgres);
+}
+
+#[test]
+fn three_processes_one_killed_mariadb() {
+    three_processes_one_killed(Db::MySql);
+}
+
+/// Keys bunched at the start of a wide range: the even cut leaves one partition
+/// with nearly all the rows, and idle workers split it.
+fn the_largest_partition_is_split(kind: Db) {
+    let p = Project::new(kind);
+    let n = 20_000;
+    visits(&p, n);
+    p.db.exec("INSERT INTO visits (id, hits) VALUES (1000000000, 0)");
+    let run = p.run_fixtures(&[
+        "run",
+        "count_visits_sql",
+        "--batch",
+        "200",
+        "--workers",
+        "3",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_each_row_once(&p, n + 1, "count_visits_sql");
+    let (count, done) = partitions(&p);
+    assert_eq!(count, done);
+    assert!(count > 12, "no partition was split: {count} partitions");
+    // The first partition, where the rows are, did not do them all alone.
+    let first =
+        p.db.scalar("SELECT rows_done FROM datamig_partitions WHERE part = 1");
+    assert!(first < n * 3 / 4, "partition 1 did {first} of {n} rows");
+}
+
+#[test]
+fn the_largest_partition_is_split_postgres() {
+    the_largest_partition_is_split(Db::Postgres);
+}
+
+#[test]
+fn the_largest_partition_is_split_mariadb() {
+    the_largest_partition_is_split(Db::MySql);
+}
+
+/// An interrupted partitioned run is resumed partitioned by a plain `datamig
+/// run`, and a run begun with one cursor goes on partitioned after its cursor.
+fn partitioned_and_single_cursor_runs_resume_each_other(kind: Db) {
+    let p = Project::new(kind);
+    let n = 20_000;
+    visits(&p, n);
+    let slow = ["--arg", "pause_ms=20"];
+    let child = spawn(
+        &p,
+        &[
+            &["run", "count_visits", "--batch", "200", "--workers", "2"],
+            &slow[..],
+        ]
+        .concat(),
+    );
+    wait_for_rows(&p, 2000);
+    // SIGTERM: the batches in flight finish, the partitions are released.
+    sigterm(&child);
+    let stopped = output(child);
+    assert_eq!(stopped.code, 130, "{stopped:?}");
+    assert!(stopped.stderr.contains("interrupted run 1"), "{stopped:?}");
+    assert_eq!(
+        p.db.scalar("SELECT count(*) FROM datamig_partitions WHERE owner IS NOT NULL"),
+        0
+    );
+    let resumed = p.run_fixtures(&[&["run", "count_visits", "--batch", "200"], &slow[..]].concat());
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert!(
+        resumed
+            .stderr
+            .contains("is partitioned: joining it with one worker"),
+        "{resumed:?}"
+    );
+    assert_each_row_once(&p, n, "count_visits");
+
+    // Begun with one cursor, interrupted, continued with workers.
+    p.db.exec("UPDATE visits SET hits = 0");
+    let child = spawn(
+        &p,
+        &[
+            &["run", "count_visits", "--batch", "200", "--restart"],
+            &slow[..],
+        ]
+        .concat(),
+    );
+    wait_for_rows(&p, 2000);
+    sigterm(&child);
+    assert_eq!(output(child).code, 130);
+    let on = p.run_fixtures(
+        &[
+            &["run", "count_visits", "--batch", "200", "--workers", "3"],
+            &slow[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(on.code, 0, "{on:?}");
+    assert!(on.stderr.contains("after"), "{on:?}");
+    assert_each_row_once(&p, n, "count_visits");
+}
+
+fn sigterm(child: &Child) {
+    let pid = i32::try_from(child.id()).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn partitioned_and_single_cursor_runs_resume_each_other_postgres() {
+    partitioned_and_single_cursor_runs_resume_each_other(Db::Postgres);
+}
+
+#[test]
+fn partitioned_and_single_cursor_runs_resume_each_other_mariadb() {
+    partitioned_and_single_cursor_runs_resume_each_other(Db::MySql);
+}
+
+#[test]
+fn sqlite_runs_one_writer_and_says_so() {
+    let p = Project::new(Db::Sqlite);
+    let n = 5000;
+    visits(&p, n);
+    let run = p.run_fixtures(&["run", "count_visits", "--batch", "500", "--workers", "4"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("SQLite has a single writer"), "{run:?}");
+    assert_each_row_once(&p, n, "count_visits");
+}
+
+crate::each_db! {
+    fn a_job_that_cannot_be_partitioned_is_refused(kind: Db) {
+        let p = Project::new(kind);
+        if kind == Db::Sqlite {
+            return; // one writer: --workers does not partition there
+        }
+        p.db.exec("CREATE TABLE visits2 (grp INT NOT NULL, id BIGINT NOT NULL, hits INT NOT NULL DEFAULT 0, PRIMARY KEY (grp, id))");
+        let run = p.run_fixtures(&["run", "count_visits_composite", "--workers", "2"]);
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains("needs a single integer key"), "{run:?}");
+        assert!(!p.db.table_exists("datamig_runs") || p.db.scalar("SELECT count(*) FROM datamig_runs") == 0);
+    }
+}
+
+/// `datamig cancel` stops every process of a partitioned run.
+fn cancel_stops_every_process(kind: Db) {
+    let p = Project::new(kind);
+    let n = 40_000;
+    visits(&p, n);
+    let args = [
+        "run",
+        "count_visits",
+        "--batch",
+        "100",
+        "--workers",
+        "2",
+        "--arg",
+        "pause_ms=20",
+    ];
+    let children: Vec<Child> = (0..2).map(|_| spawn(&p, &args)).collect();
+    wait_for_rows(&p, 1000);
+    let cancel = to_run(p.fixtures(&["cancel", "count_visits"]).output().unwrap());
+    assert_eq!(cancel.code, 0, "{cancel:?}");
+    for run in children.into_iter().map(output) {
+        assert_eq!(run.code, 17, "{run:?}");
+    }
+    assert_eq!(
+        p.db.query("SELECT state FROM datamig_runs")[0][0],
+        "cancelled"
+    );
+    let done = p.db.scalar("SELECT count(*) FROM visits WHERE hits = 1");
+    assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits > 1"), 0);
+    assert_eq!(
+        done,
+        p.db.scalar("SELECT rows_done FROM datamig_runs"),
+        "the counters match the rows"
+    );
+}
+
+#[test]
+fn cancel_stops_every_process_postgres() {
+    cancel_stops_every_process(Db::Postgres);
+}
+
+#[test]
+fn cancel_stops_every_process_mariadb() {
+    cancel_stops_every_process(Db::MySql);
+}
