@@ -136,6 +136,94 @@ fn the_largest_partition_is_split(kind: Db) {
     let first =
         p.db.scalar("SELECT rows_done FROM datamig_partitions WHERE part = 1");
     assert!(first < n * 3 / 4, "partition 1 did {first} of {n} rows");
+
+    // The history has every batch, each numbered within its partition.
+    let status = p.run_fixtures(&[
+        "status",
+        "count_visits_sql",
+        "--json",
+        "--batches",
+        "100000",
+    ]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let batches = json[0]["batches"].as_array().unwrap();
+    let rows: i64 = batches.iter().map(|b| b["rows"].as_i64().unwrap()).sum();
+    assert_eq!(rows, n + 1, "{json}");
+    let mut keys: Vec<(i64, i64)> = batches
+        .iter()
+        .map(|b| {
+            (
+                b["partition"].as_i64().unwrap(),
+                b["batch"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), batches.len());
+    assert_eq!(
+        json[0]["partitions"].as_array().unwrap().len(),
+        usize::try_from(count).unwrap()
+    );
+    let text = p.run_fixtures(&["status", "count_visits_sql", "--batches", "3"]);
+    assert!(
+        text.stdout
+            .contains(&format!("partitions  {count} of {count} done, 0 at work")),
+        "{text:?}"
+    );
+}
+
+/// JSON logs carry the run, and every batch's event its partition and figures.
+fn json_logs_name_the_partition(kind: Db) {
+    let p = Project::new(kind);
+    visits(&p, 2000);
+    let run = to_run(
+        p.fixtures(&[
+            "--log-format",
+            "json",
+            "run",
+            "count_visits",
+            "--batch",
+            "100",
+            "--workers",
+            "2",
+            "--progress",
+            "none",
+        ])
+        .env("RUST_LOG", "datamig_core=debug")
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let committed: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["fields"]["message"] == "batch committed")
+        .collect();
+    let rows: i64 = committed
+        .iter()
+        .map(|e| e["fields"]["rows"].as_i64().unwrap())
+        .sum();
+    assert_eq!(rows, 2000, "{}", run.stderr);
+    for e in &committed {
+        assert!(e["fields"]["partition"].as_i64().is_some(), "{e}");
+        assert!(matches!(e["fields"]["worker"].as_i64(), Some(1 | 2)), "{e}");
+        assert!(e["fields"]["transaction_ms"].as_i64().is_some(), "{e}");
+        assert_eq!(e["span"]["job"], "count_visits", "{e}");
+        assert!(e["span"]["run_id"].as_i64().is_some(), "{e}");
+    }
+}
+
+#[test]
+fn json_logs_name_the_partition_postgres() {
+    json_logs_name_the_partition(Db::Postgres);
+}
+
+#[test]
+fn json_logs_name_the_partition_mariadb() {
+    json_logs_name_the_partition(Db::MySql);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `datamig status [<job>] [--json]`: runs with state, progress, rate, cursor, times.
 
 use anyhow::Result;
-use datamig_core::run::{store, CheckResult, RunRecord, RunState};
+use datamig_core::run::{partition, store, CheckResult, RunRecord, RunState};
 use serde_json::json;
 
 use super::{settings, with_conn};
@@ -88,6 +88,11 @@ pub async fn run(
             (Some(n), Some(r)) => store::batches(conn, r.id, n).await?,
             _ => Vec::new(),
         };
+        // A partitioned run's partitions: where each is, and who works on it.
+        let parts = match (job, runs.first()) {
+            (Some(_), Some(r)) => partition::list(conn, r.id).await?,
+            _ => Vec::new(),
+        };
         if json {
             let mut items: Vec<serde_json::Value> = runs
                 .iter()
@@ -108,6 +113,9 @@ pub async fn run(
                 .collect();
             if let (Some(_), Some(first)) = (batches, items.first_mut()) {
                 first["batches"] = serde_json::to_value(&history)?;
+            }
+            if let (false, Some(first)) = (parts.is_empty(), items.first_mut()) {
+                first["partitions"] = serde_json::to_value(&parts)?;
             }
             line(&serde_json::to_string_pretty(&items)?);
             return Ok(());
@@ -156,6 +164,27 @@ pub async fn run(
                 r.batches_done,
                 r.batch_size
             ));
+            if !parts.is_empty() {
+                let done = parts.iter().filter(|p| p.done).count();
+                let at_work: Vec<&partition::PartitionRecord> = parts.iter().filter(|p| !p.done && p.leased).collect();
+                line(&format!(
+                    "  partitions  {done} of {} done, {} at work{}",
+                    parts.len(),
+                    at_work.len(),
+                    if at_work.is_empty() { String::new() } else { ":" .into() }
+                ));
+                for p in at_work {
+                    line(&format!(
+                        "    {:>4}  ({}, {}]  at {}  {} rows  by {}",
+                        p.part,
+                        p.lo.map_or("start".into(), |k| k.to_string()),
+                        p.hi.map_or("end".into(), |k| k.to_string()),
+                        p.position.map_or("-".into(), |k| k.to_string()),
+                        p.rows_done,
+                        p.owner.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
             if let Some(e) = &r.last_error {
                 line(&format!("  last error  {e}"));
             }
@@ -172,12 +201,13 @@ pub async fn run(
             if batches.is_some() {
                 line(&format!("last {} batches of run {}:", history.len(), r.id));
                 line(&format!(
-                    "  {:>7}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}  {:>7}  COMMITTED",
-                    "BATCH", "ROWS", "CHANGED", "REJECTED", "MS", "WAITED MS", "RETRIES"
+                    "  {:>9}  {:>7}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}  {:>7}  COMMITTED",
+                    "PARTITION", "BATCH", "ROWS", "CHANGED", "REJECTED", "MS", "WAITED MS", "RETRIES"
                 ));
                 for b in &history {
                     line(&format!(
-                        "  {:>7}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}  {:>7}  {}",
+                        "  {:>9}  {:>7}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}  {:>7}  {}",
+                        b.partition.map_or("-".into(), |p| p.to_string()),
                         b.batch, b.rows, b.changed, b.rejected, b.ms, b.waited_ms, b.retries, at_text(b.at_ms)
                     ));
                 }

@@ -692,7 +692,9 @@ impl<'p> Batches<'p> {
             done = self
                 .read_ahead(done.reader, after.map(<[Value]>::to_vec), rows)
                 .await
-                .map_err(|e| Error::JobFailed(format!("reading ahead stopped unexpectedly: {e}")))?;
+                .map_err(|e| {
+                    Error::JobFailed(format!("reading ahead stopped unexpectedly: {e}"))
+                })?;
         }
         let (reader, read) = (done.reader, done.read);
         let ahead = match read {
@@ -739,7 +741,14 @@ impl<'p> Batches<'p> {
         let transform = self.transform().cloned();
         let size = self.size(rows);
         tokio::spawn(async move {
-            let read = read_ahead(&mut reader, transform.as_ref(), &prep, after.as_deref(), size).await;
+            let read = read_ahead(
+                &mut reader,
+                transform.as_ref(),
+                &prep,
+                after.as_deref(),
+                size,
+            )
+            .await;
             InFlight {
                 reader,
                 after,

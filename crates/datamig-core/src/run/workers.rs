@@ -68,6 +68,8 @@ enum Stopped {
 
 /// A committed batch, as a worker reports it.
 struct Committed {
+    /// The worker of this process that ran it, from 1.
+    worker: usize,
     part: i64,
     /// The batch's number within its partition.
     number: i64,
@@ -536,7 +538,7 @@ async fn work(
             let shared = &shared;
             tracing::Instrument::instrument(
                 async move {
-                    let result = worker(shared, owner).await;
+                    let result = worker(shared, i + 1, owner).await;
                     if let Err(e) = &result {
                         let _ = shared.events.send(Event::Fatal(e.to_string()));
                     }
@@ -809,6 +811,7 @@ impl Control<'_> {
             at_ms: chrono::Utc::now().timestamp_millis(),
         });
         tracing::debug!(
+            worker = b.worker,
             partition = b.part,
             batch = b.number,
             rows = c.rows,
@@ -1123,7 +1126,7 @@ fn show(progress: &mut Progress, totals: &Totals, own: &Totals, started: Instant
 
 /// One worker: claims partitions and runs their batches until every partition
 /// is finished or the control loop stops it.
-async fn worker(shared: &Shared, owner: &str) -> Result<WorkerEnd> {
+async fn worker(shared: &Shared, worker: usize, owner: &str) -> Result<WorkerEnd> {
     let mut conn = connect(shared).await?;
     let prep = Prepared::new(&mut conn, &shared.plan)
         .await?
@@ -1136,7 +1139,7 @@ async fn worker(shared: &Shared, owner: &str) -> Result<WorkerEnd> {
         shared.limits,
         shared.opts.read_ahead,
     );
-    let result = claim_and_work(shared, owner, &mut conn, &mut batches).await;
+    let result = claim_and_work(shared, worker, owner, &mut conn, &mut batches).await;
     batches.close().await;
     conn.close().await;
     result
@@ -1178,6 +1181,7 @@ fn stopping(shared: &Shared) -> bool {
 
 async fn claim_and_work(
     shared: &Shared,
+    worker: usize,
     owner: &str,
     conn: &mut Conn,
     batches: &mut Batches<'_>,
@@ -1223,7 +1227,7 @@ async fn claim_and_work(
             )));
         }
         let span = tracing::info_span!("partition", partition = claim.part);
-        let worked = in_partition(shared, conn, batches, claim);
+        let worked = in_partition(shared, worker, conn, batches, claim);
         match tracing::Instrument::instrument(worked, span).await? {
             InPartition::Finished | InPartition::Lost => {}
             InPartition::Stopped => return Ok(WorkerEnd::Stopped),
@@ -1250,6 +1254,7 @@ async fn running(conn: &mut Conn, run_id: i64) -> Result<bool> {
 /// Runs the batches of one partition.
 async fn in_partition(
     shared: &Shared,
+    worker: usize,
     conn: &mut Conn,
     batches: &mut Batches<'_>,
     mut claim: Claim,
@@ -1308,6 +1313,7 @@ async fn in_partition(
                 number += 1;
                 sizer.after_batch(done.counts.rows, done.transaction);
                 let _ = shared.events.send(Event::Batch(Committed {
+                    worker,
                     part: claim.part,
                     number,
                     counts: done.counts,
