@@ -25,6 +25,16 @@ pub enum RateUnit {
 }
 
 impl Rate {
+    /// This rate's share `share` (0 < share <= 1): what one of several runners
+    /// sharing a run's rate may use.
+    pub fn share(self, share: f64) -> Rate {
+        let share = share.clamp(1e-3, 1.0);
+        Rate {
+            per: self.per.div_f64(share),
+            ..self
+        }
+    }
+
     /// Parses `2000` (rows a second), `2000/s`, `120000/m`, `500000/h`, or
     /// `5b/s`, `30b/m` (batches).
     pub fn parse(input: &str) -> Result<Rate, String> {

@@ -472,6 +472,29 @@ pub(crate) async fn totals(conn: &mut Conn, run_id: i64) -> sqlx::Result<Totals>
     })
 }
 
+/// Partitions of run `run_id` at work (held under a current lease): by
+/// `owners`, and by anyone.
+pub(crate) async fn at_work(
+    conn: &mut Conn,
+    run_id: i64,
+    owners: &[String],
+) -> sqlx::Result<(i64, i64)> {
+    let sql = format!(
+        "SELECT count(CASE WHEN owner IN ({}) THEN 1 END), count(*) FROM datamig_partitions \
+         WHERE run_id = ? AND done = 0 AND owner IS NOT NULL AND lease_until >= {}",
+        vec!["?"; owners.len().max(1)].join(", "),
+        conn.epoch_ms_sql()
+    );
+    let mut params: Vec<Value> = owners.iter().map(|o| Value::from(o.as_str())).collect();
+    if params.is_empty() {
+        params.push(Value::Null);
+    }
+    params.push(run_id.into());
+    let row = conn.fetch_one(&sql, &params).await?;
+    let n = |i: usize| row.get(i).and_then(Value::as_i64).unwrap_or(0);
+    Ok((n(0), n(1)))
+}
+
 /// Whether some runner is at work on run `run_id` (holds a current lease).
 pub(crate) async fn leased(conn: &mut Conn, run_id: i64) -> Result<bool> {
     if !conn

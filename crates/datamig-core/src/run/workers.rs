@@ -109,7 +109,9 @@ struct Shared {
     lease_ms: i64,
     gate: watch::Receiver<Gate>,
     events: mpsc::UnboundedSender<Event>,
-    limiter: Option<Arc<pace::Limiter>>,
+    /// The rate limit, shared by this process's workers: this process's share
+    /// of the run's rate, by its part of the workers at work on the run.
+    limiter: std::sync::RwLock<Option<Arc<pace::Limiter>>>,
     url: crate::config::DatabaseUrl,
 }
 
@@ -523,7 +525,9 @@ async fn work(
         lease_ms: ms(lease),
         gate: gate_rx,
         events: events_tx,
-        limiter: opts.rate.map(|r| Arc::new(pace::Limiter::new(r, largest))),
+        limiter: std::sync::RwLock::new(
+            opts.rate.map(|r| Arc::new(pace::Limiter::new(r, largest))),
+        ),
         url: conn.url().clone(),
     });
     let me = format!("{} #{:04x}", who_am_i(), rand::random::<u16>());
@@ -560,6 +564,9 @@ async fn work(
         throttle,
         stop,
         gate: gate_tx,
+        shared: &shared,
+        largest_batch: largest,
+        share: 1.0,
         poller: steer::Poller::new(),
         owners: &owners,
         lease,
@@ -709,6 +716,11 @@ struct Control<'a> {
     throttle: &'a mut throttle::Throttle,
     stop: &'a AtomicBool,
     gate: watch::Sender<Gate>,
+    shared: &'a Shared,
+    /// The largest batch a worker may ask the rate limiter for.
+    largest_batch: u64,
+    /// This process's share of the run's rate limit.
+    share: f64,
     poller: steer::Poller,
     owners: &'a [String],
     lease: Duration,
@@ -950,6 +962,7 @@ impl Control<'_> {
             tracing::warn!("could not renew the partitions' leases: {}", db_message(&e));
         }
         self.publish().await;
+        self.share_rate().await;
         self.obs.batch(&self.progress);
         self.history.flush(self.conn, self.history_limit).await;
         if let Some(max) = self
@@ -977,6 +990,32 @@ impl Control<'_> {
                 partitions_text(&self.totals)
             ));
         }
+    }
+
+    /// Gives this process its share of the run's rate limit: its part of the
+    /// partitions at work, so that the rate holds for the run as a whole
+    /// however many processes on however many hosts work on it.
+    async fn share_rate(&mut self) {
+        let Some(rate) = self.opts.rate else { return };
+        let run_id = self.progress.run_id;
+        let Ok((mine, all)) = partition::at_work(self.conn, run_id, self.owners).await else {
+            return;
+        };
+        #[allow(clippy::cast_precision_loss)] // a share of a few hundred workers
+        let share = if all > 0 && mine > 0 {
+            mine as f64 / all as f64
+        } else {
+            1.0
+        };
+        if (share - self.share).abs() < 0.05 {
+            return;
+        }
+        self.share = share;
+        let limiter = Arc::new(pace::Limiter::new(rate.share(share), self.largest_batch));
+        if let Ok(mut l) = self.shared.limiter.write() {
+            *l = Some(limiter);
+        }
+        tracing::info!(share, "this process's share of the rate limit changed");
     }
 
     /// Reads the run's figures from its partitions and copies them to its row.
@@ -1279,7 +1318,8 @@ async fn in_partition(
             batches.set_claim(None);
             return Ok(InPartition::Stopped);
         }
-        if let Some(limiter) = &shared.limiter {
+        let limiter = shared.limiter.read().ok().and_then(|l| l.clone());
+        if let Some(limiter) = limiter {
             while let Some(wait) = limiter.wait_for(sizer.rows()) {
                 let nap = wait.min(Duration::from_millis(250));
                 tokio::time::sleep(nap).await;
