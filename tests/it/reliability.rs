@@ -374,7 +374,7 @@ fn faults_through_a_proxy_mariadb() {
 
 /// The database server restarted mid-run (a test's own server, so the shared
 /// ones stay up): the run waits, reconnects and finishes, nothing lost or doubled.
-fn server_restarted_mid_run(kind: Db) {
+fn server_restarted_mid_run(kind: Db, workers: &[&str]) {
     let server = crate::server::Server::start(kind);
     let p = Project::with(crate::support::TestDb::on(kind, &server.url()));
     let n = 30_000;
@@ -391,7 +391,11 @@ fn server_restarted_mid_run(kind: Db) {
             "pause_ms=5",
             "--progress",
             "log",
-        ],
+        ]
+        .iter()
+        .chain(workers)
+        .copied()
+        .collect::<Vec<_>>(),
     );
     let mut restarts = 0;
     for _ in 0..2 {
@@ -416,21 +420,32 @@ fn server_restarted_mid_run(kind: Db) {
     assert!(run.stderr.contains("(connection lost)"), "{run:?}");
     assert_each_row_once(&p, n, "count_visits");
     println!(
-        "reliability: server restart {}: {restarts} restarts of the server mid-run ({n} rows), the run reconnected \
+        "reliability: server restart {}{}: {restarts} restarts of the server mid-run ({n} rows), the run reconnected \
          and finished, 0 rows lost, 0 visited twice ({:.1}s)",
         name(kind),
+        if workers.is_empty() { "" } else { ", partitioned" },
         started.elapsed().as_secs_f64()
     );
 }
 
 #[test]
 fn server_restarted_mid_run_postgres() {
-    server_restarted_mid_run(Db::Postgres);
+    server_restarted_mid_run(Db::Postgres, &[]);
 }
 
 #[test]
 fn server_restarted_mid_run_mariadb() {
-    server_restarted_mid_run(Db::MySql);
+    server_restarted_mid_run(Db::MySql, &[]);
+}
+
+#[test]
+fn server_restarted_mid_partitioned_run_postgres() {
+    server_restarted_mid_run(Db::Postgres, &["--workers", "2", "--lease", "3s"]);
+}
+
+#[test]
+fn server_restarted_mid_partitioned_run_mariadb() {
+    server_restarted_mid_run(Db::MySql, &["--workers", "2", "--lease", "3s"]);
 }
 
 /// What a refused command must not have changed: the data, and datamig's tables.

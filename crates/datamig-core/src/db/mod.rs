@@ -548,6 +548,18 @@ impl Conn {
         self.script(begin).await
     }
 
+    /// BEGIN of a short transaction over datamig's own rows at READ COMMITTED:
+    /// PostgreSQL's default, while MariaDB's REPEATABLE READ would take gap locks
+    /// on the rows a locking read passes, making claims and splits of a run's
+    /// partitions wait on each other.
+    pub async fn begin_read_committed(&mut self) -> sqlx::Result<()> {
+        if self.backend() == Backend::MySql {
+            self.script("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .await?;
+        }
+        self.begin().await
+    }
+
     pub async fn commit(&mut self) -> sqlx::Result<()> {
         self.script("COMMIT").await
     }

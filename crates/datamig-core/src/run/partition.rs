@@ -22,7 +22,7 @@
 //! rests on the row lock and the guard.
 
 use crate::config::Backend;
-use crate::db::{Conn, Value};
+use crate::db::{Conn, Transient, Value};
 use crate::{Error, Result};
 
 use super::store::BatchCounts;
@@ -65,8 +65,36 @@ pub(crate) struct Totals {
     pub leased: i64,
 }
 
+/// A failure on datamig's own partition rows: transient (a lock wait, a
+/// deadlock, a lost connection) where trying again can pass, so that the
+/// worker tries again rather than failing the run.
 fn failed(context: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
-    move |e| crate::db::error(context, &e)
+    move |e| {
+        let backend = match &e {
+            sqlx::Error::Database(db)
+                if db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some() =>
+            {
+                Backend::Postgres
+            }
+            sqlx::Error::Database(db)
+                if db
+                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    .is_some() =>
+            {
+                Backend::MySql
+            }
+            _ => Backend::Sqlite,
+        };
+        match Transient::of(backend, &e) {
+            Some(kind) => Error::Transient {
+                message: format!("{context}: {}", crate::db::db_message(&e)),
+                kind,
+            },
+            None => crate::db::error(context, &e),
+        }
+    }
 }
 
 /// Splits `(lo, hi]` (`lo`: the key before the first, `hi`: the last) into
@@ -188,7 +216,7 @@ pub(crate) async fn claim(
          AND (owner IS NULL OR lease_until < {now}) ORDER BY part LIMIT 1 FOR UPDATE SKIP LOCKED"
     );
     let context = "cannot claim a partition";
-    conn.begin().await.map_err(failed(context))?;
+    conn.begin_read_committed().await.map_err(failed(context))?;
     let claimed = async {
         let Some(row) = conn
             .fetch(&select, &[run_id.into()])
@@ -251,7 +279,7 @@ pub(crate) async fn split(
          AND {left} > ? ORDER BY {left} DESC LIMIT 4 FOR UPDATE SKIP LOCKED"
     );
     let context = "cannot split a partition";
-    conn.begin().await.map_err(failed(context))?;
+    conn.begin_read_committed().await.map_err(failed(context))?;
     let split = async {
         let params = [
             run_id.into(),

@@ -587,6 +587,8 @@ async fn work(
         beat: Instant::now(),
     };
     let (results, ()) = tokio::join!(workers_future, control.run(events, workers_done));
+    // The end of the run needs a live connection (the server may have restarted).
+    control.reconnect_if_lost().await;
     let Control {
         conn,
         obs,
@@ -960,6 +962,7 @@ impl Control<'_> {
         let run_id = self.progress.run_id;
         if let Err(e) = partition::heartbeat(self.conn, run_id, self.owners, ms(self.lease)).await {
             tracing::warn!("could not renew the partitions' leases: {}", db_message(&e));
+            self.reconnect_if_lost().await;
         }
         self.publish().await;
         self.share_rate().await;
@@ -989,6 +992,26 @@ impl Control<'_> {
                 max.as_secs_f64(),
                 partitions_text(&self.totals)
             ));
+        }
+    }
+
+    /// Replaces the control connection if it is lost (a server restart): the
+    /// leases, the run's figures and its end need one.
+    async fn reconnect_if_lost(&mut self) {
+        let answers = tokio::time::timeout(self.history_limit, super::alive(self.conn))
+            .await
+            .unwrap_or(false);
+        if answers {
+            return;
+        }
+        match control_connection(&self.shared.url, self.opts).await {
+            Ok(fresh) => {
+                drop(std::mem::replace(self.conn, fresh));
+                tracing::info!("reconnected the control connection");
+            }
+            Err(e) => {
+                tracing::warn!("the control connection is lost, and reconnecting failed: {e}")
+            }
         }
     }
 
@@ -1031,6 +1054,19 @@ impl Control<'_> {
         }
         show(&mut self.progress, &self.totals, &self.own, self.started);
     }
+}
+
+/// A connection for the control loop: lock waits bounded, statements not
+/// (the checks at the end may rightly take long).
+async fn control_connection(url: &crate::config::DatabaseUrl, opts: &Options) -> Result<Conn> {
+    let mut conn = Conn::connect(url, &ConnectOptions::default()).await?;
+    let limits = batch::Limits {
+        lock_timeout: opts.lock_timeout,
+        statement_timeout: None,
+        network_timeout: opts.network_timeout,
+    };
+    limits.apply(&mut conn).await?;
+    Ok(conn)
 }
 
 /// The run stopped being `running` while this process worked on it.
@@ -1226,11 +1262,22 @@ async fn claim_and_work(
     batches: &mut Batches<'_>,
 ) -> Result<WorkerEnd> {
     let min_split = i64::try_from(shared.opts.batch_size.saturating_mul(2)).unwrap_or(i64::MAX);
+    // Failed claims in a row.
+    let mut attempt = 0_u32;
     loop {
         if stopping(shared) {
             return Ok(WorkerEnd::Stopped);
         }
-        let mut claim = partition::claim(conn, shared.run_id, owner, shared.lease_ms).await?;
+        let mut claim = match partition::claim(conn, shared.run_id, owner, shared.lease_ms).await {
+            Ok(claim) => claim,
+            Err(e) => {
+                if !recover(shared, conn, &e, &mut attempt).await? {
+                    return Err(e);
+                }
+                continue;
+            }
+        };
+        attempt = 0;
         if claim.is_none() {
             if let Some((bounds, keys)) = split_bounds(conn, &shared.plan).await {
                 claim = partition::split(
@@ -1242,13 +1289,29 @@ async fn claim_and_work(
                     &keys,
                     min_split,
                 )
-                .await?;
+                .await
+                // Splitting is an optimisation: a split that fails is tried
+                // again at the next look, and the partition goes on meanwhile.
+                .unwrap_or_else(|e| {
+                    tracing::debug!("could not split a partition: {e}");
+                    None
+                });
             }
         }
         let Some(claim) = claim else {
-            let t = partition::totals(conn, shared.run_id)
-                .await
-                .map_err(|e| crate::db::error("cannot read datamig_partitions", &e))?;
+            let t = match partition::totals(conn, shared.run_id).await {
+                Ok(t) => t,
+                Err(e) => {
+                    let e = crate::db::error("cannot read datamig_partitions", &e);
+                    if !super::alive(conn).await {
+                        if let Ok(fresh) = connect(shared).await {
+                            drop(std::mem::replace(conn, fresh));
+                        }
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
             if t.done == t.partitions {
                 return Ok(WorkerEnd::AllDone);
             }
@@ -1273,6 +1336,30 @@ async fn claim_and_work(
             InPartition::RunEnded => return Ok(WorkerEnd::RunEnded),
         }
     }
+}
+
+/// After a claim (or a partition's finish) failed: whether it may be tried again (a transient failure,
+/// within --max-retries), after a backoff and, for a lost connection, a new one.
+async fn recover(shared: &Shared, conn: &mut Conn, e: &Error, attempt: &mut u32) -> Result<bool> {
+    let Error::Transient { kind, message } = e else {
+        return Ok(false);
+    };
+    if *attempt >= shared.opts.max_retries {
+        return Ok(false);
+    }
+    *attempt += 1;
+    let wait = backoff(*attempt);
+    tracing::warn!(
+        "a partition's bookkeeping failed ({kind}): {message}; retrying in {} ms",
+        wait.as_millis()
+    );
+    tokio::time::sleep(wait).await;
+    if *kind == Transient::ConnectionLost || !super::alive(conn).await {
+        if let Ok(fresh) = connect(shared).await {
+            drop(std::mem::replace(conn, fresh));
+        }
+    }
+    Ok(true)
 }
 
 enum InPartition {
@@ -1338,11 +1425,15 @@ async fn in_partition(
             None => next.await,
         };
         match next {
-            Ok(None) => {
-                batches.set_claim(None);
-                partition::finish(conn, &claim).await?;
-                return Ok(InPartition::Finished);
-            }
+            Ok(None) => match partition::finish(conn, &claim).await {
+                Ok(_) => {
+                    batches.set_claim(None);
+                    return Ok(InPartition::Finished);
+                }
+                // The next look finds the partition empty again, and finishes it.
+                Err(e) if recover(shared, conn, &e, &mut attempt).await? => {}
+                Err(e) => return Err(e),
+            },
             Ok(Some(done)) => {
                 let position = done
                     .cursor
