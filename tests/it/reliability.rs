@@ -614,3 +614,71 @@ each_db! {
 fn s(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_string()).collect()
 }
+
+/// Three processes of two workers on one partitioned run; again and again one
+/// of them, chosen at random, is SIGKILLed at a random moment and another
+/// started in its place. The survivors take the dead one's partitions over
+/// when its leases run out, and the run completes with every row once.
+fn partitioned_runners_killed_at_random(kind: Db) {
+    let s = scale();
+    let p = Project::new(kind);
+    // About 20 ms a batch of 100: the run lasts long enough for the kills.
+    let n = s.rows * 3 / 20;
+    visits(&p, n);
+    let args = [
+        "run",
+        "count_visits",
+        "--batch",
+        "100",
+        "--workers",
+        "2",
+        "--lease",
+        "2s",
+        "--arg",
+        "pause_ms=20",
+        "--progress",
+        "none",
+    ];
+    let started = Instant::now();
+    let mut children: Vec<std::process::Child> = (0..3).map(|_| spawn(&p, &args)).collect();
+    wait_for_progress(&p, &mut children[0], 1);
+    let mut kills = 0;
+    while kills < s.random_kills {
+        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 300));
+        let victim = rand::random::<usize>() % children.len();
+        if children[victim].try_wait().unwrap().is_some() {
+            break; // the run finished: the kills so far are what it took
+        }
+        children[victim].kill().expect("SIGKILL");
+        let _ = children[victim].wait();
+        kills += 1;
+        children[victim] = spawn(&p, &args);
+    }
+    assert!(
+        kills >= s.random_kills.min(3),
+        "only {kills} kills landed mid-run"
+    );
+    for child in children {
+        let run = to_run(child.wait_with_output().unwrap());
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    assert_each_row_once(&p, n, "count_visits");
+    let taken = p.db.scalar("SELECT count(*) FROM datamig_partitions");
+    println!(
+        "reliability: partitioned kills {}: 3 processes × 2 workers on one run of {n} rows, {kills} random \
+         SIGKILLs (each replaced by a new process), {taken} partitions in the end, 0 rows lost, 0 visited \
+         twice ({:.1}s)",
+        name(kind),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn partitioned_runners_killed_at_random_postgres() {
+    partitioned_runners_killed_at_random(Db::Postgres);
+}
+
+#[test]
+fn partitioned_runners_killed_at_random_mariadb() {
+    partitioned_runners_killed_at_random(Db::MySql);
+}
