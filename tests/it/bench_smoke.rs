@@ -38,6 +38,13 @@ fn benchmark_harness_runs_on_every_database() {
             "{table} missing for a database:\n{stdout}"
         );
     }
+    // Workers on the server databases (SQLite runs one writer).
+    assert_eq!(
+        stdout.matches("### Scaling out").count(),
+        2,
+        "the workers table is missing for a server database:\n{stdout}"
+    );
+    assert!(stdout.contains("| --workers 4 |"), "{stdout}");
     // Every job row has figures, not blanks: rows/s is a number.
     let job_rows = stdout
         .lines()
