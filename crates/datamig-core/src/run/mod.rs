@@ -635,7 +635,7 @@ async fn run_locked(
         };
         pace::Limiter::new(r, largest)
     });
-    let mut poller = steer::Poller::new();
+    let mut poller = steer::Poller::new(opts.network_timeout.max(Duration::from_secs(1)));
     let mut waits = Waits::default();
     tracing::Span::current().record("run_id", run_id);
     let mut history = history::History::new(run_id, waits.total);

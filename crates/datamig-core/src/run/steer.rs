@@ -177,13 +177,16 @@ pub(crate) enum Polled {
 /// a batch of a few milliseconds should not pay a query for every batch.
 pub(crate) struct Poller {
     last: Option<Instant>,
+    /// How long a look may go unanswered: a connection gone silent between
+    /// batches must not hold the run (the next batch's deadline finds it dead).
+    limit: Duration,
 }
 
 impl Poller {
     pub const EVERY: Duration = Duration::from_millis(100);
 
-    pub fn new() -> Poller {
-        Poller { last: None }
+    pub fn new(limit: Duration) -> Poller {
+        Poller { last: None, limit }
     }
 
     /// Whether it is time to look (always, with `now`).
@@ -192,10 +195,18 @@ impl Poller {
             return Ok(Polled::Go);
         }
         self.last = Some(Instant::now());
-        let (state, request, by) = match store::poll(conn, run_id).await {
-            Ok(found) => found,
+        let polled = tokio::time::timeout(self.limit, store::poll(conn, run_id)).await;
+        let (state, request, by) = match polled {
+            Ok(Ok(found)) => found,
+            Err(_) => {
+                tracing::debug!(
+                    "no answer to the look at the run's requests within {:?}",
+                    self.limit
+                );
+                return Ok(Polled::Go);
+            }
             // The next batch meets a broken connection and retries; no reason to stop here.
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!("could not read the run's requests: {}", db_message(&e));
                 return Ok(Polled::Go);
             }

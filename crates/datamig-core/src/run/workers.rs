@@ -567,7 +567,7 @@ async fn work(
         shared: &shared,
         largest_batch: largest,
         share: 1.0,
-        poller: steer::Poller::new(),
+        poller: steer::Poller::new(opts.network_timeout.max(Duration::from_secs(1))),
         owners: &owners,
         lease,
         started,
@@ -769,7 +769,15 @@ impl Control<'_> {
                     Some(event) => self.on_event(event),
                     None => break,
                 },
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick() => {
+                    // A control connection gone silent (a dead network path)
+                    // must not stop the loop: it is replaced.
+                    let limit = self.opts.lock_timeout + self.history_limit;
+                    if tokio::time::timeout(limit, self.on_tick()).await.is_err() {
+                        tracing::warn!("the control connection did not answer within {}s; replacing it", limit.as_secs());
+                        self.replace_connection().await;
+                    }
+                }
             }
         }
     }
@@ -1004,6 +1012,12 @@ impl Control<'_> {
         if answers {
             return;
         }
+        self.replace_connection().await;
+    }
+
+    /// Opens a new control connection in place of the old one (dropped, not
+    /// closed: a graceful close waits on a silent server).
+    async fn replace_connection(&mut self) {
         match control_connection(&self.shared.url, self.opts).await {
             Ok(fresh) => {
                 drop(std::mem::replace(self.conn, fresh));
