@@ -190,6 +190,12 @@ each_db! {
         let mut outcomes = Vec::new();
         for race in 0..s.races {
             p.db.exec("UPDATE visits SET hits = 0");
+            // The last race's run goes, so that the wait below is for this one's
+            // first batch (its rows_done would let the steering in before this
+            // run exists, and a cancel then finds nothing to cancel).
+            if race > 0 {
+                p.db.exec("DELETE FROM datamig_runs");
+            }
             let mut child = spawn(&p, &["run", "count_visits", "--batch", "200", "--sleep", "5ms", "--progress", "none", "--restart"]);
             wait_for_progress(&p, &mut child, 1);
             // Pause and cancel from two threads at once, at a random moment.

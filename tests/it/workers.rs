@@ -47,6 +47,26 @@ fn partitions(p: &Project) -> (i64, i64) {
     (row[0].parse().unwrap(), row[1].parse().unwrap())
 }
 
+/// Waits until each of `children` holds a partition (on a loaded machine the
+/// last may take a moment to join the run).
+fn wait_until_each_holds_a_partition(p: &Project, children: &[Child]) {
+    let holds = |child: &Child| {
+        p.db.table_exists("datamig_partitions")
+            && p.db.scalar(&format!(
+                "SELECT count(*) FROM datamig_partitions WHERE done = 0 AND owner LIKE '% pid {} #%'",
+                child.id()
+            )) > 0
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !children.iter().all(holds) {
+        assert!(
+            Instant::now() < deadline,
+            "not every process holds a partition after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Three processes of two workers each on one run; one is killed with SIGKILL
 /// in the middle. The other two take its partitions over once their leases run
 /// out, and the run completes with every row visited exactly once.
@@ -70,12 +90,8 @@ fn three_processes_one_killed(kind: Db) {
         "log",
     ];
     let mut children: Vec<Child> = (0..3).map(|_| spawn(&p, &args)).collect();
+    wait_until_each_holds_a_partition(&p, &children);
     wait_for_rows(&p, n / 5);
-    // Every process is at work: each holds a partition.
-    let owners = p.db.scalar(
-        "SELECT count(DISTINCT owner) FROM datamig_partitions WHERE owner IS NOT NULL AND done = 0",
-    );
-    assert!(owners >= 3, "only {owners} workers hold partitions");
     let mut victim = children.remove(1);
     assert!(
         victim.try_wait().unwrap().is_none(),
@@ -356,6 +372,7 @@ fn cancel_stops_every_process(kind: Db) {
         "pause_ms=20",
     ];
     let children: Vec<Child> = (0..2).map(|_| spawn(&p, &args)).collect();
+    wait_until_each_holds_a_partition(&p, &children);
     wait_for_rows(&p, 1000);
     let cancel = to_run(p.fixtures(&["cancel", "count_visits"]).output().unwrap());
     assert_eq!(cancel.code, 0, "{cancel:?}");

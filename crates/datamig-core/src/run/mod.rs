@@ -478,22 +478,7 @@ async fn run_locked(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<Report> {
-    // The replicas to watch are connected to, and the probe tried, before
-    // anything is written: one that fails stops the command with nothing changed.
-    let mut throttle =
-        throttle::Throttle::new(opts.throttle.clone(), &ConnectOptions::default(), conn).await?;
-    conn.ensure_bookkeeping().await?;
-    // Lock waits are bounded from here on; statement time only inside the batch
-    // loop (a count or a check over a huge table may rightly take long).
-    let limits = batch::Limits {
-        lock_timeout: opts.lock_timeout,
-        statement_timeout: None,
-        network_timeout: opts.network_timeout,
-    };
-    limits
-        .apply(conn)
-        .await
-        .map_err(|e| Error::db("cannot prepare the session for batches", e.to_string()))?;
+    let (mut throttle, limits) = prepare_run(conn, opts).await?;
     let prep = batch::Prepared::new(conn, plan).await?;
     let batch_size = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
     let arity = match &plan.source {
@@ -562,12 +547,7 @@ async fn run_locked(
                 r.id,
                 job.name()
             ));
-            let baseline: Vec<CheckResult> = r
-                .verification
-                .as_deref()
-                .and_then(|v| serde_json::from_str(v).ok())
-                .unwrap_or_default();
-            (r.id, baseline)
+            (r.id, baseline(r))
         }
         None => {
             let baseline = run_checks(conn, &plan.checks, &[]).await?;
@@ -944,6 +924,38 @@ async fn run_locked(
         )));
     }
     Ok(report)
+}
+
+/// What every run does first: connects to the replicas to watch and tries the
+/// probe before anything is written (one that fails stops the command with
+/// nothing changed), makes datamig's tables, and bounds the session's lock
+/// waits (statement time only inside the batch loop: a count or a check over a
+/// huge table may rightly take long).
+async fn prepare_run(
+    conn: &mut Conn,
+    opts: &Options,
+) -> Result<(throttle::Throttle, batch::Limits)> {
+    let throttle =
+        throttle::Throttle::new(opts.throttle.clone(), &ConnectOptions::default(), conn).await?;
+    conn.ensure_bookkeeping().await?;
+    let limits = batch::Limits {
+        lock_timeout: opts.lock_timeout,
+        statement_timeout: None,
+        network_timeout: opts.network_timeout,
+    };
+    limits
+        .apply(conn)
+        .await
+        .map_err(|e| Error::db("cannot prepare the session for batches", e.to_string()))?;
+    Ok((throttle, limits))
+}
+
+/// The checks' values before the run, as stored with it.
+fn baseline(r: &RunRecord) -> Vec<CheckResult> {
+    r.verification
+        .as_deref()
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
 }
 
 /// One batch of a dry run.

@@ -262,6 +262,18 @@ struct Joined {
     record: Option<RunRecord>,
 }
 
+impl Joined {
+    fn resuming(r: RunRecord) -> Joined {
+        Joined {
+            run_id: r.id,
+            resumed: true,
+            baseline: super::baseline(&r),
+            total: r.total_rows,
+            record: Some(r),
+        }
+    }
+}
+
 async fn join(
     conn: &mut Conn,
     job: &dyn DynJob,
@@ -292,18 +304,7 @@ async fn join(
                     .map(|p| format!(", {p:.1}%"))
                     .unwrap_or_default()
             ));
-            let baseline = r
-                .verification
-                .as_deref()
-                .and_then(|v| serde_json::from_str(v).ok())
-                .unwrap_or_default();
-            Ok(Joined {
-                run_id: r.id,
-                resumed: true,
-                baseline,
-                total: r.total_rows,
-                record: Some(r),
-            })
+            Ok(Joined::resuming(r))
         }
         Some(r) => {
             // Begun with one cursor: what it did becomes a finished partition 0,
@@ -348,18 +349,7 @@ async fn join(
                 ranges.len(),
                 r.rows_done
             ));
-            let baseline = r
-                .verification
-                .as_deref()
-                .and_then(|v| serde_json::from_str(v).ok())
-                .unwrap_or_default();
-            Ok(Joined {
-                run_id: r.id,
-                resumed: true,
-                baseline,
-                total: r.total_rows,
-                record: Some(r),
-            })
+            Ok(Joined::resuming(r))
         }
         None => {
             let span = key_span(conn, job, plan).await?;
@@ -430,18 +420,7 @@ pub(super) async fn run(
     obs: &mut dyn Observer,
 ) -> Result<Report> {
     key_of(job, &plan)?;
-    let mut throttle =
-        throttle::Throttle::new(opts.throttle.clone(), &ConnectOptions::default(), conn).await?;
-    conn.ensure_bookkeeping().await?;
-    let limits = batch::Limits {
-        lock_timeout: opts.lock_timeout,
-        statement_timeout: None,
-        network_timeout: opts.network_timeout,
-    };
-    limits
-        .apply(conn)
-        .await
-        .map_err(|e| Error::db("cannot prepare the session for batches", e.to_string()))?;
+    let (mut throttle, _) = super::prepare_run(conn, opts).await?;
     let lock = super::job_lock(job);
     lock_briefly(conn, job, &lock).await?;
     let joined = join(conn, job, args, &plan, opts, workers, obs).await;
