@@ -439,3 +439,50 @@ fn two_processes_share_the_rate_postgres() {
 fn two_processes_share_the_rate_mariadb() {
     two_processes_share_the_rate(Db::MySql);
 }
+
+/// `datamig pause` holds every process of a partitioned run in place, and
+/// `datamig resume` lets them all go on.
+fn pause_and_resume_hold_every_process(kind: Db) {
+    let p = Project::new(kind);
+    let n = 30_000;
+    visits(&p, n);
+    let args = [
+        "run",
+        "count_visits",
+        "--batch",
+        "100",
+        "--workers",
+        "2",
+        "--arg",
+        "pause_ms=20",
+    ];
+    let children: Vec<Child> = (0..2).map(|_| spawn(&p, &args)).collect();
+    wait_until_each_holds_a_partition(&p, &children);
+    wait_for_rows(&p, 1000);
+    let pause = to_run(p.fixtures(&["pause", "count_visits"]).output().unwrap());
+    assert_eq!(pause.code, 0, "{pause:?}");
+    // Every worker finishes its batch in flight, then nothing moves.
+    std::thread::sleep(Duration::from_millis(500));
+    let held = partition_rows(&p);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(partition_rows(&p), held, "a process went on while paused");
+    assert!(held < n);
+    assert_eq!(p.db.query("SELECT state FROM datamig_runs")[0][0], "paused");
+    let resume = to_run(p.fixtures(&["resume", "count_visits"]).output().unwrap());
+    assert_eq!(resume.code, 0, "{resume:?}");
+    for run in children.into_iter().map(output) {
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stderr.contains("resumed"), "{run:?}");
+    }
+    assert_each_row_once(&p, n, "count_visits");
+}
+
+#[test]
+fn pause_and_resume_hold_every_process_postgres() {
+    pause_and_resume_hold_every_process(Db::Postgres);
+}
+
+#[test]
+fn pause_and_resume_hold_every_process_mariadb() {
+    pause_and_resume_hold_every_process(Db::MySql);
+}

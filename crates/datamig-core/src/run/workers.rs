@@ -1195,7 +1195,27 @@ fn show(progress: &mut Progress, totals: &Totals, own: &Totals, started: Instant
 /// One worker: claims partitions and runs their batches until every partition
 /// is finished or the control loop stops it.
 async fn worker(shared: &Shared, worker: usize, owner: &str) -> Result<WorkerEnd> {
-    let mut conn = connect(shared).await?;
+    // A server that refuses a connection for a moment (too many at once, a
+    // restart) is waited for, as a batch that lost its connection would be.
+    let mut attempt = 0;
+    let mut conn = loop {
+        match connect(shared).await {
+            Ok(conn) => break conn,
+            Err(Error::Transient { message, .. }) if attempt < shared.opts.max_retries => {
+                attempt += 1;
+                let wait = backoff(attempt);
+                tracing::warn!(
+                    "worker {worker} cannot connect ({message}); retrying in {} ms",
+                    wait.as_millis()
+                );
+                tokio::time::sleep(wait).await;
+                if stopping(shared) {
+                    return Ok(WorkerEnd::Stopped);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let prep = Prepared::new(&mut conn, &shared.plan)
         .await?
         .one_thread_per_batch();
