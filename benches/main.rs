@@ -393,6 +393,25 @@ impl Bench {
         .map(drop)
     }
 
+    /// The CPU-heavy job's table: a tenth of the `n` users' addresses as
+    /// payloads, no digests yet; returns its row count.
+    async fn digests(&mut self, n: i64) -> Res<i64> {
+        let m = (n / 10).max(100);
+        self.conn
+            .script("CREATE TABLE IF NOT EXISTS digests (id BIGINT NOT NULL PRIMARY KEY, payload VARCHAR(64) NOT NULL, digest VARCHAR(64))")
+            .await
+            .map_err(s)?;
+        self.no_autovacuum(&["digests"]).await?;
+        self.conn.script("DELETE FROM digests").await.map_err(s)?;
+        self.conn
+            .script(&format!(
+                "INSERT INTO digests (id, payload) SELECT id, email FROM users WHERE id <= {m}"
+            ))
+            .await
+            .map_err(s)?;
+        Ok(m)
+    }
+
     fn cutoff_sql(&self) -> String {
         let cutoff = (chrono::Utc::now() - chrono::Duration::days(30)).format("%Y-%m-%d %H:%M:%S");
         match self.backend {
@@ -472,19 +491,7 @@ fn ratio(limit: Duration, d: Duration) -> String {
 /// and the same job without `--workers`, interleaved round by round.
 async fn bench_workers(b: &mut Bench, opts: &Opts, update: &str) -> Res<()> {
     let n = opts.rows;
-    let m = (n / 10).max(100);
-    b.conn
-        .script("CREATE TABLE IF NOT EXISTS digests (id BIGINT NOT NULL PRIMARY KEY, payload VARCHAR(64) NOT NULL, digest VARCHAR(64))")
-        .await
-        .map_err(s)?;
-    b.no_autovacuum(&["digests"]).await?;
-    b.conn.script("DELETE FROM digests").await.map_err(s)?;
-    b.conn
-        .script(&format!(
-            "INSERT INTO digests (id, payload) SELECT id, email FROM users WHERE id <= {m}"
-        ))
-        .await
-        .map_err(s)?;
+    let m = b.digests(n).await?;
     let configs: [(&str, &[&str]); 4] = [
         ("no --workers", &[]),
         ("--workers 1", &["--workers", "1"]),
@@ -821,19 +828,7 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
     }
 
     if want("cpu") {
-        let m = (n / 10).max(100);
-        b.conn
-            .script("CREATE TABLE IF NOT EXISTS digests (id BIGINT NOT NULL PRIMARY KEY, payload VARCHAR(64) NOT NULL, digest VARCHAR(64))")
-            .await
-            .map_err(s)?;
-        b.no_autovacuum(&["digests"]).await?;
-        b.conn.script("DELETE FROM digests").await.map_err(s)?;
-        b.conn
-            .script(&format!(
-                "INSERT INTO digests (id, payload) SELECT id, email FROM users WHERE id <= {m}"
-            ))
-            .await
-            .map_err(s)?;
+        let m = b.digests(n).await?;
         println!("### CPU-heavy transform (`digest_payloads`: 200 rounds of SHA-256 per row, {m} rows)\n");
         println!("| threads | time in batches (s) | rows/s | speed-up |\n|---|---|---|---|");
         let mut one = Duration::ZERO;

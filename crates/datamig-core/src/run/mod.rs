@@ -547,7 +547,7 @@ async fn run_locked(
                 r.id,
                 job.name()
             ));
-            (r.id, baseline(r))
+            (r.id, stored_checks(r))
         }
         None => {
             let baseline = run_checks(conn, &plan.checks, &[]).await?;
@@ -899,11 +899,40 @@ async fn run_locked(
         return Ok(report);
     }
 
-    let checks = match run_checks(conn, &plan.checks, &baseline).await {
+    complete(
+        conn,
+        job,
+        plan,
+        opts,
+        &progress,
+        &baseline,
+        &mut report,
+        obs,
+    )
+    .await?;
+    Ok(report)
+}
+
+/// Ends a run whose every batch is done: runs the checks against the baseline,
+/// stores them, marks the run completed and refreshes the statistics; a check
+/// that does not hold is the error (the run stays completed).
+#[allow(clippy::too_many_arguments)]
+async fn complete(
+    conn: &mut Conn,
+    job: &dyn DynJob,
+    plan: &Plan,
+    opts: &Options,
+    progress: &Progress,
+    baseline: &[CheckResult],
+    report: &mut Report,
+    obs: &mut dyn Observer,
+) -> Result<()> {
+    let run_id = progress.run_id;
+    let checks = match run_checks(conn, &plan.checks, baseline).await {
         Ok(checks) => checks,
         Err(e) => {
             // Every batch is done; running the job again re-runs only the checks.
-            let _ = end_run(conn, &progress, RunState::Failed, Some(&e.to_string())).await;
+            let _ = end_run(conn, progress, RunState::Failed, Some(&e.to_string())).await;
             return Err(e);
         }
     };
@@ -913,17 +942,23 @@ async fn run_locked(
         &serde_json::to_string(&checks).unwrap_or_default(),
     )
     .await?;
-    end_run(conn, &progress, RunState::Completed, None).await?;
+    end_run(conn, progress, RunState::Completed, None).await?;
     report.checks = checks;
     report.analyzed =
         refresh_statistics(conn, job, plan, opts.analyze, progress.rows_changed, obs).await;
-    if let Some(bad) = failed_checks(&report.checks) {
-        return Err(Error::VerificationFailed(format!(
-            "run {run_id} of {} completed, but {bad}",
+    verified(job, report)
+}
+
+/// The error for a completed run whose checks do not all hold.
+fn verified(job: &dyn DynJob, report: &Report) -> Result<()> {
+    match failed_checks(&report.checks) {
+        Some(bad) => Err(Error::VerificationFailed(format!(
+            "run {} of {} completed, but {bad}",
+            report.run_id,
             job.name()
-        )));
+        ))),
+        None => Ok(()),
     }
-    Ok(report)
 }
 
 /// What every run does first: connects to the replicas to watch and tries the
@@ -950,8 +985,9 @@ async fn prepare_run(
     Ok((throttle, limits))
 }
 
-/// The checks' values before the run, as stored with it.
-fn baseline(r: &RunRecord) -> Vec<CheckResult> {
+/// The checks stored with a run: their values before it while it runs (the
+/// baseline), their results once it has completed.
+fn stored_checks(r: &RunRecord) -> Vec<CheckResult> {
     r.verification
         .as_deref()
         .and_then(|v| serde_json::from_str(v).ok())

@@ -267,7 +267,7 @@ impl Joined {
         Joined {
             run_id: r.id,
             resumed: true,
-            baseline: super::baseline(&r),
+            baseline: super::stored_checks(&r),
             total: r.total_rows,
             record: Some(r),
         }
@@ -284,6 +284,9 @@ async fn join(
     obs: &mut dyn Observer,
 ) -> Result<Joined> {
     let batch_size = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
+    // Read first: a key that is not an integer is refused before an unfinished
+    // run is touched (abandoned by --restart, say).
+    let span = key_span(conn, job, plan).await?;
     let found = find_run_record(conn, job, args, opts, obs).await?;
     let parts = PARTS_PER_WORKER * i64::try_from(workers).unwrap_or(1);
     match found {
@@ -324,7 +327,6 @@ async fn join(
                         ))
                     })?,
             };
-            let span = key_span(conn, job, plan).await?;
             let ranges = match (span, upto) {
                 (Some((_, hi)), Some(at)) => partition::cut(at, hi.max(at), parts)
                     .into_iter()
@@ -352,7 +354,6 @@ async fn join(
             Ok(Joined::resuming(r))
         }
         None => {
-            let span = key_span(conn, job, plan).await?;
             let prep = Prepared::new(conn, plan).await?;
             let total = match (&plan.source, opts.count) {
                 (_, CountMode::None) => None,
@@ -1132,41 +1133,23 @@ async fn finish_locked(
         .find(|r| r.id == run_id);
     if let Some(r) = now.filter(|r| r.state == RunState::Completed) {
         // Another process completed it: its checks are the run's.
-        report.checks = r
-            .verification
-            .as_deref()
-            .and_then(|v| serde_json::from_str(v).ok())
-            .unwrap_or_default();
-    } else {
-        if let Err(e) = conn.set_timeouts(opts.lock_timeout, None, None).await {
-            tracing::warn!("could not lift the statement timeout for the checks: {e}");
-        }
-        let checks = match run_checks(conn, &plan.checks, &joined.baseline).await {
-            Ok(checks) => checks,
-            Err(e) => {
-                let _ = end_run(conn, progress, RunState::Failed, Some(&e.to_string())).await;
-                return Err(e);
-            }
-        };
-        store::set_verification(
-            conn,
-            run_id,
-            &serde_json::to_string(&checks).unwrap_or_default(),
-        )
-        .await?;
-        end_run(conn, progress, RunState::Completed, None).await?;
-        report.checks = checks;
-        report.analyzed =
-            super::refresh_statistics(conn, job, plan, opts.analyze, progress.rows_changed, obs)
-                .await;
+        report.checks = super::stored_checks(&r);
+        return super::verified(job, report);
     }
-    if let Some(bad) = super::failed_checks(&report.checks) {
-        return Err(Error::VerificationFailed(format!(
-            "run {run_id} of {} completed, but {bad}",
-            job.name()
-        )));
+    if let Err(e) = conn.set_timeouts(opts.lock_timeout, None, None).await {
+        tracing::warn!("could not lift the statement timeout for the checks: {e}");
     }
-    Ok(())
+    super::complete(
+        conn,
+        job,
+        plan,
+        opts,
+        progress,
+        &joined.baseline,
+        report,
+        obs,
+    )
+    .await
 }
 
 /// `12 of 16 partitions done`.
