@@ -426,7 +426,9 @@ fn server_restarted_mid_run(kind: Db, workers: &[&str]) {
             "--batch",
             "500",
             "--arg",
-            "pause_ms=5",
+            // Slow enough (≈6 s of batches) that both restarts meet batches,
+            // with two workers too.
+            "pause_ms=20",
             "--progress",
             "log",
         ]
@@ -484,6 +486,82 @@ fn server_restarted_mid_partitioned_run_postgres() {
 #[test]
 fn server_restarted_mid_partitioned_run_mariadb() {
     server_restarted_mid_run(Db::MySql, &["--workers", "2", "--lease", "3s"]);
+}
+
+/// The server restarted while the run's checks run, after its last batch: the
+/// run reconnects, runs the checks again and completes (exit 0), instead of
+/// failing a run whose every row is done.
+fn server_restarted_during_the_checks(kind: Db, workers: &[&str]) {
+    let server = crate::server::Server::start(kind);
+    let p = Project::with(crate::support::TestDb::on(kind, &server.url()));
+    let n = 5_000;
+    visits(&p, n);
+    let mut child = spawn(
+        &p,
+        &[
+            "run",
+            "count_visits",
+            "--batch",
+            "500",
+            "--arg",
+            "check_ms=4000",
+            "--progress",
+            "log",
+        ]
+        .iter()
+        .chain(workers)
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    // Every row visited: the run is at its checks (the slow one sleeps 4 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p.db.scalar("SELECT count(*) FROM visits WHERE hits = 0") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the run's batches did not finish"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{:?}",
+            to_run(child.wait_with_output().unwrap())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    server.restart(Duration::from_millis(500));
+    let run = to_run(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the checks at the end of the run (connection lost)"),
+        "the restart did not meet the checks: {run:?}"
+    );
+    assert_each_row_once(&p, n, "count_visits");
+    assert_eq!(
+        p.db.scalar("SELECT count(*) FROM datamig_runs WHERE state = 'completed'"),
+        1,
+        "{run:?}"
+    );
+}
+
+#[test]
+fn server_restarted_during_the_checks_postgres() {
+    server_restarted_during_the_checks(Db::Postgres, &[]);
+}
+
+#[test]
+fn server_restarted_during_the_checks_mariadb() {
+    server_restarted_during_the_checks(Db::MySql, &[]);
+}
+
+#[test]
+fn server_restarted_during_a_partitioned_runs_checks_postgres() {
+    server_restarted_during_the_checks(Db::Postgres, &["--workers", "2"]);
+}
+
+#[test]
+fn server_restarted_during_a_partitioned_runs_checks_mariadb() {
+    server_restarted_during_the_checks(Db::MySql, &["--workers", "2"]);
 }
 
 /// What a refused command must not have changed: the data, and datamig's tables.

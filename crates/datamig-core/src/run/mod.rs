@@ -927,22 +927,56 @@ async fn complete(
     report: &mut Report,
     obs: &mut dyn Observer,
 ) -> Result<()> {
-    let run_id = progress.run_id;
-    let checks = match run_checks(conn, &plan.checks, baseline).await {
-        Ok(checks) => checks,
-        Err(e) => {
-            // Every batch is done; running the job again re-runs only the checks.
-            let _ = end_run(conn, progress, RunState::Failed, Some(&e.to_string())).await;
-            return Err(e);
+    // The checks and the run's end are read-only or overwrite what they set, so
+    // a connection lost among them (a server restart) is replaced and they run
+    // again, as a batch would.
+    let mut attempt = 0;
+    let checks = loop {
+        let ended = async {
+            let checks = run_checks(conn, &plan.checks, baseline).await?;
+            store::set_verification(
+                conn,
+                progress.run_id,
+                &serde_json::to_string(&checks).unwrap_or_default(),
+            )
+            .await?;
+            end_run(conn, progress, RunState::Completed, None).await?;
+            Ok::<_, Error>(checks)
         }
+        .await;
+        let e = match ended {
+            Ok(checks) => break checks,
+            Err(e) => e,
+        };
+        let lost = !tokio::time::timeout(
+            opts.network_timeout.max(Duration::from_secs(1)),
+            alive(conn),
+        )
+        .await
+        .unwrap_or(false);
+        if lost && attempt < opts.max_retries {
+            attempt += 1;
+            let wait = backoff(attempt);
+            obs.message(&format!(
+                "the checks at the end of the run (connection lost): {e}; retrying in {:.1}s (attempt {attempt} of {})",
+                wait.as_secs_f64(),
+                opts.max_retries
+            ));
+            tokio::time::sleep(wait).await;
+            let limits = batch::Limits {
+                lock_timeout: opts.lock_timeout,
+                statement_timeout: None,
+                network_timeout: opts.network_timeout,
+            };
+            match reconnect(conn, &job_lock(job), &limits).await {
+                Ok(()) | Err(Error::Transient { .. }) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        // Every batch is done; running the job again re-runs only the checks.
+        let _ = end_run(conn, progress, RunState::Failed, Some(&e.to_string())).await;
+        return Err(e);
     };
-    store::set_verification(
-        conn,
-        run_id,
-        &serde_json::to_string(&checks).unwrap_or_default(),
-    )
-    .await?;
-    end_run(conn, progress, RunState::Completed, None).await?;
     report.checks = checks;
     report.analyzed =
         refresh_statistics(conn, job, plan, opts.analyze, progress.rows_changed, obs).await;

@@ -1099,20 +1099,27 @@ async fn finish(
     let run_id = joined.run_id;
     let lock = super::job_lock(job);
     let started = Instant::now();
-    while !conn.try_lock(&lock).await? {
-        if started.elapsed() > LOCK_WAIT * 10 {
-            return Err(Error::AlreadyRunning(format!(
-                "every partition of run {run_id} is done, but another process has held the job lock for \
-                 {}s while completing it; `datamig status {}` shows it",
-                started.elapsed().as_secs(),
-                job.name()
-            )));
+    loop {
+        while !conn.try_lock(&lock).await? {
+            if started.elapsed() > LOCK_WAIT * 10 {
+                return Err(Error::AlreadyRunning(format!(
+                    "every partition of run {run_id} is done, but another process has held the job lock for \
+                     {}s while completing it; `datamig status {}` shows it",
+                    started.elapsed().as_secs(),
+                    job.name()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let result = finish_locked(conn, job, plan, opts, joined, progress, &mut report, obs).await;
+        let _ = conn.unlock(&lock).await;
+        match result {
+            // The connection was lost while completing, and another process
+            // finishing the run took the lock meanwhile: what it found is the run's.
+            Err(Error::AlreadyRunning(_)) => continue,
+            result => return result.map(|()| report),
+        }
     }
-    let result = finish_locked(conn, job, plan, opts, joined, progress, &mut report, obs).await;
-    let _ = conn.unlock(&lock).await;
-    result.map(|()| report)
 }
 
 #[allow(clippy::too_many_arguments)]
