@@ -1051,3 +1051,63 @@ each_db! {
         }
     }
 }
+
+/// The connection to a watched replica breaks mid-run (every connection to it
+/// reset through a proxy): the run waits, saying the replica's lag is unknown,
+/// connects to it again at the next check and finishes. It neither fails the
+/// run nor writes on without knowing the lag.
+fn replica_lost_mid_run(p: &Project, replica_url: &str, rows: i64) {
+    let replica = crate::support::url_parts(replica_url);
+    let proxy = crate::proxy::Proxy::start(&format!("127.0.0.1:{}", replica.port().unwrap()));
+    let mut through = replica.clone();
+    through.set_port(Some(proxy.port)).unwrap();
+    let mut child = p
+        .fixtures(&[
+            "run",
+            "count_visits",
+            "--batch",
+            "100",
+            "--sleep",
+            "50ms",
+            "--max-replica-lag",
+            "30s",
+            "--replica",
+            through.as_str(),
+            "--progress",
+            "log",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_progress(p, &mut child, 500);
+    proxy.reset_all();
+    let run = to_run(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("cannot be read, so its lag is unknown"),
+        "the reset did not meet a replica check: {run:?}"
+    );
+    assert_each_row_once(p, rows, "count_visits");
+}
+
+#[test]
+fn replica_lost_mid_run_postgres() {
+    let p = Project::new(Db::Postgres);
+    visits(&p, 3_000);
+    let mut standby = crate::support::url_parts(&standby_server());
+    standby.set_path(crate::support::url_parts(&p.db.url).path());
+    copy_on_replica(standby.as_str(), 3_000);
+    replica_lost_mid_run(&p, standby.as_str(), 3_000);
+}
+
+#[test]
+fn replica_lost_mid_run_mariadb() {
+    let (primary, replica_server) = mariadb_pair();
+    let p = Project::with(crate::support::TestDb::on(Db::MySql, &primary));
+    visits(&p, 3_000);
+    let mut replica_url = crate::support::url_parts(&replica_server);
+    replica_url.set_path(crate::support::url_parts(&p.db.url).path());
+    copy_on_replica(replica_url.as_str(), 3_000);
+    replica_lost_mid_run(&p, replica_url.as_str(), 3_000);
+}

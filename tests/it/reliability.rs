@@ -410,6 +410,96 @@ fn faults_through_a_proxy_mariadb() {
     faults_through_a_proxy(Db::MySql);
 }
 
+/// Silence between batches with the health throttle on: its checks (and the
+/// look at the run's requests) meet a blackholed connection, give up after the
+/// network timeout, and the run goes on over a new connection: no hang, every
+/// row exactly once. With `--workers`, the control connection goes silent too.
+fn silence_during_the_health_checks(kind: Db, workers: &[&str]) {
+    let p = Project::new(kind);
+    let n = 20_000;
+    visits(&p, n);
+    let server = crate::support::url_parts(&p.db.url);
+    let proxy = crate::proxy::Proxy::start(&format!("127.0.0.1:{}", server.port().unwrap()));
+    let url = through(&p, &proxy);
+    let mut args = vec![
+        "run",
+        "count_visits",
+        "--batch",
+        "500",
+        "--progress",
+        "log",
+        "--statement-timeout",
+        "2s",
+        "--lock-timeout",
+        "1s",
+        "--network-timeout",
+        "2s",
+        // Always met; checked between batches, on the run's connection.
+        "--max-active",
+        "1000",
+        // Mostly asleep between batches, so the silence meets the checks.
+        "--sleep",
+        "300ms",
+    ];
+    args.extend_from_slice(workers);
+    let mut child = p
+        .fixtures(&args)
+        .env("DATABASE_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_progress(&p, &mut child, 1);
+    std::thread::sleep(Duration::from_millis(100));
+    proxy.blackhole_all();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let run = to_run(child.wait_with_output().unwrap());
+            panic!("the run hangs on a connection blackholed during its health checks: {run:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = to_run(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    if workers.is_empty() {
+        assert!(
+            run.stderr
+                .contains("cannot check the database's load: no answer within"),
+            "the silence did not meet the health check: {run:?}"
+        );
+    } else {
+        assert!(
+            run.stderr
+                .contains("the control connection does not answer")
+                || run.stderr.contains("the control connection did not answer"),
+            "the silence did not meet the control connection: {run:?}"
+        );
+    }
+    assert_each_row_once(&p, n, "count_visits");
+}
+
+#[test]
+fn silence_during_the_health_checks_postgres() {
+    silence_during_the_health_checks(Db::Postgres, &[]);
+}
+
+#[test]
+fn silence_during_the_health_checks_mariadb() {
+    silence_during_the_health_checks(Db::MySql, &[]);
+}
+
+#[test]
+fn silence_during_a_partitioned_runs_health_checks_postgres() {
+    silence_during_the_health_checks(Db::Postgres, &["--workers", "2", "--lease", "5s"]);
+}
+
+#[test]
+fn silence_during_a_partitioned_runs_health_checks_mariadb() {
+    silence_during_the_health_checks(Db::MySql, &["--workers", "2", "--lease", "5s"]);
+}
+
 /// The database server restarted mid-run (a test's own server, so the shared
 /// ones stay up): the run waits, reconnects and finishes, nothing lost or doubled.
 fn server_restarted_mid_run(kind: Db, workers: &[&str]) {

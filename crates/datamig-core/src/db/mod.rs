@@ -93,6 +93,13 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 
 pub type Row = Vec<Value>;
 
+/// sqlx reports statements slower than this at [`SLOW_STATEMENT_LOG`]: debug,
+/// not its default warning, for a count or a check over a large table rightly
+/// takes seconds, and a slow batch has datamig's own warning
+/// (`--warn-batch-time`). `RUST_LOG=sqlx=debug` shows them.
+pub(crate) const SLOW_STATEMENT: Duration = Duration::from_secs(1);
+pub(crate) const SLOW_STATEMENT_LOG: log::LevelFilter = log::LevelFilter::Debug;
+
 /// Options for opening a connection.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {

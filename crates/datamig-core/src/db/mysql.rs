@@ -6,7 +6,9 @@
 use std::str::FromStr;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlRow};
-use sqlx::{Column, Connection, MySqlConnection, Row as _, TypeInfo, ValueRef};
+use sqlx::{
+    Column, ConnectOptions as _, Connection, MySqlConnection, Row as _, TypeInfo, ValueRef,
+};
 
 use super::{BulkUpdate, ConnectOptions, Driver, Row, Transient, Value};
 use crate::config::DatabaseUrl;
@@ -179,7 +181,8 @@ impl Driver for MySql {
         let options = MySqlConnectOptions::from_str(url.expose())?
             .pipes_as_concat(false)
             .no_engine_substitution(false)
-            .timezone(None);
+            .timezone(None)
+            .log_slow_statements(super::SLOW_STATEMENT_LOG, super::SLOW_STATEMENT);
         MySqlConnection::connect_with(&options).await
     }
 

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgRow};
-use sqlx::{Column, Connection, PgConnection, Row as _, TypeInfo, ValueRef};
+use sqlx::{Column, ConnectOptions as _, Connection, PgConnection, Row as _, TypeInfo, ValueRef};
 
 use super::{BulkUpdate, ConnectOptions, Driver, Row, Transient, Value};
 use crate::config::DatabaseUrl;
@@ -355,7 +355,8 @@ impl Driver for Postgres {
         // microseconds against a batch's milliseconds.
         let options = PgConnectOptions::from_str(url.expose())?
             .application_name(&opts.application_name)
-            .options([("plan_cache_mode", "force_custom_plan")]);
+            .options([("plan_cache_mode", "force_custom_plan")])
+            .log_slow_statements(super::SLOW_STATEMENT_LOG, super::SLOW_STATEMENT);
         PgConnection::connect_with(&options).await
     }
 

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow};
-use sqlx::{Column, Connection, Row as _, SqliteConnection, TypeInfo, ValueRef};
+use sqlx::{
+    Column, ConnectOptions as _, Connection, Row as _, SqliteConnection, TypeInfo, ValueRef,
+};
 
 use super::{BulkUpdate, ConnectOptions, Driver, Row, Transient, Value};
 use crate::config::DatabaseUrl;
@@ -144,7 +146,8 @@ impl Driver for Sqlite {
         let is_new = path.as_ref().is_some_and(|p| !p.exists());
         let mut options = SqliteConnectOptions::from_str(url.expose())?
             .create_if_missing(true)
-            .busy_timeout(std::time::Duration::from_secs(30));
+            .busy_timeout(std::time::Duration::from_secs(30))
+            .log_slow_statements(super::SLOW_STATEMENT_LOG, super::SLOW_STATEMENT);
         if is_new {
             // A database datamig creates gets WAL, so jobs and readers do not block
             // each other; an existing file keeps the journal mode its owner chose.

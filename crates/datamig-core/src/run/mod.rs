@@ -630,6 +630,9 @@ async fn run_locked(
                 interrupted(conn, job, plan, opts, &progress, RunState::Interrupted, obs).await,
             );
         }
+        // A connection lost or silent while looking between batches fails the
+        // next batch: it is retried on a new connection as if the batch had.
+        let mut unchecked = None;
         match between_batches(
             conn,
             job,
@@ -647,6 +650,7 @@ async fn run_locked(
         .await
         {
             Ok(Between::Go) => {}
+            Err(e @ Error::Transient { .. }) => unchecked = Some(e),
             Ok(Between::Wait) => continue,
             Ok(Between::StopPaused) => {
                 break Err(
@@ -678,12 +682,17 @@ async fn run_locked(
                 break Err(e);
             }
         }
-        let next = batches.next(conn, cursor.as_deref(), sizer.rows());
-        let next = match limits.deadline() {
-            Some(deadline) => tokio::time::timeout(deadline, next)
-                .await
-                .unwrap_or_else(|_| Err(batch::unanswered(deadline))),
-            None => next.await,
+        let next = match unchecked {
+            Some(e) => Err(e),
+            None => {
+                let next = batches.next(conn, cursor.as_deref(), sizer.rows());
+                match limits.deadline() {
+                    Some(deadline) => tokio::time::timeout(deadline, next)
+                        .await
+                        .unwrap_or_else(|_| Err(batch::unanswered(deadline))),
+                    None => next.await,
+                }
+            }
         };
         match next {
             Ok(None) => break Ok(None),
@@ -790,7 +799,11 @@ async fn run_locked(
                 if pause(wait, stop).await {
                     continue; // the loop's stop check ends the run
                 }
-                if kind == Transient::ConnectionLost || !alive(conn).await {
+                let answers = kind != Transient::ConnectionLost
+                    && tokio::time::timeout(history_limit, alive(conn))
+                        .await
+                        .unwrap_or(false);
+                if !answers {
                     if let Err(e) = reconnect(conn, &job_lock(job), &limits).await {
                         match e {
                             // The server is not back yet: count it as another attempt.
@@ -798,6 +811,7 @@ async fn run_locked(
                             e => break Err(e),
                         }
                     }
+                    poller.look_next_time();
                 }
                 // A COMMIT cut off by the error may have landed: the checkpoint in
                 // the database, not this process's memory, says where the run is.
@@ -1004,8 +1018,13 @@ async fn prepare_run(
     conn: &mut Conn,
     opts: &Options,
 ) -> Result<(throttle::Throttle, batch::Limits)> {
-    let throttle =
-        throttle::Throttle::new(opts.throttle.clone(), &ConnectOptions::default(), conn).await?;
+    let throttle = throttle::Throttle::new(
+        opts.throttle.clone(),
+        &ConnectOptions::default(),
+        opts.network_timeout,
+        conn,
+    )
+    .await?;
     conn.ensure_bookkeeping().await?;
     let limits = batch::Limits {
         lock_timeout: opts.lock_timeout,
@@ -1325,18 +1344,38 @@ async fn between_batches(
     last_batch: Duration,
     waits: &mut Waits,
 ) -> Result<Between> {
+    let limit = poller.limit();
     match poller.poll(conn, progress.run_id, false).await? {
-        steer::Polled::Go | steer::Polled::Resume(_) => {}
+        // Unanswered: the next batch finds the connection dead and retries.
+        steer::Polled::Go | steer::Polled::Unanswered => {}
+        // A resume while running: one whose answer was lost with a connection
+        // leaves the run marked paused, which no batch may checkpoint.
+        steer::Polled::Resume(_) => {
+            let settled = tokio::time::timeout(
+                limit,
+                store::settle_request(
+                    conn,
+                    progress.run_id,
+                    RunState::Running,
+                    store::Request::Resume,
+                ),
+            )
+            .await;
+            answered(conn, limit, settled).await?;
+        }
         steer::Polled::Cancel(by) => return Ok(Between::Cancelled(by)),
         steer::Polled::Pause(by) => {
-            if !store::settle_request(
-                conn,
-                progress.run_id,
-                RunState::Paused,
-                store::Request::Pause,
+            let settled = tokio::time::timeout(
+                limit,
+                store::settle_request(
+                    conn,
+                    progress.run_id,
+                    RunState::Paused,
+                    store::Request::Pause,
+                ),
             )
-            .await?
-            {
+            .await;
+            if !answered(conn, limit, settled).await? {
                 return Ok(Between::Wait); // a cancel came after the pause
             }
             obs.message(&format!(
@@ -1352,15 +1391,29 @@ async fn between_batches(
                     return Ok(Between::StopPaused);
                 }
                 match poller.poll(conn, progress.run_id, true).await? {
+                    // A paused run must still hear its resume: a new connection.
+                    steer::Polled::Unanswered => {
+                        waits.total += paused.elapsed();
+                        return Err(Error::Transient {
+                            message: format!(
+                                "while paused, the run's requests cannot be read (no answer within {})",
+                                seconds(limit)
+                            ),
+                            kind: Transient::ConnectionLost,
+                        });
+                    }
                     steer::Polled::Resume(by) => {
-                        if !store::settle_request(
-                            conn,
-                            progress.run_id,
-                            RunState::Running,
-                            store::Request::Resume,
+                        let settled = tokio::time::timeout(
+                            limit,
+                            store::settle_request(
+                                conn,
+                                progress.run_id,
+                                RunState::Running,
+                                store::Request::Resume,
+                            ),
                         )
-                        .await?
-                        {
+                        .await;
+                        if !answered(conn, limit, settled).await? {
                             continue; // a cancel came after the resume
                         }
                         obs.message(&format!("resumed by {by}"));
@@ -1405,6 +1458,43 @@ async fn between_batches(
     }
     waits.go(obs);
     Ok(Between::Go)
+}
+
+/// A write between batches, bounded by `limit`: silence, or an error on a
+/// connection that no longer answers, is [`Error::Transient`], so that the run
+/// replaces the connection and goes on as after a failed batch.
+async fn answered<T>(
+    conn: &mut Conn,
+    limit: Duration,
+    result: std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+) -> Result<T> {
+    match result {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            if tokio::time::timeout(limit, alive(conn))
+                .await
+                .unwrap_or(false)
+            {
+                Err(e)
+            } else {
+                Err(Error::Transient {
+                    message: e.to_string(),
+                    kind: Transient::ConnectionLost,
+                })
+            }
+        }
+        Err(_) => Err(Error::Transient {
+            message: format!(
+                "the run's record: no answer from the server within {}",
+                seconds(limit)
+            ),
+            kind: Transient::ConnectionLost,
+        }),
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
 }
 
 /// Ends the run on a signal (`state` stays `paused` for a run stopped while

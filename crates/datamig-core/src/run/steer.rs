@@ -168,6 +168,8 @@ async fn steer_record(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Polled {
     Go,
+    /// The look went unanswered (a lost or silent connection): nothing is known.
+    Unanswered,
     Pause(String),
     Resume(String),
     Cancel(String),
@@ -189,6 +191,17 @@ impl Poller {
         Poller { last: None, limit }
     }
 
+    /// How long a look may go unanswered.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// Makes the next [`Poller::poll`] look, however recent the last look (after
+    /// a new connection: a request may have gone unanswered on the old one).
+    pub fn look_next_time(&mut self) {
+        self.last = None;
+    }
+
     /// Whether it is time to look (always, with `now`).
     pub async fn poll(&mut self, conn: &mut Conn, run_id: i64, now: bool) -> Result<Polled> {
         if !now && self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
@@ -203,12 +216,11 @@ impl Poller {
                     "no answer to the look at the run's requests within {:?}",
                     self.limit
                 );
-                return Ok(Polled::Go);
+                return Ok(Polled::Unanswered);
             }
-            // The next batch meets a broken connection and retries; no reason to stop here.
             Ok(Err(e)) => {
                 tracing::debug!("could not read the run's requests: {}", db_message(&e));
-                return Ok(Polled::Go);
+                return Ok(Polled::Unanswered);
             }
         };
         let by = by.unwrap_or_else(|| "another process".into());

@@ -10,11 +10,17 @@
 //!   each `--replica` the run connects to;
 //! - a probe query of the user's, timed: the run backs off when real users
 //!   would feel it.
+//!
+//! Every check has a time limit. One that cannot be made on the run's
+//! connection (lost, or silent past the limit) is a [`Error::Transient`]: the
+//! run replaces the connection as after a failed batch. A replica that cannot
+//! be read makes the run wait (its lag is unknown) and is reconnected at the
+//! next check.
 
 use std::time::{Duration, Instant};
 
 use crate::config::DatabaseUrl;
-use crate::db::{db_message, Conn, ConnectOptions, Value};
+use crate::db::{db_message, Conn, ConnectOptions, Transient, Value};
 use crate::{Error, Result};
 
 /// The thresholds (each optional) and what to probe.
@@ -48,7 +54,11 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// A run's throttle: its limits, its replica connections, and when it last looked.
 pub struct Throttle {
     limits: Limits,
-    replicas: Vec<Conn>,
+    /// One per `--replica`; `None` while lost (reconnected at the next check).
+    replicas: Vec<Option<Conn>>,
+    connect: ConnectOptions,
+    /// How long a check may go unanswered.
+    limit: Duration,
     last_check: Option<Instant>,
     /// Why the run waited last time, while it still waits.
     waiting: Option<String>,
@@ -58,7 +68,14 @@ impl Throttle {
     /// Connects to the replicas to watch, and tries the probe once on `conn`. A
     /// replica that cannot be reached, or a probe that does not run, is an error
     /// now, before the run is touched, rather than a failed run later.
-    pub async fn new(limits: Limits, opts: &ConnectOptions, conn: &mut Conn) -> Result<Throttle> {
+    /// A check unanswered for `network_timeout` (at least a second) beyond the
+    /// probe's own limit counts as a lost connection.
+    pub async fn new(
+        limits: Limits,
+        opts: &ConnectOptions,
+        network_timeout: Duration,
+        conn: &mut Conn,
+    ) -> Result<Throttle> {
         if let Some((sql, _)) = &limits.probe {
             if let Err(e) = conn.execute(sql, &[]).await {
                 return Err(Error::Usage(format!(
@@ -79,14 +96,26 @@ impl Throttle {
                 conn.close().await;
                 return Err(e);
             }
-            replicas.push(conn);
+            replicas.push(Some(conn));
         }
+        let limit = network_timeout.max(Duration::from_secs(1))
+            + limits
+                .probe
+                .as_ref()
+                .map_or(Duration::ZERO, |(_, max)| *max);
         Ok(Throttle {
             limits,
             replicas,
+            connect: opts.clone(),
+            limit,
             last_check: None,
             waiting: None,
         })
+    }
+
+    /// How long one check may go unanswered before it counts as a lost connection.
+    pub fn limit(&self) -> Duration {
+        self.limit
     }
 
     /// `Some(why)` when the run must wait before its next batch. Between
@@ -106,17 +135,13 @@ impl Throttle {
     }
 
     async fn reasons(&mut self, conn: &mut Conn) -> Result<Option<String>> {
-        let failed = |what: &str, e: sqlx::Error| {
-            Error::JobFailed(format!("cannot check {what}: {}", db_message(&e)))
-        };
+        let limit = self.limit;
         let mut why = Vec::new();
         let l = &self.limits;
         if l.max_active.is_some() || l.max_transaction_age.is_some() || l.max_replica_lag.is_some()
         {
-            let health = conn
-                .health()
-                .await
-                .map_err(|e| failed("the database's load", e))?;
+            let health = tokio::time::timeout(limit, conn.health()).await;
+            let health = answered(conn, "the database's load", limit, health)?;
             if let Some(max) = l.max_active {
                 if health.active_sessions > max {
                     why.push(format!(
@@ -146,10 +171,16 @@ impl Throttle {
         }
         if let Some(max) = l.max_replica_lag {
             for (url, replica) in l.replicas.iter().zip(&mut self.replicas) {
-                let lag = replica
-                    .replica_lag()
-                    .await
-                    .map_err(|e| failed(&format!("replica {}", url.redacted()), e))?;
+                let lag = match replica_lag(url, replica, &self.connect, limit).await {
+                    Ok(lag) => lag,
+                    Err(e) => {
+                        why.push(format!(
+                            "replica {} cannot be read, so its lag is unknown ({e})",
+                            url.redacted()
+                        ));
+                        continue;
+                    }
+                };
                 match lag {
                     Some(lag) if lag > max => why.push(format!(
                         "replica {} {} behind (--max-replica-lag {})",
@@ -166,9 +197,8 @@ impl Throttle {
         if let Some((sql, max)) = &l.probe {
             let started = Instant::now();
             // Its rows do not matter (and `pg_sleep` returns void): only its time.
-            conn.execute(sql, &[])
-                .await
-                .map_err(|e| failed("the probe query", e))?;
+            let ran = tokio::time::timeout(limit, conn.execute(sql, &[])).await;
+            answered(conn, "the probe query", limit, ran)?;
             let took = started.elapsed();
             if took > *max {
                 why.push(format!(
@@ -182,8 +212,63 @@ impl Throttle {
     }
 
     pub async fn close(self) {
-        for replica in self.replicas {
+        for replica in self.replicas.into_iter().flatten() {
             replica.close().await;
+        }
+    }
+}
+
+/// A check's result on the run's connection: silence past `limit` or a lost
+/// connection is [`Error::Transient`] (the run replaces the connection); any
+/// other error stops the run.
+fn answered<T>(
+    conn: &Conn,
+    what: &str,
+    limit: Duration,
+    result: std::result::Result<sqlx::Result<T>, tokio::time::error::Elapsed>,
+) -> Result<T> {
+    match result {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(match conn.transient(&e) {
+            Some(kind) => Error::Transient {
+                message: format!("cannot check {what}: {}", db_message(&e)),
+                kind,
+            },
+            None => Error::JobFailed(format!("cannot check {what}: {}", db_message(&e))),
+        }),
+        Err(_) => Err(Error::Transient {
+            message: format!("cannot check {what}: no answer within {}", secs(limit)),
+            kind: Transient::ConnectionLost,
+        }),
+    }
+}
+
+/// A replica's lag, through its connection, which is opened again first if it
+/// was lost; a connection that fails or goes silent is dropped (not closed: a
+/// graceful close waits on a silent server) and opened again next time.
+async fn replica_lag(
+    url: &DatabaseUrl,
+    replica: &mut Option<Conn>,
+    connect: &ConnectOptions,
+    limit: Duration,
+) -> std::result::Result<Option<Duration>, String> {
+    if replica.is_none() {
+        match tokio::time::timeout(limit, Conn::connect(url, connect)).await {
+            Ok(Ok(conn)) => *replica = Some(conn),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no answer to connecting within {}", secs(limit))),
+        }
+    }
+    let conn = replica.as_mut().expect("connected above");
+    match tokio::time::timeout(limit, conn.replica_lag()).await {
+        Ok(Ok(lag)) => Ok(lag),
+        Ok(Err(e)) => {
+            *replica = None;
+            Err(db_message(&e))
+        }
+        Err(_) => {
+            *replica = None;
+            Err(format!("no answer within {}", secs(limit)))
         }
     }
 }

@@ -751,8 +751,9 @@ impl Control<'_> {
                 },
                 _ = tick.tick() => {
                     // A control connection gone silent (a dead network path)
-                    // must not stop the loop: it is replaced.
-                    let limit = self.opts.lock_timeout + self.history_limit;
+                    // must not stop the loop: it is replaced. (A slow probe
+                    // of the health throttle's is given its time.)
+                    let limit = self.opts.lock_timeout + self.history_limit + self.throttle.limit();
                     if tokio::time::timeout(limit, self.on_tick()).await.is_err() {
                         tracing::warn!("the control connection did not answer within {}s; replacing it", limit.as_secs());
                         self.replace_connection().await;
@@ -850,7 +851,12 @@ impl Control<'_> {
             return self.stop_with(why);
         }
         if let Err(e) = self.steer().await {
-            return self.stop_with(Stopped::Failed(e.to_string()));
+            if self.connection_answers().await {
+                return self.stop_with(Stopped::Failed(e.to_string()));
+            }
+            // Lost with the connection: looked at again on a new one next tick.
+            tracing::warn!("could not act on the run's requests: {e}");
+            self.replace_connection().await;
         }
         if self.stopped.is_some() {
             return;
@@ -871,6 +877,17 @@ impl Control<'_> {
                     self.throttled = why;
                 }
                 Ok(_) => {}
+                // The health is unknown: the workers wait until it is known again.
+                Err(Error::Transient { message, kind }) => {
+                    let why =
+                        format!("the database's health cannot be checked ({kind}: {message})");
+                    if self.throttled.as_ref() != Some(&why) {
+                        self.obs.waiting(Some(&format!("waiting: {why}")));
+                        self.set_gate(Gate::Wait);
+                        self.throttled = Some(why);
+                    }
+                    self.reconnect_if_lost().await;
+                }
                 Err(e) => return self.stop_with(Stopped::Failed(e.to_string())),
             }
         }
@@ -930,6 +947,7 @@ impl Control<'_> {
             }
             // Resumed by another process of the run.
             steer::Polled::Go if self.paused => self.resumed("resumed"),
+            steer::Polled::Unanswered => self.reconnect_if_lost().await,
             _ => {}
         }
         Ok(())
@@ -986,13 +1004,20 @@ impl Control<'_> {
     /// Replaces the control connection if it is lost (a server restart): the
     /// leases, the run's figures and its end need one.
     async fn reconnect_if_lost(&mut self) {
-        let answers = tokio::time::timeout(self.history_limit, super::alive(self.conn))
-            .await
-            .unwrap_or(false);
-        if answers {
-            return;
+        if !self.connection_answers().await {
+            tracing::warn!(
+                "the control connection does not answer within {:.1}s; replacing it",
+                self.history_limit.as_secs_f64()
+            );
+            self.replace_connection().await;
         }
-        self.replace_connection().await;
+    }
+
+    /// Whether the control connection still answers (within the network timeout).
+    async fn connection_answers(&mut self) -> bool {
+        tokio::time::timeout(self.history_limit, super::alive(self.conn))
+            .await
+            .unwrap_or(false)
     }
 
     /// Opens a new control connection in place of the old one (dropped, not
