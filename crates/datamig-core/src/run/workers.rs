@@ -1184,9 +1184,14 @@ async fn finish_locked(
     .await
 }
 
-/// `12 of 16 partitions done`.
+/// `12 of 16 partitions done, 4 at work` (by every process on the run).
 fn partitions_text(t: &Totals) -> String {
-    format!("{} of {} partitions done", t.done, t.partitions)
+    let done = format!("{} of {} partitions done", t.done, t.partitions);
+    if t.leased > 0 {
+        format!("{done}, {} at work", t.leased)
+    } else {
+        done
+    }
 }
 
 /// The progress shown: the run's figures as last read, plus this process's since.
