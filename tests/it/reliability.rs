@@ -500,6 +500,95 @@ fn silence_during_a_partitioned_runs_health_checks_mariadb() {
     silence_during_the_health_checks(Db::MySql, &["--workers", "2", "--lease", "5s"]);
 }
 
+/// A paused run whose connections go silent while it waits: it cannot hear a
+/// resume on them, so it gives up on them after the network timeout and
+/// connects again; the resume, sent meanwhile, reaches it and the run finishes.
+fn silence_while_paused(kind: Db, workers: &[&str]) {
+    let p = Project::new(kind);
+    let n = 20_000;
+    visits(&p, n);
+    let server = crate::support::url_parts(&p.db.url);
+    let proxy = crate::proxy::Proxy::start(&format!("127.0.0.1:{}", server.port().unwrap()));
+    let url = through(&p, &proxy);
+    let mut args = vec![
+        "run",
+        "count_visits",
+        "--batch",
+        "200",
+        "--arg",
+        "pause_ms=20",
+        "--progress",
+        "log",
+        "--statement-timeout",
+        "2s",
+        "--lock-timeout",
+        "1s",
+        "--network-timeout",
+        "2s",
+    ];
+    args.extend_from_slice(workers);
+    let mut child = p
+        .fixtures(&args)
+        .env("DATABASE_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_progress(&p, &mut child, 1);
+    let paused = p.run_fixtures(&["pause", "count_visits"]);
+    assert_eq!(paused.code, 0, "{paused:?}");
+    // Until this process has answered (its batches stopped), then silence.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.db.query("SELECT state FROM datamig_runs")[0][0] != "paused" {
+        assert!(Instant::now() < deadline, "the run did not pause");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    proxy.blackhole_all();
+    std::thread::sleep(Duration::from_secs(1));
+    let resumed = p.run_fixtures(&["resume", "count_visits"]);
+    if resumed.code != 0 {
+        child.kill().unwrap();
+        panic!(
+            "{resumed:?}\nthe run: {:?}",
+            to_run(child.wait_with_output().unwrap())
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let run = to_run(child.wait_with_output().unwrap());
+            panic!("the paused run never heard its resume over a silent connection: {run:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = to_run(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("resumed"), "{run:?}");
+    assert_each_row_once(&p, n, "count_visits");
+}
+
+#[test]
+fn silence_while_paused_postgres() {
+    silence_while_paused(Db::Postgres, &[]);
+}
+
+#[test]
+fn silence_while_paused_mariadb() {
+    silence_while_paused(Db::MySql, &[]);
+}
+
+#[test]
+fn silence_while_a_partitioned_run_is_paused_postgres() {
+    silence_while_paused(Db::Postgres, &["--workers", "2", "--lease", "5s"]);
+}
+
+#[test]
+fn silence_while_a_partitioned_run_is_paused_mariadb() {
+    silence_while_paused(Db::MySql, &["--workers", "2", "--lease", "5s"]);
+}
+
 /// The database server restarted mid-run (a test's own server, so the shared
 /// ones stay up): the run waits, reconnects and finishes, nothing lost or doubled.
 fn server_restarted_mid_run(kind: Db, workers: &[&str]) {

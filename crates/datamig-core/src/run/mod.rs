@@ -1350,7 +1350,7 @@ async fn between_batches(
         steer::Polled::Go | steer::Polled::Unanswered => {}
         // A resume while running: one whose answer was lost with a connection
         // leaves the run marked paused, which no batch may checkpoint.
-        steer::Polled::Resume(_) => {
+        steer::Polled::Resume(by) => {
             let settled = tokio::time::timeout(
                 limit,
                 store::settle_request(
@@ -1361,7 +1361,10 @@ async fn between_batches(
                 ),
             )
             .await;
-            answered(conn, limit, settled).await?;
+            if answered(conn, limit, settled).await? {
+                obs.message(&format!("resumed by {by}"));
+                obs.waiting(None);
+            }
         }
         steer::Polled::Cancel(by) => return Ok(Between::Cancelled(by)),
         steer::Polled::Pause(by) => {
