@@ -486,3 +486,137 @@ fn pause_and_resume_hold_every_process_postgres() {
 fn pause_and_resume_hold_every_process_mariadb() {
     pause_and_resume_hold_every_process(Db::MySql);
 }
+
+/// The health throttle holds every worker of every process: a long
+/// transaction opened mid-run (`--max-transaction-age 500ms`) stops the
+/// batches of two processes until it ends, each says why, and the run
+/// finishes once it has, every row once.
+fn the_health_throttle_holds_every_process(kind: Db) {
+    let p = Project::new(kind);
+    let n = 40_000;
+    visits(&p, n);
+    let args = [
+        "run",
+        "count_visits",
+        "--batch",
+        "500",
+        "--workers",
+        "2",
+        "--arg",
+        "pause_ms=50",
+        "--max-transaction-age",
+        "500ms",
+        "--progress",
+        "log",
+    ];
+    let children: Vec<Child> = (0..2).map(|_| spawn(&p, &args)).collect();
+    wait_until_each_holds_a_partition(&p, &children);
+    wait_for_rows(&p, 1_000);
+    let url = p.db.url.clone();
+    let (held, is_held) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let db = crate::support::TestDb::attach(&url);
+        // A snapshot held open: what keeps vacuum (purge) from cleaning up.
+        let begin = if db.kind == Db::Postgres {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM visits"
+        } else {
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT; SELECT count(*) FROM visits"
+        };
+        db.hold(begin, Duration::from_secs(5), held);
+    });
+    is_held.recv_timeout(Duration::from_secs(30)).unwrap();
+    // Over its 500 ms, then a tick of each control loop and the batches in flight.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = partition_rows(&p);
+    std::thread::sleep(Duration::from_millis(2000));
+    let after = partition_rows(&p);
+    assert!(
+        before < n,
+        "the run ended before the transaction was old enough"
+    );
+    assert_eq!(before, after, "no batch while the transaction is open");
+    holder.join().unwrap();
+    let runs: Vec<Run> = children.into_iter().map(output).collect();
+    for run in &runs {
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(
+            run.stderr.contains("waiting: a transaction open for "),
+            "each process says why it waits: {run:?}"
+        );
+    }
+    assert_each_row_once(&p, n, "count_visits");
+}
+
+#[test]
+fn the_health_throttle_holds_every_process_postgres() {
+    the_health_throttle_holds_every_process(Db::Postgres);
+}
+
+#[test]
+fn the_health_throttle_holds_every_process_mariadb() {
+    the_health_throttle_holds_every_process(Db::MySql);
+}
+
+/// `--max-runtime` with workers: when the budget is spent every worker stops at
+/// its batch boundary, the run is left interrupted with exactly its committed
+/// batches done, and the next invocation finishes it.
+fn a_spent_budget_stops_every_worker(kind: Db) {
+    let p = Project::new(kind);
+    let n = 40_000;
+    visits(&p, n);
+    let args = [
+        "run",
+        "count_visits",
+        "--batch",
+        "500",
+        "--workers",
+        "2",
+        "--arg",
+        "pause_ms=50",
+    ];
+    let started = Instant::now();
+    let mut limited = args.to_vec();
+    limited.extend(["--max-runtime", "2s"]);
+    let run = p.run_fixtures(&limited);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stopped near the budget: {run:?}"
+    );
+    let first = run.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("stopped run 1 of count_visits: ")
+            && first.contains("--max-runtime reached"),
+        "{run:?}"
+    );
+    assert_eq!(
+        p.db.query("SELECT state FROM datamig_runs")[0][0],
+        "interrupted"
+    );
+    let done = partition_rows(&p);
+    assert!(done > 0 && done < n, "{done} of {n}: {run:?}");
+    assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits > 1"), 0);
+    let counted: i64 =
+        p.db.query("SELECT rows_done FROM datamig_partitions")
+            .iter()
+            .map(|r| r[0].parse::<i64>().unwrap())
+            .sum();
+    assert_eq!(
+        counted, done,
+        "the partitions count exactly the committed batches"
+    );
+    let rest = p.run_fixtures(&args);
+    assert_eq!(rest.code, 0, "{rest:?}");
+    assert!(rest.stderr.contains("joining run 1"), "{rest:?}");
+    assert_each_row_once(&p, n, "count_visits");
+}
+
+#[test]
+fn a_spent_budget_stops_every_worker_postgres() {
+    a_spent_budget_stops_every_worker(Db::Postgres);
+}
+
+#[test]
+fn a_spent_budget_stops_every_worker_mariadb() {
+    a_spent_budget_stops_every_worker(Db::MySql);
+}
