@@ -508,6 +508,7 @@ fn the_health_throttle_holds_every_process(kind: Db) {
         "500ms",
         "--progress",
         "log",
+        "--json",
     ];
     let children: Vec<Child> = (0..2).map(|_| spawn(&p, &args)).collect();
     wait_until_each_holds_a_partition(&p, &children);
@@ -522,11 +523,12 @@ fn the_health_throttle_holds_every_process(kind: Db) {
         } else {
             "START TRANSACTION WITH CONSISTENT SNAPSHOT; SELECT count(*) FROM visits"
         };
-        db.hold(begin, Duration::from_secs(5), held);
+        db.hold(begin, Duration::from_secs(7), held);
     });
     is_held.recv_timeout(Duration::from_secs(30)).unwrap();
-    // Over its 500 ms, then a tick of each control loop and the batches in flight.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Over its 500 ms, then a check of each control loop, then the batches in
+    // flight (up to 300 ms each, more on a loaded machine) commit.
+    std::thread::sleep(Duration::from_millis(2500));
     let before = partition_rows(&p);
     std::thread::sleep(Duration::from_millis(2000));
     let after = partition_rows(&p);
@@ -544,6 +546,22 @@ fn the_health_throttle_holds_every_process(kind: Db) {
             "each process says why it waits: {run:?}"
         );
     }
+    // Both report the completed run; one of them completed it.
+    let completed_here: Vec<bool> = runs
+        .iter()
+        .map(|r| {
+            let summary: serde_json::Value =
+                serde_json::from_str(r.stdout.lines().last().unwrap_or_default())
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"));
+            assert_eq!(summary["state"], "completed", "{r:?}");
+            summary["completed_here"].as_bool().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        completed_here.iter().filter(|c| **c).count(),
+        1,
+        "{completed_here:?}"
+    );
     assert_each_row_once(&p, n, "count_visits");
 }
 

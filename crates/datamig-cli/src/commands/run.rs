@@ -384,6 +384,7 @@ impl<'a> Summary<'a> {
             "rows_done": r.rows_done, "rows_changed": r.rows_changed,
             "rows_rejected": r.rows_rejected, "batches": r.batches,
             "rows_this_process": r.rows_this_process,
+            "completed_here": r.completed_here,
             "elapsed_ms": r.elapsed.as_millis(), "max_batch_ms": r.max_batch.as_millis(),
             "bookkeeping_ms": r.bookkeeping.as_millis(), "waited_ms": r.waited.as_millis(),
             "batch_p50_ms": r.batch_times.percentile(50).map(|d| d.as_millis()),

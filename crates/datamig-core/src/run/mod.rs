@@ -258,6 +258,9 @@ pub struct Report {
     pub waited: Duration,
     /// Tables whose statistics were refreshed after the run.
     pub analyzed: Vec<String>,
+    /// Whether this process ran the checks and marked the run completed: of
+    /// several processes on one run, exactly one (the others report its result).
+    pub completed_here: bool,
 }
 
 /// The plan for `job` with `args` on this connection's database, checked for
@@ -904,6 +907,7 @@ async fn run_locked(
         rows_left: None,
         waited: waits.total,
         analyzed: Vec::new(),
+        completed_here: false,
     };
     if let Some(reason) = stopped {
         // The window closed: what is left is done by the next invocation; the
@@ -992,6 +996,7 @@ async fn complete(
         return Err(e);
     };
     report.checks = checks;
+    report.completed_here = true;
     report.analyzed =
         refresh_statistics(conn, job, plan, opts.analyze, progress.rows_changed, obs).await;
     verified(job, report)

@@ -622,6 +622,7 @@ async fn work(
         rows_left: None,
         waited,
         analyzed: Vec::new(),
+        completed_here: false,
     };
     let others_at_work = totals.leased > 0;
     let resume = &opts.resume_command;
