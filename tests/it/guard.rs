@@ -166,3 +166,153 @@ each_db! {
         assert_eq!(db.scalar("SELECT count(*) FROM lit"), 0);
     }
 }
+
+// A bulk write carries every kind of value exactly: MariaDB sends the rows as one
+// JSON document (`JSON_TABLE`) unless a value has no JSON form (bytes), when it
+// takes one-row SELECTs; both ways, and the other databases', write the same.
+each_db! {
+    fn a_bulk_write_carries_every_kind_of_value_exactly(kind: Db) {
+        let db = TestDb::new(kind);
+        let (float, bytes, ts, dec, text) = match kind {
+            crate::support::Db::Postgres => ("DOUBLE PRECISION", "BYTEA", "TIMESTAMP", "NUMERIC(12,4)", "TEXT"),
+            crate::support::Db::MySql => ("DOUBLE", "VARBINARY(16)", "DATETIME(6)", "DECIMAL(12,4)", "TEXT"),
+            crate::support::Db::Sqlite => ("REAL", "BLOB", "TEXT", "TEXT", "TEXT"),
+        };
+        db.exec(&format!(
+            "CREATE TABLE kinds (id BIGINT NOT NULL PRIMARY KEY, i INT, f {float}, s VARCHAR(50), t {text}, \
+             d {dec}, ts {ts}, b BOOLEAN, bin {bytes})"
+        ));
+        db.exec("INSERT INTO kinds (id) VALUES (1), (2), (3), (4)");
+        let at = chrono::NaiveDate::from_ymd_opt(2026, 3, 4)
+            .and_then(|d| d.and_hms_micro_opt(5, 6, 7, 890_123))
+            .unwrap();
+        let text = "it's \"quoted\", a \\ backslash, a\ttab, a\nnewline, \u{1} and ☃ é";
+        // Without bytes (MariaDB: as JSON), then with them (one-row SELECTs).
+        let sets = |with_bytes: bool| {
+            let mut s: Vec<String> = ["i", "f", "s", "t", "d", "ts", "b"].iter().map(|c| c.to_string()).collect();
+            if with_bytes {
+                s.push("bin".into());
+            }
+            s
+        };
+        let row = |id: i64, with_bytes: bool| {
+            let mut r = vec![
+                Value::Int(id),
+                Value::Int(-2_147_483_648),
+                Value::Float(0.1 + f64::from(u8::try_from(id).unwrap())),
+                Value::Text(format!("{id}: {}", &text[..10])),
+                Value::Text(text.into()),
+                Value::Text("-12345678.9012".into()),
+                Value::Timestamp(at),
+                Value::Bool(id % 2 == 0),
+            ];
+            if with_bytes {
+                r.push(Value::Bytes(vec![0, 39, 92, 255]));
+            }
+            r
+        };
+        let nulls = |id: i64| {
+            let mut r = vec![Value::Int(id)];
+            r.extend(std::iter::repeat_n(Value::Null, 7));
+            r
+        };
+        block_on(async {
+            let url = DatabaseUrl::parse(&db.url).unwrap();
+            let mut conn = Conn::connect(&url, &ConnectOptions::default()).await.unwrap();
+            for (ids, with_bytes) in [((1, 2), false), ((3, 4), true)] {
+                let mut columns = vec!["id".to_string()];
+                columns.extend(sets(with_bytes));
+                let spec = BulkUpdate {
+                    table: "kinds".into(),
+                    keys: vec!["id".into()],
+                    sets: sets(with_bytes),
+                    types: conn.column_types("kinds", &columns).await.unwrap(),
+                    lo: Value::Int(ids.0),
+                    hi: Value::Int(ids.1),
+                    guard: None,
+                };
+                let mut second = nulls(ids.1);
+                if with_bytes {
+                    second.push(Value::Bytes(Vec::new()));
+                }
+                let written = conn.bulk_update(&spec, &[row(ids.0, with_bytes), second]).await.unwrap();
+                assert_eq!(written, 2);
+            }
+            let d = match kind {
+                crate::support::Db::Postgres => "CAST(d AS TEXT)",
+                crate::support::Db::MySql => "CAST(d AS CHAR)",
+                crate::support::Db::Sqlite => "d",
+            };
+            let read = conn
+                .fetch(&format!("SELECT id, i, f, s, t, {d}, ts, b, bin FROM kinds ORDER BY id"), &[])
+                .await
+                .unwrap();
+            conn.close().await;
+            for r in &read {
+                let id = r[0].as_i64().unwrap();
+                if id % 2 == 1 {
+                    assert_eq!(r[1].as_i64(), Some(-2_147_483_648), "{r:?}");
+                    assert!(matches!(r[2], Value::Float(f) if f == 0.1 + f64::from(u8::try_from(id).unwrap())), "{r:?}");
+                    assert_eq!(r[3].as_str(), Some(format!("{id}: {}", &text[..10]).as_str()), "{r:?}");
+                    assert_eq!(r[4].as_str(), Some(text), "{r:?}");
+                    let d = match &r[5] {
+                        Value::Float(f) => format!("{f:.4}"),
+                        other => other.as_str().map(str::to_string).unwrap_or_else(|| format!("{other:?}")),
+                    };
+                    assert_eq!(d, "-12345678.9012", "{r:?}");
+                    match &r[6] {
+                        Value::Timestamp(t) => assert_eq!(*t, at, "{r:?}"),
+                        Value::Text(t) => assert!(t.starts_with("2026-03-04 05:06:07.890123"), "{r:?}"),
+                        other => panic!("{other:?}"),
+                    }
+                    assert!(matches!(r[7], Value::Bool(false) | Value::Int(0)), "{r:?}");
+                } else {
+                    assert!(r[1..8].iter().all(|v| *v == Value::Null), "{r:?}");
+                }
+            }
+            assert_eq!(read[2][8], Value::Bytes(vec![0, 39, 92, 255]), "{:?}", read[2]);
+            assert_eq!(read[3][8], Value::Bytes(Vec::new()), "{:?}", read[3]);
+        });
+    }
+}
+
+// A new value too long for its column is refused, never cut short or written
+// as NULL (MariaDB's JSON_TABLE would make it NULL without ERROR ON ERROR and
+// the assignment's strict mode).
+#[test]
+fn a_bulk_write_refuses_a_value_too_long_for_its_column() {
+    for kind in [crate::support::Db::Postgres, crate::support::Db::MySql] {
+        let db = TestDb::new(kind);
+        db.exec("CREATE TABLE short (id BIGINT NOT NULL PRIMARY KEY, s VARCHAR(5))");
+        db.exec("INSERT INTO short (id, s) VALUES (1, 'a')");
+        let refused = block_on(async {
+            let url = DatabaseUrl::parse(&db.url).unwrap();
+            let mut conn = Conn::connect(&url, &ConnectOptions::default())
+                .await
+                .unwrap();
+            let spec = BulkUpdate {
+                table: "short".into(),
+                keys: vec!["id".into()],
+                sets: vec!["s".into()],
+                types: conn
+                    .column_types("short", &["id".into(), "s".into()])
+                    .await
+                    .unwrap(),
+                lo: Value::Int(1),
+                hi: Value::Int(1),
+                guard: None,
+            };
+            let refused = conn
+                .bulk_update(
+                    &spec,
+                    &[vec![Value::Int(1), Value::Text("much too long".into())]],
+                )
+                .await
+                .is_err();
+            conn.close().await;
+            refused
+        });
+        assert!(refused, "{kind:?}");
+        assert_eq!(db.query("SELECT s FROM short")[0][0], "a", "{kind:?}");
+    }
+}

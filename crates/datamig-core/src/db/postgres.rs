@@ -527,11 +527,14 @@ impl Driver for Postgres {
         table: &str,
         columns: &[String],
     ) -> sqlx::Result<Vec<String>> {
+        // The type without its modifier (`character varying`, not `(320)`): an
+        // explicit cast to varchar(n) or char(n) cuts a longer value short without
+        // a word, where the assignment to the column refuses it.
         let mut types = Vec::with_capacity(columns.len());
         for col in columns {
             let rows = Self::fetch(
                 c,
-                "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                "SELECT format_type(a.atttypid, NULL) FROM pg_attribute a
                  WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped",
                 &[quote_name(table).into(), col.as_str().into()],
             )
