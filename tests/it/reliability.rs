@@ -270,6 +270,31 @@ fn through(p: &Project, proxy: &crate::proxy::Proxy) -> String {
     url.to_string()
 }
 
+/// `datamig-fixtures ARGS` with its traffic to the server sent to `url` (a proxy's).
+fn spawn_through(p: &Project, url: &str, args: &[&str]) -> std::process::Child {
+    p.fixtures(args)
+        .env("DATABASE_URL", url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` to end; after 90 s it is killed and the test fails with
+/// `hangs` and what the run printed.
+fn ended(mut child: std::process::Child, hangs: &str) -> Run {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let run = to_run(child.wait_with_output().unwrap());
+            panic!("{hangs}: {run:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    to_run(child.wait_with_output().unwrap())
+}
+
 /// Latency, connection resets and a blackholed connection, between datamig and
 /// the server, mid-run: every run finishes, nothing lost or doubled, and a
 /// silent socket ends in a timeout and a retry, never a hang.
@@ -295,19 +320,14 @@ fn faults_through_a_proxy(kind: Db) {
         args.extend_from_slice(extra);
         args.into_iter().map(String::from).collect::<Vec<_>>()
     };
-    let spawn_through = |args: &[String]| {
+    let through_proxy = |args: &[String]| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        p.fixtures(&args)
-            .env("DATABASE_URL", &url)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+        spawn_through(&p, &url, &args)
     };
 
     // Latency on every packet: slower, still right.
     proxy.set_latency(1);
-    let run = to_run(spawn_through(&run_args(&[])).wait_with_output().unwrap());
+    let run = to_run(through_proxy(&run_args(&[])).wait_with_output().unwrap());
     assert_eq!(run.code, 0, "{run:?}");
     assert_each_row_once(&p, n, "count_visits");
     proxy.set_latency(0);
@@ -317,7 +337,7 @@ fn faults_through_a_proxy(kind: Db) {
     // rows_done is this run's.)
     p.db.exec("UPDATE visits SET hits = 0");
     p.db.exec("DELETE FROM datamig_runs");
-    let mut child = spawn_through(&run_args(&[]));
+    let mut child = through_proxy(&run_args(&[]));
     for _ in 0..3 {
         let before = rows_done(&p);
         wait_for_progress(&p, &mut child, before + 1);
@@ -333,7 +353,7 @@ fn faults_through_a_proxy(kind: Db) {
     p.db.exec("UPDATE visits SET hits = 0");
     p.db.exec("DELETE FROM datamig_runs");
     let started = Instant::now();
-    let mut child = spawn_through(&run_args(&[
+    let mut child = through_proxy(&run_args(&[
         "--statement-timeout",
         "2s",
         "--lock-timeout",
@@ -343,16 +363,7 @@ fn faults_through_a_proxy(kind: Db) {
     ]));
     wait_for_progress(&p, &mut child, 1);
     proxy.blackhole_all();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let run = to_run(child.wait_with_output().unwrap());
-            panic!("the run hangs on a blackholed connection: {run:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let run = to_run(child.wait_with_output().unwrap());
+    let run = ended(child, "the run hangs on a blackholed connection");
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
         run.stderr.contains("no answer from the server within 5s"),
@@ -366,7 +377,7 @@ fn faults_through_a_proxy(kind: Db) {
     // finds the connection dead.
     p.db.exec("UPDATE visits SET hits = 0");
     p.db.exec("DELETE FROM datamig_runs");
-    let mut child = spawn_through(&run_args(&[
+    let mut child = through_proxy(&run_args(&[
         "--statement-timeout",
         "2s",
         "--lock-timeout",
@@ -379,16 +390,10 @@ fn faults_through_a_proxy(kind: Db) {
     wait_for_progress(&p, &mut child, 1);
     std::thread::sleep(Duration::from_millis(100));
     proxy.blackhole_all();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let run = to_run(child.wait_with_output().unwrap());
-            panic!("the run hangs on a connection blackholed between batches: {run:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let run = to_run(child.wait_with_output().unwrap());
+    let run = ended(
+        child,
+        "the run hangs on a connection blackholed between batches",
+    );
     assert_eq!(run.code, 0, "{run:?}");
     assert_each_row_once(&p, n, "count_visits");
     println!(
@@ -442,26 +447,14 @@ fn silence_during_the_health_checks(kind: Db, workers: &[&str]) {
         "300ms",
     ];
     args.extend_from_slice(workers);
-    let mut child = p
-        .fixtures(&args)
-        .env("DATABASE_URL", &url)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_through(&p, &url, &args);
     wait_for_progress(&p, &mut child, 1);
     std::thread::sleep(Duration::from_millis(100));
     proxy.blackhole_all();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let run = to_run(child.wait_with_output().unwrap());
-            panic!("the run hangs on a connection blackholed during its health checks: {run:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let run = to_run(child.wait_with_output().unwrap());
+    let run = ended(
+        child,
+        "the run hangs on a connection blackholed during its health checks",
+    );
     assert_eq!(run.code, 0, "{run:?}");
     if workers.is_empty() {
         assert!(
@@ -527,13 +520,7 @@ fn silence_while_paused(kind: Db, workers: &[&str]) {
         "2s",
     ];
     args.extend_from_slice(workers);
-    let mut child = p
-        .fixtures(&args)
-        .env("DATABASE_URL", &url)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_through(&p, &url, &args);
     wait_for_progress(&p, &mut child, 1);
     let paused = p.run_fixtures(&["pause", "count_visits"]);
     assert_eq!(paused.code, 0, "{paused:?}");
@@ -554,16 +541,10 @@ fn silence_while_paused(kind: Db, workers: &[&str]) {
             to_run(child.wait_with_output().unwrap())
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let run = to_run(child.wait_with_output().unwrap());
-            panic!("the paused run never heard its resume over a silent connection: {run:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let run = to_run(child.wait_with_output().unwrap());
+    let run = ended(
+        child,
+        "the paused run never heard its resume over a silent connection",
+    );
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("resumed"), "{run:?}");
     assert_each_row_once(&p, n, "count_visits");
@@ -623,18 +604,7 @@ fn server_restarted_mid_run(kind: Db, workers: &[&str]) {
         server.restart(Duration::from_millis(500));
         restarts += 1;
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!(
-                "the run did not finish after the restarts: {:?}",
-                to_run(child.wait_with_output().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let run = to_run(child.wait_with_output().unwrap());
+    let run = ended(child, "the run did not finish after the restarts");
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("(connection lost)"), "{run:?}");
     assert_each_row_once(&p, n, "count_visits");

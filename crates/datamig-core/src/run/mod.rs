@@ -1356,34 +1356,30 @@ async fn between_batches(
         // A resume while running: one whose answer was lost with a connection
         // leaves the run marked paused, which no batch may checkpoint.
         steer::Polled::Resume(by) => {
-            let settled = tokio::time::timeout(
+            let settled = settle(
+                conn,
                 limit,
-                store::settle_request(
-                    conn,
-                    progress.run_id,
-                    RunState::Running,
-                    store::Request::Resume,
-                ),
+                progress.run_id,
+                RunState::Running,
+                store::Request::Resume,
             )
             .await;
-            if answered(conn, limit, settled).await? {
+            if settled? {
                 obs.message(&format!("resumed by {by}"));
                 obs.waiting(None);
             }
         }
         steer::Polled::Cancel(by) => return Ok(Between::Cancelled(by)),
         steer::Polled::Pause(by) => {
-            let settled = tokio::time::timeout(
+            let settled = settle(
+                conn,
                 limit,
-                store::settle_request(
-                    conn,
-                    progress.run_id,
-                    RunState::Paused,
-                    store::Request::Pause,
-                ),
+                progress.run_id,
+                RunState::Paused,
+                store::Request::Pause,
             )
             .await;
-            if !answered(conn, limit, settled).await? {
+            if !settled? {
                 return Ok(Between::Wait); // a cancel came after the pause
             }
             obs.message(&format!(
@@ -1411,17 +1407,15 @@ async fn between_batches(
                         });
                     }
                     steer::Polled::Resume(by) => {
-                        let settled = tokio::time::timeout(
+                        let settled = settle(
+                            conn,
                             limit,
-                            store::settle_request(
-                                conn,
-                                progress.run_id,
-                                RunState::Running,
-                                store::Request::Resume,
-                            ),
+                            progress.run_id,
+                            RunState::Running,
+                            store::Request::Resume,
                         )
                         .await;
-                        if !answered(conn, limit, settled).await? {
+                        if !settled? {
                             continue; // a cancel came after the resume
                         }
                         obs.message(&format!("resumed by {by}"));
@@ -1466,6 +1460,20 @@ async fn between_batches(
     }
     waits.go(obs);
     Ok(Between::Go)
+}
+
+/// Answers a pause or resume request ([`store::settle_request`]) between
+/// batches, bounded by `limit` as [`answered`] says.
+async fn settle(
+    conn: &mut Conn,
+    limit: Duration,
+    run_id: i64,
+    state: RunState,
+    request: store::Request,
+) -> Result<bool> {
+    let settled =
+        tokio::time::timeout(limit, store::settle_request(conn, run_id, state, request)).await;
+    answered(conn, limit, settled).await
 }
 
 /// A write between batches, bounded by `limit`: silence, or an error on a
