@@ -379,19 +379,7 @@ fn throttled_by_active_sessions(kind: Db) {
 fn throttled_by_a_long_transaction(kind: Db) {
     let p = Project::new(kind);
     visits(&p, 2_000);
-    let url = p.db.url.clone();
-    let (held, is_held) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let db = crate::support::TestDb::attach(&url);
-        // A snapshot held open: what keeps vacuum (purge) from cleaning up.
-        let begin = if db.kind == Db::Postgres {
-            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM visits"
-        } else {
-            "START TRANSACTION WITH CONSISTENT SNAPSHOT; SELECT count(*) FROM visits"
-        };
-        db.hold(begin, Duration::from_secs(4), held);
-    });
-    is_held.recv_timeout(Duration::from_secs(30)).unwrap();
+    let holder = p.db.hold_a_snapshot(Duration::from_secs(4));
     std::thread::sleep(Duration::from_millis(1200));
     let run = p.run_fixtures(&[
         "run",

@@ -161,6 +161,27 @@ impl TestDb {
         });
     }
 
+    /// Holds a snapshot open for `hold` on a connection of its own (what keeps
+    /// vacuum, or purge, from cleaning up: `--max-transaction-age` sees it), from
+    /// a thread; returns once it is open.
+    pub fn hold_a_snapshot(&self, hold: std::time::Duration) -> std::thread::JoinHandle<()> {
+        let url = self.url.clone();
+        let (held, is_held) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let db = TestDb::attach(&url);
+            let begin = if db.kind == Db::Postgres {
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM visits"
+            } else {
+                "START TRANSACTION WITH CONSISTENT SNAPSHOT; SELECT count(*) FROM visits"
+            };
+            db.hold(begin, hold, held);
+        });
+        is_held
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the snapshot opens");
+        holder
+    }
+
     /// Rows of a query, every column read as text (NULL as "NULL").
     pub fn query(&self, sql: &str) -> Vec<Vec<String>> {
         // Tests may set up tables before datamig ever opened the SQLite file.

@@ -513,19 +513,7 @@ fn the_health_throttle_holds_every_process(kind: Db) {
     let children: Vec<Child> = (0..2).map(|_| spawn(&p, &args)).collect();
     wait_until_each_holds_a_partition(&p, &children);
     wait_for_rows(&p, 1_000);
-    let url = p.db.url.clone();
-    let (held, is_held) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let db = crate::support::TestDb::attach(&url);
-        // A snapshot held open: what keeps vacuum (purge) from cleaning up.
-        let begin = if db.kind == Db::Postgres {
-            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM visits"
-        } else {
-            "START TRANSACTION WITH CONSISTENT SNAPSHOT; SELECT count(*) FROM visits"
-        };
-        db.hold(begin, Duration::from_secs(7), held);
-    });
-    is_held.recv_timeout(Duration::from_secs(30)).unwrap();
+    let holder = p.db.hold_a_snapshot(Duration::from_secs(7));
     // Over its 500 ms, then a check of each control loop, then the batches in
     // flight (up to 300 ms each, more on a loaded machine) commit.
     std::thread::sleep(Duration::from_millis(2500));
