@@ -276,43 +276,49 @@ each_db! {
     }
 }
 
-// A new value too long for its column is refused, never cut short or written
-// as NULL (MariaDB's JSON_TABLE would make it NULL without ERROR ON ERROR and
-// the assignment's strict mode).
+// A new value that does not fit its column is refused, never cut short, read
+// as 0 or written as NULL (MariaDB's JSON_TABLE reads text as 0 in a number
+// column, and would make a failed conversion NULL without ERROR ON ERROR).
 #[test]
-fn a_bulk_write_refuses_a_value_too_long_for_its_column() {
+fn a_bulk_write_refuses_a_value_that_does_not_fit_its_column() {
     for kind in [crate::support::Db::Postgres, crate::support::Db::MySql] {
         let db = TestDb::new(kind);
-        db.exec("CREATE TABLE short (id BIGINT NOT NULL PRIMARY KEY, s VARCHAR(5))");
-        db.exec("INSERT INTO short (id, s) VALUES (1, 'a')");
-        let refused = block_on(async {
-            let url = DatabaseUrl::parse(&db.url).unwrap();
-            let mut conn = Conn::connect(&url, &ConnectOptions::default())
-                .await
-                .unwrap();
-            let spec = BulkUpdate {
-                table: "short".into(),
-                keys: vec!["id".into()],
-                sets: vec!["s".into()],
-                types: conn
-                    .column_types("short", &["id".into(), "s".into()])
+        db.exec("CREATE TABLE short (id BIGINT NOT NULL PRIMARY KEY, s VARCHAR(5), n INT)");
+        db.exec("INSERT INTO short (id, s, n) VALUES (1, 'a', 7)");
+        for (column, value) in [
+            ("s", Value::Text("much too long".into())),
+            ("n", Value::Text("abc".into())),
+        ] {
+            let refused = block_on(async {
+                let url = DatabaseUrl::parse(&db.url).unwrap();
+                let mut conn = Conn::connect(&url, &ConnectOptions::default())
                     .await
-                    .unwrap(),
-                lo: Value::Int(1),
-                hi: Value::Int(1),
-                guard: None,
-            };
-            let refused = conn
-                .bulk_update(
-                    &spec,
-                    &[vec![Value::Int(1), Value::Text("much too long".into())]],
-                )
-                .await
-                .is_err();
-            conn.close().await;
-            refused
-        });
-        assert!(refused, "{kind:?}");
-        assert_eq!(db.query("SELECT s FROM short")[0][0], "a", "{kind:?}");
+                    .unwrap();
+                let spec = BulkUpdate {
+                    table: "short".into(),
+                    keys: vec!["id".into()],
+                    sets: vec![column.into()],
+                    types: conn
+                        .column_types("short", &["id".into(), column.into()])
+                        .await
+                        .unwrap(),
+                    lo: Value::Int(1),
+                    hi: Value::Int(1),
+                    guard: None,
+                };
+                let refused = conn
+                    .bulk_update(&spec, &[vec![Value::Int(1), value]])
+                    .await
+                    .is_err();
+                conn.close().await;
+                refused
+            });
+            assert!(refused, "{kind:?} {column}");
+        }
+        assert_eq!(
+            db.query("SELECT s, n FROM short")[0],
+            vec!["a".to_string(), "7".into()],
+            "{kind:?}"
+        );
     }
 }

@@ -391,7 +391,7 @@ impl Driver for MySql {
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = update(&format!("JSON_TABLE(?, '$[*]' COLUMNS({columns}))"));
-            if let Some(documents) = json_documents(rows, width) {
+            if let Some(documents) = json_documents(rows, &types) {
                 for doc in documents {
                     let doc = Value::Text(doc);
                     let params: Vec<&Value> =
@@ -671,19 +671,26 @@ fn json_table_types(spec: &BulkUpdate) -> Option<Vec<&'static str>> {
     (out.len() == n_keys + spec.sets.len() + guard_types.len()).then_some(out)
 }
 
-/// The rows' first `width` values as JSON arrays of arrays, in documents of at
-/// most about [`MAX_JSON_DOCUMENT`] bytes; `None` if a value has no exact JSON
-/// form (bytes, a NaN or an infinity).
-fn json_documents(rows: &[Row], width: usize) -> Option<Vec<String>> {
+/// The rows' first values (one for each of `types`, the `JSON_TABLE` column
+/// types) as JSON arrays of arrays, in documents of at most about
+/// [`MAX_JSON_DOCUMENT`] bytes; `None` if a value has no exact JSON form (bytes,
+/// a NaN or an infinity) or is not a number where a number column takes it
+/// (`JSON_TABLE` would read text there as 0 where a bound value is refused).
+fn json_documents(rows: &[Row], types: &[&str]) -> Option<Vec<String>> {
     use std::fmt::Write as _;
     let mut docs = Vec::new();
     let mut doc = String::new();
     for row in rows {
         doc.push(if doc.is_empty() { '[' } else { ',' });
         doc.push('[');
-        for (j, v) in row[..width].iter().enumerate() {
+        for (j, (v, ty)) in row.iter().zip(types).enumerate() {
             if j > 0 {
                 doc.push(',');
+            }
+            let number = matches!(v, Value::Null | Value::Int(_) | Value::Bool(_))
+                || (*ty == "DOUBLE" && matches!(v, Value::Float(_)));
+            if *ty != "LONGTEXT" && !number {
+                return None;
             }
             match v {
                 Value::Null => doc.push_str("null"),
@@ -754,7 +761,10 @@ mod tests {
             Value::Null,
             Value::Text("not sent".into()),
         ]];
-        let docs = json_documents(&rows, 6).unwrap();
+        let types = [
+            "BIGINT", "DOUBLE", "LONGTEXT", "LONGTEXT", "BIGINT", "LONGTEXT",
+        ];
+        let docs = json_documents(&rows, &types).unwrap();
         assert_eq!(docs.len(), 1);
         let parsed: serde_json::Value = serde_json::from_str(&docs[0]).unwrap();
         assert_eq!(
@@ -775,7 +785,7 @@ mod tests {
         let rows: Vec<Vec<Value>> = (0..20_000)
             .map(|i| vec![Value::Int(i), Value::Text("x".repeat(500))])
             .collect();
-        let docs = json_documents(&rows, 2).unwrap();
+        let docs = json_documents(&rows, &["BIGINT", "LONGTEXT"]).unwrap();
         assert!(docs.len() > 1, "{} documents", docs.len());
         let mut seen = 0;
         for doc in &docs {
@@ -791,8 +801,17 @@ mod tests {
 
     #[test]
     fn values_without_an_exact_json_form_take_the_other_way() {
-        assert!(json_documents(&[vec![Value::Int(1), Value::Bytes(vec![0])]], 2).is_none());
-        assert!(json_documents(&[vec![Value::Int(1), Value::Float(f64::NAN)]], 2).is_none());
-        assert!(json_documents(&[vec![Value::Int(1), Value::Float(f64::INFINITY)]], 2).is_none());
+        let types = ["BIGINT", "LONGTEXT"];
+        assert!(json_documents(&[vec![Value::Int(1), Value::Bytes(vec![0])]], &types).is_none());
+        assert!(json_documents(&[vec![Value::Int(1), Value::Float(f64::NAN)]], &types).is_none());
+        assert!(
+            json_documents(&[vec![Value::Int(1), Value::Float(f64::INFINITY)]], &types).is_none()
+        );
+        // Text for a number column: refused by the column, not read as 0.
+        let numbers = ["BIGINT", "BIGINT", "DOUBLE"];
+        let row = |v: Value| vec![Value::Int(1), v, Value::Float(1.5)];
+        assert!(json_documents(&[row(Value::Text("abc".into()))], &numbers).is_none());
+        assert!(json_documents(&[row(Value::Float(2.5))], &numbers).is_none());
+        assert!(json_documents(&[row(Value::Int(2))], &numbers).is_some());
     }
 }
