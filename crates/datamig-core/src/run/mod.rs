@@ -600,15 +600,7 @@ async fn run_locked(
         .await?;
         batches.set_archive(archive);
     }
-    let mut sizer = match opts.target_batch_time {
-        Some(target) => pace::Sizer::adaptive(
-            batch_size,
-            target,
-            i64::try_from(opts.batch_min).unwrap_or(1),
-            i64::try_from(opts.batch_max).unwrap_or(i64::MAX),
-        ),
-        None => pace::Sizer::fixed(batch_size),
-    };
+    let mut sizer = sizer(opts);
     let limiter = opts.rate.map(|r| {
         // Its burst is one batch (a second's worth at least): after a long
         // wait the run may not make up for lost time in a rush.
@@ -981,12 +973,7 @@ async fn complete(
                 opts.max_retries
             ));
             tokio::time::sleep(wait).await;
-            let limits = batch::Limits {
-                lock_timeout: opts.lock_timeout,
-                statement_timeout: None,
-                network_timeout: opts.network_timeout,
-            };
-            match reconnect(conn, &job_lock(job), &limits).await {
+            match reconnect(conn, &job_lock(job), &unbatched_limits(opts)).await {
                 Ok(()) | Err(Error::Transient { .. }) => continue,
                 Err(other) => return Err(other),
             }
@@ -1031,16 +1018,37 @@ async fn prepare_run(
     )
     .await?;
     conn.ensure_bookkeeping().await?;
-    let limits = batch::Limits {
-        lock_timeout: opts.lock_timeout,
-        statement_timeout: None,
-        network_timeout: opts.network_timeout,
-    };
+    let limits = unbatched_limits(opts);
     limits
         .apply(conn)
         .await
         .map_err(|e| Error::db("cannot prepare the session for batches", e.to_string()))?;
     Ok((throttle, limits))
+}
+
+/// A session's limits outside the batch loop: lock waits and silence bounded,
+/// statements not (a count or a check over a huge table may rightly take long).
+fn unbatched_limits(opts: &Options) -> batch::Limits {
+    batch::Limits {
+        lock_timeout: opts.lock_timeout,
+        statement_timeout: None,
+        network_timeout: opts.network_timeout,
+    }
+}
+
+/// The batch sizer `opts` ask for: fixed at `--batch`, or adaptive to
+/// `--target-batch-time` within `--batch-min` and `--batch-max`.
+fn sizer(opts: &Options) -> pace::Sizer {
+    let batch_size = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
+    match opts.target_batch_time {
+        Some(target) => pace::Sizer::adaptive(
+            batch_size,
+            target,
+            i64::try_from(opts.batch_min).unwrap_or(1),
+            i64::try_from(opts.batch_max).unwrap_or(i64::MAX),
+        ),
+        None => pace::Sizer::fixed(batch_size),
+    }
 }
 
 /// The checks stored with a run: their values before it while it runs (the

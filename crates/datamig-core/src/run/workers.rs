@@ -1080,12 +1080,7 @@ impl Control<'_> {
 /// (the checks at the end may rightly take long).
 async fn control_connection(url: &crate::config::DatabaseUrl, opts: &Options) -> Result<Conn> {
     let mut conn = Conn::connect(url, &ConnectOptions::default()).await?;
-    let limits = batch::Limits {
-        lock_timeout: opts.lock_timeout,
-        statement_timeout: None,
-        network_timeout: opts.network_timeout,
-    };
-    limits.apply(&mut conn).await?;
+    super::unbatched_limits(opts).apply(&mut conn).await?;
     Ok(conn)
 }
 
@@ -1420,16 +1415,7 @@ async fn in_partition(
     mut claim: Claim,
 ) -> Result<InPartition> {
     let opts = &shared.opts;
-    let batch_size = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
-    let mut sizer = match opts.target_batch_time {
-        Some(target) => pace::Sizer::adaptive(
-            batch_size,
-            target,
-            i64::try_from(opts.batch_min).unwrap_or(1),
-            i64::try_from(opts.batch_max).unwrap_or(i64::MAX),
-        ),
-        None => pace::Sizer::fixed(batch_size),
-    };
+    let mut sizer = super::sizer(opts);
     let mut number = claim.batches_done;
     batches.set_claim(Some(claim.clone()));
     let mut attempt = 0_u32;
