@@ -322,3 +322,99 @@ fn a_bulk_write_refuses_a_value_that_does_not_fit_its_column() {
         );
     }
 }
+
+// A read decodes every kind of column it accepts into the value it holds, and
+// names a column of a kind it does not read (each column's kind is looked up
+// once per result, so the first row decides for every other).
+#[test]
+fn a_read_decodes_every_kind_of_column_and_names_one_it_cannot() {
+    for kind in [crate::support::Db::Postgres, crate::support::Db::MySql] {
+        let db = TestDb::new(kind);
+        let (select, unreadable) = match kind {
+            crate::support::Db::Postgres => (
+                "SELECT CAST(-3 AS SMALLINT), CAST(-4 AS INT), CAST(5 AS BIGINT), CAST(6 AS OID), TRUE, \
+                 CAST(1.5 AS REAL), CAST(2.25 AS DOUBLE PRECISION), CAST('\\x00ff' AS BYTEA), \
+                 TIMESTAMP '2026-03-04 05:06:07.25', TIMESTAMPTZ '2026-03-04 05:06:07+02', \
+                 CAST('é' AS VARCHAR(3)), CAST('{\"a\":1}' AS JSON), CAST(NULL AS TEXT)",
+                "SELECT CAST('00000000-0000-0000-0000-000000000001' AS UUID) AS token",
+            ),
+            _ => (
+                "SELECT CAST(-3 AS SIGNED) AS a, CAST(-4 AS INT), CAST(5 AS UNSIGNED), 6, TRUE, \
+                 CAST(1.5 AS FLOAT), CAST(2.25 AS DOUBLE), CAST(X'00ff' AS BINARY(2)), \
+                 CAST('2026-03-04 05:06:07.25' AS DATETIME(2)), CAST('2026-03-05' AS DATE), \
+                 'é', CAST(12.50 AS DECIMAL(5,2)), NULL",
+                "",
+            ),
+        };
+        block_on(async {
+            let url = DatabaseUrl::parse(&db.url).unwrap();
+            let mut conn = Conn::connect(&url, &ConnectOptions::default())
+                .await
+                .unwrap();
+            // Two rows: the second decodes with the kinds the first row's columns set.
+            let rows = conn
+                .fetch(&format!("{select} UNION ALL {select}"), &[])
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), 2);
+            assert_eq!(rows[0], rows[1]);
+            let r = &rows[0];
+            let at = chrono::NaiveDate::from_ymd_opt(2026, 3, 4)
+                .and_then(|d| d.and_hms_milli_opt(5, 6, 7, 250))
+                .unwrap();
+            match kind {
+                crate::support::Db::Postgres => {
+                    assert_eq!(
+                        r[..8],
+                        [
+                            Value::Int(-3),
+                            Value::Int(-4),
+                            Value::Int(5),
+                            Value::Int(6),
+                            Value::Bool(true),
+                            Value::Float(1.5),
+                            Value::Float(2.25),
+                            Value::Bytes(vec![0, 255]),
+                        ]
+                    );
+                    assert_eq!(r[8], Value::Timestamp(at));
+                    // 05:06:07+02 is 03:06:07 UTC.
+                    let utc = chrono::NaiveDate::from_ymd_opt(2026, 3, 4)
+                        .and_then(|d| d.and_hms_opt(3, 6, 7))
+                        .unwrap();
+                    assert_eq!(r[9], Value::Timestamp(utc));
+                    assert_eq!(r[10], Value::Text("é".into()));
+                    assert_eq!(r[11], Value::Text("{\"a\":1}".into()));
+                    assert_eq!(r[12], Value::Null);
+                    let err = conn.fetch(unreadable, &[]).await.unwrap_err().to_string();
+                    assert!(
+                        err.contains("column `token` has type UUID")
+                            && err.contains("cast it to text"),
+                        "{err}"
+                    );
+                }
+                _ => {
+                    assert_eq!(
+                        r[..7],
+                        [
+                            Value::Int(-3),
+                            Value::Int(-4),
+                            Value::Int(5),
+                            Value::Int(6),
+                            Value::Int(1),
+                            Value::Float(1.5),
+                            Value::Float(2.25),
+                        ]
+                    );
+                    assert_eq!(r[7], Value::Bytes(vec![0, 255]));
+                    assert_eq!(r[8], Value::Timestamp(at));
+                    assert_eq!(r[9], Value::Text("2026-03-05".into()));
+                    assert_eq!(r[10], Value::Text("é".into()));
+                    assert_eq!(r[11], Value::Text("12.50".into()));
+                    assert_eq!(r[12], Value::Null);
+                }
+            }
+            conn.close().await;
+        });
+    }
+}

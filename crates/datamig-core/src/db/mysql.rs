@@ -46,45 +46,95 @@ fn quote_name(name: &str) -> String {
         .collect::<Vec<_>>()
         .join(".")
 }
-fn decode(row: &MySqlRow) -> sqlx::Result<Row> {
-    let mut out = Vec::with_capacity(row.columns().len());
-    for col in row.columns() {
-        let i = col.ordinal();
-        let raw = row.try_get_raw(i)?;
-        if raw.is_null() {
-            out.push(Value::Null);
-            continue;
-        }
-        let kind = col.type_info().name().to_string();
-        out.push(match kind.as_str() {
-            "BOOLEAN" => Value::Bool(row.try_get(i)?),
-            "TINYINT" => Value::Int(row.try_get::<i8, _>(i)?.into()),
-            "SMALLINT" => Value::Int(row.try_get::<i16, _>(i)?.into()),
-            "INT" | "MEDIUMINT" => Value::Int(row.try_get::<i32, _>(i)?.into()),
-            "BIGINT" => Value::Int(row.try_get(i)?),
+/// How a result column becomes a [`Value`], resolved once per result from its type.
+#[derive(Clone, Copy)]
+enum Kind {
+    Bool,
+    Int1,
+    Int2,
+    Int4,
+    Int8,
+    Unsigned,
+    Float4,
+    Float8,
+    DateTime,
+    Timestamp,
+    Date,
+    Bytes,
+    /// Text, and DECIMAL, which the server sends as text in both protocols;
+    /// bytes when they are not UTF-8.
+    Text,
+}
+
+impl Kind {
+    fn of(col: &sqlx::mysql::MySqlColumn) -> Kind {
+        match col.type_info().name() {
+            "BOOLEAN" => Kind::Bool,
+            "TINYINT" => Kind::Int1,
+            "SMALLINT" => Kind::Int2,
+            "INT" | "MEDIUMINT" => Kind::Int4,
+            "BIGINT" => Kind::Int8,
             "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "INT UNSIGNED" | "MEDIUMINT UNSIGNED"
-            | "BIGINT UNSIGNED" => {
-                let v: u64 = row.try_get_unchecked(i)?;
-                Value::Int(i64::try_from(v).map_err(|e| sqlx::Error::Decode(Box::new(e)))?)
+            | "BIGINT UNSIGNED" => Kind::Unsigned,
+            "FLOAT" => Kind::Float4,
+            "DOUBLE" => Kind::Float8,
+            "DATETIME" => Kind::DateTime,
+            "TIMESTAMP" => Kind::Timestamp,
+            "DATE" => Kind::Date,
+            "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BINARY" | "VARBINARY" => Kind::Bytes,
+            _ => Kind::Text,
+        }
+    }
+}
+
+/// The rows of a result as [`Value`]s: each column's kind looked up once, each
+/// value decoded as that kind (see the PostgreSQL driver's `decode_all`).
+fn decode_all(rows: &[MySqlRow]) -> sqlx::Result<Vec<Row>> {
+    fn get<'r, T: sqlx::Decode<'r, sqlx::MySql>>(
+        raw: sqlx::mysql::MySqlValueRef<'r>,
+    ) -> std::result::Result<T, sqlx::error::BoxDynError> {
+        T::decode(raw)
+    }
+    let Some(first) = rows.first() else {
+        return Ok(Vec::new());
+    };
+    let kinds: Vec<Kind> = first.columns().iter().map(Kind::of).collect();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut values = Vec::with_capacity(kinds.len());
+        for (index, kind) in kinds.iter().enumerate() {
+            let raw = row.try_get_raw(index)?;
+            if raw.is_null() {
+                values.push(Value::Null);
+                continue;
             }
-            "FLOAT" => Value::Float(row.try_get::<f32, _>(i)?.into()),
-            "DOUBLE" => Value::Float(row.try_get(i)?),
-            "DATETIME" => Value::Timestamp(row.try_get(i)?),
-            // TIMESTAMP comes in the session's time zone; sqlx reads it as UTC.
-            "TIMESTAMP" => Value::Timestamp(
-                row.try_get::<chrono::DateTime<chrono::Utc>, _>(i)?
-                    .naive_utc(),
-            ),
-            "DATE" => Value::Text(row.try_get::<chrono::NaiveDate, _>(i)?.to_string()),
-            "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BINARY" | "VARBINARY" => {
-                Value::Bytes(row.try_get_unchecked(i)?)
+            let value = match kind {
+                Kind::Bool => get::<bool>(raw).map(Value::Bool),
+                Kind::Int1 => get::<i8>(raw).map(|v| Value::Int(v.into())),
+                Kind::Int2 => get::<i16>(raw).map(|v| Value::Int(v.into())),
+                Kind::Int4 => get::<i32>(raw).map(|v| Value::Int(v.into())),
+                Kind::Int8 => get::<i64>(raw).map(Value::Int),
+                Kind::Unsigned => get::<u64>(raw).and_then(|v| Ok(Value::Int(i64::try_from(v)?))),
+                Kind::Float4 => get::<f32>(raw).map(|v| Value::Float(v.into())),
+                Kind::Float8 => get::<f64>(raw).map(Value::Float),
+                Kind::DateTime => get::<chrono::NaiveDateTime>(raw).map(Value::Timestamp),
+                // TIMESTAMP comes in the session's time zone; sqlx reads it as UTC.
+                Kind::Timestamp => get::<chrono::DateTime<chrono::Utc>>(raw)
+                    .map(|t| Value::Timestamp(t.naive_utc())),
+                Kind::Date => get::<chrono::NaiveDate>(raw).map(|d| Value::Text(d.to_string())),
+                Kind::Bytes => get::<Vec<u8>>(raw).map(Value::Bytes),
+                Kind::Text => match get::<&str>(raw) {
+                    Ok(text) => Ok(Value::Text(text.to_owned())),
+                    Err(_) => get::<Vec<u8>>(row.try_get_raw(index)?).map(Value::Bytes),
+                },
             }
-            // Text, and DECIMAL, which the server sends as text in both protocols.
-            _ => match row.try_get_unchecked::<String, _>(i) {
-                Ok(s) => Value::Text(s),
-                Err(_) => Value::Bytes(row.try_get_unchecked(i)?),
-            },
-        });
+            .map_err(|source| sqlx::Error::ColumnDecode {
+                index: format!("{index}"),
+                source,
+            })?;
+            values.push(value);
+        }
+        out.push(values);
     }
     Ok(out)
 }
@@ -196,10 +246,8 @@ impl Driver for MySql {
     async fn fetch(c: &mut MySqlConnection, sql: &str, params: &[Value]) -> sqlx::Result<Vec<Row>> {
         super::bind_values!(sqlx::query(sql), params)
             .fetch_all(c)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+            .await
+            .and_then(|rows| decode_all(&rows))
     }
 
     async fn script(c: &mut MySqlConnection, sql: &str) -> sqlx::Result<()> {

@@ -1066,7 +1066,7 @@ async fn body(
             let Some(read) = read_rows(conn, prep, after, upto, size, false).await? else {
                 return Ok(Batch::Empty);
             };
-            let applied = apply(t.as_ref(), prep, read, false)?;
+            let applied = apply(t.as_ref(), prep, read)?;
             write(conn, prep, run_id, &applied, false, dry).await?;
             (applied.cursor, applied.counts, applied.scanned)
         }
@@ -1432,7 +1432,7 @@ async fn read_ahead(
 ) -> Result<Option<Ahead>> {
     match transform {
         Some(t) => match read_rows(reader, prep, after, None, size, true).await? {
-            Some(read) => Ok(Some(Ahead::Rows(apply(t.as_ref(), prep, read, true)?))),
+            Some(read) => Ok(Some(Ahead::Rows(apply(t.as_ref(), prep, read)?))),
             None => Ok(None),
         },
         None => Ok(bound(reader, prep, after, size).await?.map(Ahead::Bound)),
@@ -1589,7 +1589,7 @@ pub(crate) struct Applied {
 }
 
 /// Runs the transform over a batch's rows (over all cores when it is CPU-heavy).
-fn apply(transform: &dyn Transform, prep: &Prepared, read: Read, ahead: bool) -> Result<Applied> {
+fn apply(transform: &dyn Transform, prep: &Prepared, read: Read) -> Result<Applied> {
     let n_keys = prep.keys.len();
     let names: Vec<String> = prep.keys.iter().chain(&prep.columns).cloned().collect();
     let width = names.len();
@@ -1621,12 +1621,10 @@ fn apply(transform: &dyn Transform, prep: &Prepared, read: Read, ahead: bool) ->
                         cursor::display(&row[..n_keys])
                     )));
                 }
-                let mut full = Vec::with_capacity(row.len() - width + n_keys + writes);
-                full.extend_from_slice(&row[..n_keys]);
-                full.extend(values);
-                if ahead {
-                    full.extend(row.into_iter().skip(width));
-                }
+                // Keys, the new values in place of the source columns, then the
+                // guard values a read ahead added: the row's own vector, reused.
+                let mut full = row;
+                full.splice(n_keys..width, values);
                 updates.push(full);
             }
             Outcome::Skip => {}
