@@ -279,6 +279,51 @@ pub(crate) trait Driver {
     fn quote_ident(name: &str) -> String;
 }
 
+/// A result's rows as [`Value`]s: each column's kind resolved once, from the
+/// first row's columns (`kind`), then every value that is not NULL decoded as
+/// its column's kind (`value`, given the row and the column's index). Matching
+/// the type by name for every value was a fifth of datamig's CPU in a batch.
+pub(crate) fn decode_rows<R, K: Copy>(
+    rows: &[R],
+    kind: impl Fn(&<R::Database as sqlx::Database>::Column) -> sqlx::Result<K>,
+    value: impl Fn(K, &R, usize) -> std::result::Result<Value, sqlx::error::BoxDynError>,
+) -> sqlx::Result<Vec<Row>>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+{
+    use sqlx::ValueRef as _;
+    let Some(first) = rows.first() else {
+        return Ok(Vec::new());
+    };
+    let kinds = first
+        .columns()
+        .iter()
+        .map(kind)
+        .collect::<sqlx::Result<Vec<K>>>()?;
+    // Sized up front: a collected iterator of Results grows a batch's vector by
+    // doubling, copying it a dozen times (that version cost the client about a
+    // fifth more CPU in interleaved runs).
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut values = Vec::with_capacity(kinds.len());
+        for (index, k) in kinds.iter().enumerate() {
+            if row.try_get_raw(index)?.is_null() {
+                values.push(Value::Null);
+                continue;
+            }
+            values.push(
+                value(*k, row, index).map_err(|source| sqlx::Error::ColumnDecode {
+                    index: index.to_string(),
+                    source,
+                })?,
+            );
+        }
+        out.push(values);
+    }
+    Ok(out)
+}
+
 /// Binds [`Value`]s to a query of any driver (the types differ, the mapping does not).
 macro_rules! bind_values {
     ($query:expr, $params:expr) => {{

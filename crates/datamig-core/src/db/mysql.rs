@@ -6,9 +6,7 @@
 use std::str::FromStr;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlRow};
-use sqlx::{
-    Column, ConnectOptions as _, Connection, MySqlConnection, Row as _, TypeInfo, ValueRef,
-};
+use sqlx::{Column, ConnectOptions as _, Connection, MySqlConnection, Row as _, TypeInfo};
 
 use super::{BulkUpdate, ConnectOptions, Driver, Row, Transient, Value};
 use crate::config::DatabaseUrl;
@@ -87,28 +85,19 @@ impl Kind {
     }
 }
 
-/// The rows of a result as [`Value`]s: each column's kind looked up once, each
-/// value decoded as that kind (see the PostgreSQL driver's `decode_all`).
+/// The rows of a result as [`Value`]s ([`super::decode_rows`]).
 fn decode_all(rows: &[MySqlRow]) -> sqlx::Result<Vec<Row>> {
     fn get<'r, T: sqlx::Decode<'r, sqlx::MySql>>(
         raw: sqlx::mysql::MySqlValueRef<'r>,
     ) -> std::result::Result<T, sqlx::error::BoxDynError> {
         T::decode(raw)
     }
-    let Some(first) = rows.first() else {
-        return Ok(Vec::new());
-    };
-    let kinds: Vec<Kind> = first.columns().iter().map(Kind::of).collect();
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let mut values = Vec::with_capacity(kinds.len());
-        for (index, kind) in kinds.iter().enumerate() {
+    super::decode_rows(
+        rows,
+        |c| Ok(Kind::of(c)),
+        |kind, row, index| {
             let raw = row.try_get_raw(index)?;
-            if raw.is_null() {
-                values.push(Value::Null);
-                continue;
-            }
-            let value = match kind {
+            match kind {
                 Kind::Bool => get::<bool>(raw).map(Value::Bool),
                 Kind::Int1 => get::<i8>(raw).map(|v| Value::Int(v.into())),
                 Kind::Int2 => get::<i16>(raw).map(|v| Value::Int(v.into())),
@@ -128,15 +117,8 @@ fn decode_all(rows: &[MySqlRow]) -> sqlx::Result<Vec<Row>> {
                     Err(_) => get::<Vec<u8>>(row.try_get_raw(index)?).map(Value::Bytes),
                 },
             }
-            .map_err(|source| sqlx::Error::ColumnDecode {
-                index: format!("{index}"),
-                source,
-            })?;
-            values.push(value);
-        }
-        out.push(values);
-    }
-    Ok(out)
+        },
+    )
 }
 
 impl Driver for MySql {

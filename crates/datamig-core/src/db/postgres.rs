@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgRow};
-use sqlx::{Column, ConnectOptions as _, Connection, PgConnection, Row as _, TypeInfo, ValueRef};
+use sqlx::{Column, ConnectOptions as _, Connection, PgConnection, Row as _, TypeInfo};
 
 use super::{BulkUpdate, ConnectOptions, Driver, Row, Transient, Value};
 use crate::config::DatabaseUrl;
@@ -173,56 +173,32 @@ impl Kind {
     }
 }
 
-/// The rows of a result as [`Value`]s. Each column's kind is looked up once, and
-/// each value decoded as that kind without sqlx's per-value type check: a batch
-/// of 5000 rows is read on every batch, and the lookups were a fifth of the
-/// client's CPU.
+/// The rows of a result as [`Value`]s, each value decoded as its column's kind
+/// without sqlx's per-value type check ([`super::decode_rows`]).
 fn decode_all(rows: &[PgRow]) -> sqlx::Result<Vec<Row>> {
     fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres>>(
         raw: sqlx::postgres::PgValueRef<'r>,
     ) -> std::result::Result<T, sqlx::error::BoxDynError> {
         T::decode(raw)
     }
-    let Some(first) = rows.first() else {
-        return Ok(Vec::new());
-    };
-    let kinds = first
-        .columns()
-        .iter()
-        .map(Kind::of)
-        .collect::<sqlx::Result<Vec<Kind>>>()?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let mut values = Vec::with_capacity(kinds.len());
-        for (index, kind) in kinds.iter().enumerate() {
-            let raw = row.try_get_raw(index)?;
-            if raw.is_null() {
-                values.push(Value::Null);
-                continue;
+    super::decode_rows(rows, Kind::of, |kind, row, index| {
+        let raw = row.try_get_raw(index)?;
+        match kind {
+            Kind::Int2 => get::<i16>(raw).map(|v| Value::Int(v.into())),
+            Kind::Int4 => get::<i32>(raw).map(|v| Value::Int(v.into())),
+            Kind::Int8 => get::<i64>(raw).map(Value::Int),
+            Kind::Oid => get::<sqlx::postgres::types::Oid>(raw).map(|v| Value::Int(v.0.into())),
+            Kind::Bool => get::<bool>(raw).map(Value::Bool),
+            Kind::Float4 => get::<f32>(raw).map(|v| Value::Float(v.into())),
+            Kind::Float8 => get::<f64>(raw).map(Value::Float),
+            Kind::Bytes => get::<Vec<u8>>(raw).map(Value::Bytes),
+            Kind::Timestamp => get::<chrono::NaiveDateTime>(raw).map(Value::Timestamp),
+            Kind::TimestampTz => {
+                get::<chrono::DateTime<chrono::Utc>>(raw).map(|t| Value::Timestamp(t.naive_utc()))
             }
-            let value = match kind {
-                Kind::Int2 => get::<i16>(raw).map(|v| Value::Int(v.into())),
-                Kind::Int4 => get::<i32>(raw).map(|v| Value::Int(v.into())),
-                Kind::Int8 => get::<i64>(raw).map(Value::Int),
-                Kind::Oid => get::<sqlx::postgres::types::Oid>(raw).map(|v| Value::Int(v.0.into())),
-                Kind::Bool => get::<bool>(raw).map(Value::Bool),
-                Kind::Float4 => get::<f32>(raw).map(|v| Value::Float(v.into())),
-                Kind::Float8 => get::<f64>(raw).map(Value::Float),
-                Kind::Bytes => get::<Vec<u8>>(raw).map(Value::Bytes),
-                Kind::Timestamp => get::<chrono::NaiveDateTime>(raw).map(Value::Timestamp),
-                Kind::TimestampTz => get::<chrono::DateTime<chrono::Utc>>(raw)
-                    .map(|t| Value::Timestamp(t.naive_utc())),
-                Kind::Text => get::<&str>(raw).map(|t| Value::Text(t.to_owned())),
-            }
-            .map_err(|source| sqlx::Error::ColumnDecode {
-                index: format!("{index}"),
-                source,
-            })?;
-            values.push(value);
+            Kind::Text => get::<&str>(raw).map(|t| Value::Text(t.to_owned())),
         }
-        out.push(values);
-    }
-    Ok(out)
+    })
 }
 
 impl Driver for Postgres {
