@@ -1609,7 +1609,7 @@ fn apply(transform: &dyn Transform, prep: &Prepared, read: Read) -> Result<Appli
     };
 
     let writes = transform.writes().len();
-    let mut updates = Vec::new();
+    let mut updates = Vec::with_capacity(outcomes.len());
     let mut rejects = Vec::new();
     for (row, outcome) in read.rows.into_iter().zip(outcomes) {
         match outcome {
