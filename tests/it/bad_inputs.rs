@@ -211,3 +211,26 @@ each_db! {
         assert_one_line(&run, 15, "unknown state `exploded`");
     }
 }
+
+each_db! {
+    // Run outside the project (no migrations/ where it looks), an upgrade would
+    // find nothing to apply and report the database up to date: it says where it
+    // looked instead, with the configuration's exit code, before connecting.
+    fn no_migrations_directory(kind: Db) {
+        let p = Project::new(kind);
+        std::fs::remove_dir(p.path().join("migrations")).expect("rmdir");
+        for args in [
+            &["schema", "upgrade", "head"][..],
+            &["schema", "downgrade", "base"],
+            &["schema", "check"],
+        ] {
+            let run = p.run(args);
+            assert_refused(&p, &run, 3, "there is no migrations directory at");
+            assert!(run.stderr.contains("migrations_dir in datamig.toml"), "{run:?}");
+        }
+        // Status only reads: it says the same, and succeeds.
+        let run = p.run(&["schema", "status"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stdout.contains("there is no migrations directory at"), "{run:?}");
+    }
+}

@@ -22,6 +22,25 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
         ));
         return Ok(());
     }
+    // Run from the wrong directory, an upgrade would find nothing to apply and
+    // say the database is up to date; a command that acts on the migrations
+    // says where it looked instead, before it connects.
+    let acts = matches!(
+        cmd,
+        SchemaCommand::Upgrade { .. }
+            | SchemaCommand::Downgrade { .. }
+            | SchemaCommand::Test { .. }
+            | SchemaCommand::Check { .. }
+    );
+    if acts && !dir.is_dir() {
+        return Err(Error::Config(format!(
+            "there is no migrations directory at {}: run datamig in the project's directory (the one \
+             holding migrations/ and datamig.toml), or set migrations_dir in datamig.toml; \
+             `datamig schema new NAME` creates it with a first migration",
+            dir.display()
+        ))
+        .into());
+    }
     let loaded = source::load(dir)?;
 
     if let SchemaCommand::Check {
@@ -132,14 +151,20 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
             })
             .await
         }
-        SchemaCommand::Status => {
-            with_conn(global, &settings, async |conn| {
-                let lines = migrate::status(conn, &migrations).await?;
-                print_status(&lines);
-                Ok(())
-            })
-            .await
-        }
+        SchemaCommand::Status => with_conn(global, &settings, async |conn| {
+            let lines = migrate::status(conn, &migrations).await?;
+            if lines.is_empty() && !dir.is_dir() {
+                line(&format!(
+                    "no migrations: there is no migrations directory at {}; `datamig schema new \
+                         create_my_table` creates it with the first",
+                    dir.display()
+                ));
+                return Ok(());
+            }
+            print_status(&lines);
+            Ok(())
+        })
+        .await,
         SchemaCommand::Repair { dirty, lock } => {
             let dirty = dirty.map(|d| match d {
                 DirtyResolution::Applied => Resolution::Applied,
