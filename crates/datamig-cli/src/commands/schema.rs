@@ -151,20 +151,22 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
             })
             .await
         }
-        SchemaCommand::Status => with_conn(global, &settings, async |conn| {
-            let lines = migrate::status(conn, &migrations).await?;
-            if lines.is_empty() && !dir.is_dir() {
-                line(&format!(
+        SchemaCommand::Status => {
+            with_conn(global, &settings, async |conn| {
+                let lines = migrate::status(conn, &migrations).await?;
+                if lines.is_empty() && !dir.is_dir() {
+                    line(&format!(
                     "no migrations: there is no migrations directory at {}; `datamig schema new \
                          create_my_table` creates it with the first",
                     dir.display()
                 ));
-                return Ok(());
-            }
-            print_status(&lines);
-            Ok(())
-        })
-        .await,
+                    return Ok(());
+                }
+                print_status(&lines);
+                Ok(())
+            })
+            .await
+        }
         SchemaCommand::Repair { dirty, lock } => {
             let dirty = dirty.map(|d| match d {
                 DirtyResolution::Applied => Resolution::Applied,
