@@ -256,7 +256,11 @@ each_db! {
     fn concurrent_runners_of_one_job_never_overlap(kind: Db) {
         let p = Project::new(kind);
         visits(&p, 20_000);
-        let args = ["run", "count_visits", "--batch", "100", "--arg", "pause_ms=5"];
+        // Slow enough (200 batches of 20 ms) that the last of the four processes
+        // starts while the first still runs, even on a loaded machine: one that
+        // started after it finished would begin a second run, legitimately (seen
+        // once in a full suite run with 5 ms batches).
+        let args = ["run", "count_visits", "--batch", "100", "--arg", "pause_ms=20"];
         let children: Vec<Child> = (0..4).map(|_| spawn(&p, &args)).collect();
         let runs: Vec<Run> = children.into_iter().map(|c| to_run(c.wait_with_output().unwrap())).collect();
         let codes: Vec<i32> = runs.iter().map(|r| r.code).collect();

@@ -1016,18 +1016,28 @@ each_db! {
         let p = Project::new(kind);
         visits(&p, 300);
         let out = p
-            .fixtures(&["--log-format", "json", "run", "count_visits", "--batch", "100", "--progress", "none"])
+            .fixtures(&[
+                "--log-format", "json", "run", "count_visits", "--batch", "100", "--progress", "bar",
+                "--warn-batch-time", "1ms", "--arg", "pause_ms=5",
+            ])
             .env("RUST_LOG", "datamig_core=debug")
             .output()
             .unwrap();
         let run = to_run(out);
         assert_eq!(run.code, 0, "{run:?}");
+        // Every line on stderr is an event (no bar, no plain message between them).
         let events: Vec<serde_json::Value> = run
             .stderr
             .lines()
-            .filter(|l| l.starts_with('{'))
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
+        let said = |level: &str, text: &str| {
+            events.iter().any(|e| {
+                e["level"] == level && e["fields"]["message"].as_str().is_some_and(|m| m.contains(text))
+            })
+        };
+        assert!(said("INFO", "starting run 1 of count_visits"), "{run:?}");
+        assert!(said("WARN", "held its transaction"), "{run:?}");
         let batches: Vec<&serde_json::Value> = events.iter().filter(|e| e["fields"]["message"] == "batch committed").collect();
         assert_eq!(batches.len(), 3, "{run:?}");
         for (i, e) in batches.iter().enumerate() {
@@ -1037,6 +1047,12 @@ each_db! {
             assert_eq!(e["fields"]["rows"], 100, "{e}");
             assert!(e["fields"]["transaction_ms"].is_u64(), "{e}");
         }
+        // The error of a refused invocation is an event too, with its exit code.
+        let refused = p.run_fixtures(&["--log-format", "json", "run", "no_such_job"]);
+        assert_eq!(refused.code, 2, "{refused:?}");
+        let line: serde_json::Value = serde_json::from_str(refused.stderr.trim()).unwrap_or_else(|e| panic!("{e}: {refused:?}"));
+        assert_eq!(line["level"], "ERROR", "{refused:?}");
+        assert!(line["fields"]["message"].as_str().unwrap().starts_with("unknown job `no_such_job`"), "{refused:?}");
     }
 }
 

@@ -64,8 +64,16 @@ pub fn main(registry: Registry) -> ExitCode {
 
 fn init_logging(format: opt::LogFormat) {
     use tracing_subscriber::EnvFilter;
+    output::json_logs(format == opt::LogFormat::Json);
+    // What datamig says on stderr (its messages, warnings and the error: see
+    // `output`) is shown whatever RUST_LOG selects, as it is in text mode, where
+    // it does not go through tracing at all.
+    let said = "datamig_cli::output=info"
+        .parse()
+        .expect("a valid directive");
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,datamig_core=info,datamig_cli=info"));
+        .unwrap_or_else(|_| EnvFilter::new("warn,datamig_core=info,datamig_cli=info"))
+        .add_directive(said);
     // Colours only for a person at a terminal, never in cron mail or log files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -24,11 +24,13 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 
 impl Display {
     pub fn new(job: &str, mode: ProgressArg, quiet: bool) -> Display {
-        let terminal = std::io::stderr().is_terminal();
+        // A bar would be drawn between JSON events: with --log-format json the
+        // progress goes out as log events instead.
+        let terminal = std::io::stderr().is_terminal() && !crate::output::is_json();
         let (bar, log) = match mode {
             ProgressArg::Auto if terminal => (true, false),
             ProgressArg::Auto | ProgressArg::Log => (false, true),
-            ProgressArg::Bar => (true, false),
+            ProgressArg::Bar => (!crate::output::is_json(), crate::output::is_json()),
             ProgressArg::None => (false, false),
         };
         let bar = bar.then(|| {
@@ -97,7 +99,7 @@ impl Observer for Display {
         }
         match &self.bar {
             Some(bar) => bar.println(text),
-            None => eprintln!("{text}"),
+            None => crate::output::error(text),
         }
     }
 
@@ -133,7 +135,7 @@ impl Observer for Display {
         } else if !self.quiet {
             // Why a run stands still is always worth a line (cron mail, logs).
             if let Some(why) = why {
-                eprintln!("{}: {why}", self.job);
+                crate::output::error(&format!("{}: {why}", self.job));
             }
         }
     }

@@ -70,11 +70,11 @@ fn install_signal_handlers(stop: Arc<AtomicBool>) {
                 _ = term.recv() => {}
             }
             if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("stopping now; the batch in flight is rolled back");
+                crate::output::error("stopping now; the batch in flight is rolled back");
                 std::process::exit(i32::from(crate::exit::INTERRUPTED));
             }
-            eprintln!(
-                "finishing the batch in flight, then stopping (Ctrl-C again to stop at once)"
+            crate::output::error(
+                "finishing the batch in flight, then stopping (Ctrl-C again to stop at once)",
             );
         }
     });
