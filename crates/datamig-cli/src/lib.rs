@@ -33,7 +33,7 @@ pub fn main(registry: Registry) -> ExitCode {
                 .take_while(|l| !l.trim().is_empty())
                 .map(str::trim)
                 .collect();
-            output::error(&format!("{} (see --help)", message.join(" ")));
+            output::note(&format!("{} (see --help)", message.join(" ")));
             return ExitCode::from(exit::USAGE);
         }
         Err(e) => {
@@ -56,7 +56,7 @@ pub fn main(registry: Registry) -> ExitCode {
     match runtime.block_on(commands::dispatch(cli, &registry)) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
-            output::error(&format!("error: {err:#}"));
+            output::note(&format!("error: {err:#}"));
             ExitCode::from(exit::code_for(&err))
         }
     }

@@ -28,7 +28,7 @@ pub fn line(text: &str) {
 
 /// Writes a line on stderr: as it is, or as an event of the level its
 /// `error: ` or `warning: ` prefix says (info without one) in JSON.
-pub fn error(text: &str) {
+pub fn note(text: &str) {
     if is_json() {
         if let Some(rest) = text.strip_prefix("error: ") {
             tracing::error!("{rest}");

@@ -99,7 +99,7 @@ impl Observer for Display {
         }
         match &self.bar {
             Some(bar) => bar.println(text),
-            None => crate::output::error(text),
+            None => crate::output::note(text),
         }
     }
 
@@ -135,7 +135,7 @@ impl Observer for Display {
         } else if !self.quiet {
             // Why a run stands still is always worth a line (cron mail, logs).
             if let Some(why) = why {
-                crate::output::error(&format!("{}: {why}", self.job));
+                crate::output::note(&format!("{}: {why}", self.job));
             }
         }
     }

@@ -70,10 +70,10 @@ fn install_signal_handlers(stop: Arc<AtomicBool>) {
                 _ = term.recv() => {}
             }
             if stop.swap(true, Ordering::SeqCst) {
-                crate::output::error("stopping now; the batch in flight is rolled back");
+                crate::output::note("stopping now; the batch in flight is rolled back");
                 std::process::exit(i32::from(crate::exit::INTERRUPTED));
             }
-            crate::output::error(
+            crate::output::note(
                 "finishing the batch in flight, then stopping (Ctrl-C again to stop at once)",
             );
         }
@@ -298,7 +298,7 @@ async fn notify(command: &str, job: &str, outcome: &Result<run::Report>) {
 }
 
 fn warn(message: &str) {
-    crate::output::error(&format!("warning: {message}"));
+    crate::output::note(&format!("warning: {message}"));
 }
 
 /// What a finished invocation says: one line for cron, timings, JSON.
