@@ -155,11 +155,11 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
             with_conn(global, &settings, async |conn| {
                 let lines = migrate::status(conn, &migrations).await?;
                 if lines.is_empty() && !dir.is_dir() {
+                    let at = dir.display();
                     line(&format!(
-                    "no migrations: there is no migrations directory at {}; `datamig schema new \
-                         create_my_table` creates it with the first",
-                    dir.display()
-                ));
+                        "no migrations: there is no migrations directory at {at}; \
+                         `datamig schema new create_my_table` creates it with the first"
+                    ));
                     return Ok(());
                 }
                 print_status(&lines);
