@@ -2,6 +2,7 @@
 //! pause/resume/cancel from another process, dry runs, the error budget, and
 //! statistics after a run, on each database.
 
+use crate::each_server;
 use std::time::{Duration, Instant};
 
 use crate::each_db;
@@ -405,24 +406,12 @@ fn throttled_by_a_long_transaction(kind: Db) {
     assert_each_row_once(&p, 2_000, "count_visits");
 }
 
-#[test]
-fn throttled_by_active_sessions_postgres() {
-    throttled_by_active_sessions(Db::Postgres);
+each_server! {
+    throttled_by_active_sessions: throttled_by_active_sessions;
 }
 
-#[test]
-fn throttled_by_active_sessions_mariadb() {
-    throttled_by_active_sessions(Db::MySql);
-}
-
-#[test]
-fn throttled_by_a_long_transaction_postgres() {
-    throttled_by_a_long_transaction(Db::Postgres);
-}
-
-#[test]
-fn throttled_by_a_long_transaction_mariadb() {
-    throttled_by_a_long_transaction(Db::MySql);
+each_server! {
+    throttled_by_a_long_transaction: throttled_by_a_long_transaction;
 }
 
 each_db! {
@@ -602,14 +591,8 @@ fn a_replica_that_is_not_one_is_refused(kind: Db) {
     );
 }
 
-#[test]
-fn a_replica_that_is_not_one_is_refused_postgres() {
-    a_replica_that_is_not_one_is_refused(Db::Postgres);
-}
-
-#[test]
-fn a_replica_that_is_not_one_is_refused_mariadb() {
-    a_replica_that_is_not_one_is_refused(Db::MySql);
+each_server! {
+    a_replica_that_is_not_one_is_refused: a_replica_that_is_not_one_is_refused;
 }
 
 /// The PostgreSQL standby `.ci/run` keeps on 127.0.0.1:5433, streaming from the

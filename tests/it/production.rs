@@ -1,6 +1,7 @@
 //! Running a job against a live database: lock and statement timeouts set by
 //! datamig, transient errors retried with backoff, a killed connection replaced.
 
+use crate::each_server;
 use std::time::Duration;
 
 use datamig_core::config::DatabaseUrl;
@@ -125,12 +126,6 @@ fn killed_connection(kind: Db) {
     assert_each_row_once(&p, n, "count_visits");
 }
 
-#[test]
-fn killed_connection_postgres() {
-    killed_connection(Db::Postgres);
-}
-
-#[test]
-fn killed_connection_mariadb() {
-    killed_connection(Db::MySql);
+each_server! {
+    killed_connection: killed_connection;
 }

@@ -11,6 +11,7 @@
 //!
 //! Each test prints one `reliability:` line with what it did, for RELIABILITY.md.
 
+use crate::each_server;
 use std::time::{Duration, Instant};
 
 use crate::each_db;
@@ -405,14 +406,8 @@ fn faults_through_a_proxy(kind: Db) {
     );
 }
 
-#[test]
-fn faults_through_a_proxy_postgres() {
-    faults_through_a_proxy(Db::Postgres);
-}
-
-#[test]
-fn faults_through_a_proxy_mariadb() {
-    faults_through_a_proxy(Db::MySql);
+each_server! {
+    faults_through_a_proxy: faults_through_a_proxy;
 }
 
 /// Silence between batches with the health throttle on: its checks (and the
@@ -473,24 +468,12 @@ fn silence_during_the_health_checks(kind: Db, workers: &[&str]) {
     assert_each_row_once(&p, n, "count_visits");
 }
 
-#[test]
-fn silence_during_the_health_checks_postgres() {
-    silence_during_the_health_checks(Db::Postgres, &[]);
+each_server! {
+    silence_during_the_health_checks: |kind| silence_during_the_health_checks(kind, &[]);
 }
 
-#[test]
-fn silence_during_the_health_checks_mariadb() {
-    silence_during_the_health_checks(Db::MySql, &[]);
-}
-
-#[test]
-fn silence_during_a_partitioned_runs_health_checks_postgres() {
-    silence_during_the_health_checks(Db::Postgres, &["--workers", "2", "--lease", "5s"]);
-}
-
-#[test]
-fn silence_during_a_partitioned_runs_health_checks_mariadb() {
-    silence_during_the_health_checks(Db::MySql, &["--workers", "2", "--lease", "5s"]);
+each_server! {
+    silence_during_a_partitioned_runs_health_checks: |kind| silence_during_the_health_checks(kind, &["--workers", "2", "--lease", "5s"]);
 }
 
 /// A paused run whose connections go silent while it waits: it cannot hear a
@@ -550,24 +533,12 @@ fn silence_while_paused(kind: Db, workers: &[&str]) {
     assert_each_row_once(&p, n, "count_visits");
 }
 
-#[test]
-fn silence_while_paused_postgres() {
-    silence_while_paused(Db::Postgres, &[]);
+each_server! {
+    silence_while_paused: |kind| silence_while_paused(kind, &[]);
 }
 
-#[test]
-fn silence_while_paused_mariadb() {
-    silence_while_paused(Db::MySql, &[]);
-}
-
-#[test]
-fn silence_while_a_partitioned_run_is_paused_postgres() {
-    silence_while_paused(Db::Postgres, &["--workers", "2", "--lease", "5s"]);
-}
-
-#[test]
-fn silence_while_a_partitioned_run_is_paused_mariadb() {
-    silence_while_paused(Db::MySql, &["--workers", "2", "--lease", "5s"]);
+each_server! {
+    silence_while_a_partitioned_run_is_paused: |kind| silence_while_paused(kind, &["--workers", "2", "--lease", "5s"]);
 }
 
 /// The database server restarted mid-run (a test's own server, so the shared
@@ -617,24 +588,12 @@ fn server_restarted_mid_run(kind: Db, workers: &[&str]) {
     );
 }
 
-#[test]
-fn server_restarted_mid_run_postgres() {
-    server_restarted_mid_run(Db::Postgres, &[]);
+each_server! {
+    server_restarted_mid_run: |kind| server_restarted_mid_run(kind, &[]);
 }
 
-#[test]
-fn server_restarted_mid_run_mariadb() {
-    server_restarted_mid_run(Db::MySql, &[]);
-}
-
-#[test]
-fn server_restarted_mid_partitioned_run_postgres() {
-    server_restarted_mid_run(Db::Postgres, &["--workers", "2", "--lease", "3s"]);
-}
-
-#[test]
-fn server_restarted_mid_partitioned_run_mariadb() {
-    server_restarted_mid_run(Db::MySql, &["--workers", "2", "--lease", "3s"]);
+each_server! {
+    server_restarted_mid_partitioned_run: |kind| server_restarted_mid_run(kind, &["--workers", "2", "--lease", "3s"]);
 }
 
 /// The server restarted while the run's checks run, after its last batch: the
@@ -693,24 +652,12 @@ fn server_restarted_during_the_checks(kind: Db, workers: &[&str]) {
     );
 }
 
-#[test]
-fn server_restarted_during_the_checks_postgres() {
-    server_restarted_during_the_checks(Db::Postgres, &[]);
+each_server! {
+    server_restarted_during_the_checks: |kind| server_restarted_during_the_checks(kind, &[]);
 }
 
-#[test]
-fn server_restarted_during_the_checks_mariadb() {
-    server_restarted_during_the_checks(Db::MySql, &[]);
-}
-
-#[test]
-fn server_restarted_during_a_partitioned_runs_checks_postgres() {
-    server_restarted_during_the_checks(Db::Postgres, &["--workers", "2"]);
-}
-
-#[test]
-fn server_restarted_during_a_partitioned_runs_checks_mariadb() {
-    server_restarted_during_the_checks(Db::MySql, &["--workers", "2"]);
+each_server! {
+    server_restarted_during_a_partitioned_runs_checks: |kind| server_restarted_during_the_checks(kind, &["--workers", "2"]);
 }
 
 /// What a refused command must not have changed: the data, and datamig's tables.
@@ -938,12 +885,6 @@ fn partitioned_runners_killed_at_random(kind: Db) {
     );
 }
 
-#[test]
-fn partitioned_runners_killed_at_random_postgres() {
-    partitioned_runners_killed_at_random(Db::Postgres);
-}
-
-#[test]
-fn partitioned_runners_killed_at_random_mariadb() {
-    partitioned_runners_killed_at_random(Db::MySql);
+each_server! {
+    partitioned_runners_killed_at_random: partitioned_runners_killed_at_random;
 }

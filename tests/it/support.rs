@@ -492,6 +492,25 @@ macro_rules! each_db {
     };
 }
 
+/// Runs `$test` (a function of the database kind) once per server database, as
+/// two tests: `$name::postgres` and `$name::mariadb`. For what SQLite has no
+/// counterpart of: a server to restart, a replica, row-lock partition claims.
+#[macro_export]
+macro_rules! each_server {
+    ($($name:ident: $test:expr;)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                #[test]
+                fn postgres() { ($test)($crate::support::Db::Postgres) }
+                #[test]
+                fn mariadb() { ($test)($crate::support::Db::MySql) }
+            }
+        )*
+    };
+}
+
 pub fn url_parts(url: &str) -> url::Url {
     url::Url::from_str(url).expect("url")
 }

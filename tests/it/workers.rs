@@ -2,6 +2,7 @@
 //! killed mid-run and its partitions taken over, partitions split so that the
 //! last one does not run alone.
 
+use crate::each_server;
 use std::io::Read;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -118,14 +119,8 @@ fn three_processes_one_killed(kind: Db) {
     }
 }
 
-#[test]
-fn three_processes_one_killed_postgres() {
-    three_processes_one_killed(Db::Postgres);
-}
-
-#[test]
-fn three_processes_one_killed_mariadb() {
-    three_processes_one_killed(Db::MySql);
+each_server! {
+    three_processes_one_killed: three_processes_one_killed;
 }
 
 /// Keys bunched at the start of a wide range: the even cut leaves one partition
@@ -232,24 +227,12 @@ fn json_logs_name_the_partition(kind: Db) {
     }
 }
 
-#[test]
-fn json_logs_name_the_partition_postgres() {
-    json_logs_name_the_partition(Db::Postgres);
+each_server! {
+    json_logs_name_the_partition: json_logs_name_the_partition;
 }
 
-#[test]
-fn json_logs_name_the_partition_mariadb() {
-    json_logs_name_the_partition(Db::MySql);
-}
-
-#[test]
-fn the_largest_partition_is_split_postgres() {
-    the_largest_partition_is_split(Db::Postgres);
-}
-
-#[test]
-fn the_largest_partition_is_split_mariadb() {
-    the_largest_partition_is_split(Db::MySql);
+each_server! {
+    the_largest_partition_is_split: the_largest_partition_is_split;
 }
 
 /// An interrupted partitioned run is resumed partitioned by a plain `datamig
@@ -321,14 +304,8 @@ fn sigterm(child: &Child) {
     assert!(status.success());
 }
 
-#[test]
-fn partitioned_and_single_cursor_runs_resume_each_other_postgres() {
-    partitioned_and_single_cursor_runs_resume_each_other(Db::Postgres);
-}
-
-#[test]
-fn partitioned_and_single_cursor_runs_resume_each_other_mariadb() {
-    partitioned_and_single_cursor_runs_resume_each_other(Db::MySql);
+each_server! {
+    partitioned_and_single_cursor_runs_resume_each_other: partitioned_and_single_cursor_runs_resume_each_other;
 }
 
 #[test]
@@ -392,14 +369,8 @@ fn cancel_stops_every_process(kind: Db) {
     );
 }
 
-#[test]
-fn cancel_stops_every_process_postgres() {
-    cancel_stops_every_process(Db::Postgres);
-}
-
-#[test]
-fn cancel_stops_every_process_mariadb() {
-    cancel_stops_every_process(Db::MySql);
+each_server! {
+    cancel_stops_every_process: cancel_stops_every_process;
 }
 
 /// `--rate` holds for the run as a whole: two processes on one run share it.
@@ -430,14 +401,8 @@ fn two_processes_share_the_rate(kind: Db) {
     assert_each_row_once(&p, n, "count_visits");
 }
 
-#[test]
-fn two_processes_share_the_rate_postgres() {
-    two_processes_share_the_rate(Db::Postgres);
-}
-
-#[test]
-fn two_processes_share_the_rate_mariadb() {
-    two_processes_share_the_rate(Db::MySql);
+each_server! {
+    two_processes_share_the_rate: two_processes_share_the_rate;
 }
 
 /// `datamig pause` holds every process of a partitioned run in place, and
@@ -477,14 +442,8 @@ fn pause_and_resume_hold_every_process(kind: Db) {
     assert_each_row_once(&p, n, "count_visits");
 }
 
-#[test]
-fn pause_and_resume_hold_every_process_postgres() {
-    pause_and_resume_hold_every_process(Db::Postgres);
-}
-
-#[test]
-fn pause_and_resume_hold_every_process_mariadb() {
-    pause_and_resume_hold_every_process(Db::MySql);
+each_server! {
+    pause_and_resume_hold_every_process: pause_and_resume_hold_every_process;
 }
 
 /// The health throttle holds every worker of every process: a long
@@ -553,14 +512,8 @@ fn the_health_throttle_holds_every_process(kind: Db) {
     assert_each_row_once(&p, n, "count_visits");
 }
 
-#[test]
-fn the_health_throttle_holds_every_process_postgres() {
-    the_health_throttle_holds_every_process(Db::Postgres);
-}
-
-#[test]
-fn the_health_throttle_holds_every_process_mariadb() {
-    the_health_throttle_holds_every_process(Db::MySql);
+each_server! {
+    the_health_throttle_holds_every_process: the_health_throttle_holds_every_process;
 }
 
 /// `--max-runtime` with workers: when the budget is spent every worker stops at
@@ -617,12 +570,6 @@ fn a_spent_budget_stops_every_worker(kind: Db) {
     assert_each_row_once(&p, n, "count_visits");
 }
 
-#[test]
-fn a_spent_budget_stops_every_worker_postgres() {
-    a_spent_budget_stops_every_worker(Db::Postgres);
-}
-
-#[test]
-fn a_spent_budget_stops_every_worker_mariadb() {
-    a_spent_budget_stops_every_worker(Db::MySql);
+each_server! {
+    a_spent_budget_stops_every_worker: a_spent_budget_stops_every_worker;
 }
