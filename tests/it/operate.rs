@@ -1030,6 +1030,44 @@ each_db! {
             assert_eq!(e["fields"]["rows"], 100, "{e}");
             assert!(e["fields"]["transaction_ms"].is_u64(), "{e}");
         }
+        // With RUST_LOG at warn (cron's, the benchmarks'), the warnings still name
+        // their run, job, batch and time, in the spans they were said in; on the
+        // servers, with workers, their worker and partition too.
+        p.db.exec("UPDATE visits SET hits = 0");
+        let mut args = vec![
+            "--log-format", "json", "run", "count_visits", "--batch", "100", "--restart", "--warn-batch-time", "1ms",
+            "--arg", "pause_ms=5",
+        ];
+        if kind != Db::Sqlite {
+            args.extend(["--workers", "2"]);
+        }
+        let out = p.fixtures(&args).env("RUST_LOG", "warn").output().unwrap();
+        let run = to_run(out);
+        assert_eq!(run.code, 0, "{run:?}");
+        let warnings: Vec<serde_json::Value> = run
+            .stderr
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .filter(|e: &serde_json::Value| e["level"] == "WARN")
+            .collect();
+        assert!(!warnings.is_empty(), "{run:?}");
+        for e in &warnings {
+            let spans = e["spans"].as_array().unwrap_or_else(|| panic!("no spans: {e}"));
+            assert_eq!(spans[0]["name"], "run", "{e}");
+            assert_eq!(spans[0]["job"], "count_visits", "{e}");
+            assert_eq!(spans[0]["run_id"], 2, "{e}");
+            let batch = &e["span"];
+            assert_eq!(batch["name"], "batch", "{e}");
+            let message = e["fields"]["message"].as_str().unwrap();
+            assert!(message.contains(&format!("held its transaction {} ms", batch["transaction_ms"])), "{e}");
+            assert!(message.starts_with(&format!("batch {} ", batch["batch"])), "{e}");
+            if kind == Db::Sqlite {
+                assert!(batch["partition"].is_null(), "{e}");
+            } else {
+                assert!(batch["worker"].is_u64(), "{e}");
+                assert!(message.contains(&format!(" of partition {} ", batch["partition"])), "{e}");
+            }
+        }
         // The error of a refused invocation is an event too, with its exit code.
         let refused = p.run_fixtures(&["--log-format", "json", "run", "no_such_job"]);
         assert_eq!(refused.code, 2, "{refused:?}");

@@ -13,6 +13,16 @@
 //! checkpoint: killed at any instant, a batch is either committed with its
 //! checkpoint or rolled back with it.
 
+/// A span that gives its fields (run id, job, partition, batch, …) to every event
+/// in it. Its level only decides whether it is recorded at all: at ERROR it is,
+/// whatever `RUST_LOG` selects, so the warnings and messages datamig always
+/// shows carry them too (`--log-format json`).
+macro_rules! context_span {
+    ($name:literal, $($fields:tt)*) => {
+        tracing::span!(tracing::Level::ERROR, $name, $($fields)*)
+    };
+}
+
 mod batch;
 mod csv_source;
 pub mod cursor;
@@ -415,7 +425,7 @@ pub async fn run(
                 "--workers must be between 1 and {MAX_WORKERS}"
             )));
         }
-        let span = tracing::info_span!("run", job = job.name(), run_id = tracing::field::Empty);
+        let span = context_span!("run", job = job.name(), run_id = tracing::field::Empty);
         return tracing::Instrument::instrument(
             workers::run(conn, job, args, plan, opts, n, stop, obs),
             span,
@@ -460,7 +470,7 @@ pub async fn run(
         )));
     }
     // Every event of the run carries its job and run id (`--log-format json`).
-    let span = tracing::info_span!("run", job = job.name(), run_id = tracing::field::Empty);
+    let span = context_span!("run", job = job.name(), run_id = tracing::field::Empty);
     let result =
         tracing::Instrument::instrument(run_locked(conn, job, args, &plan, opts, stop, obs), span)
             .await;
@@ -545,6 +555,7 @@ async fn run_locked(
             let pct = percent(r.rows_done, total)
                 .map(|p| format!(" ({p:.1}%)"))
                 .unwrap_or_default();
+            tracing::Span::current().record("run_id", r.id);
             obs.message(&format!(
                 "resuming run {} of {} at {at}{pct}",
                 r.id,
@@ -558,6 +569,7 @@ async fn run_locked(
             let id =
                 store::insert(conn, job.name(), &args.canonical, batch_size, total, &json).await?;
             let of = total.map(|t| format!(" over {t} rows")).unwrap_or_default();
+            tracing::Span::current().record("run_id", id);
             obs.message(&format!("starting run {id} of {}{of}", job.name()));
             (id, baseline)
         }
@@ -612,7 +624,6 @@ async fn run_locked(
     });
     let mut poller = steer::Poller::new(opts.network_timeout.max(Duration::from_secs(1)));
     let mut waits = Waits::default();
-    tracing::Span::current().record("run_id", run_id);
     let mut history = history::History::new(run_id, waits.total);
     let history_limit = opts.network_timeout.max(Duration::from_secs(1));
     // Retries of the batch at hand.
@@ -729,12 +740,16 @@ async fn run_locked(
                 );
                 history.flush_if_due(conn, history_limit).await;
                 if let Some(max) = opts.warn_batch_time.filter(|max| done.transaction > *max) {
-                    obs.message(&format!(
-                        "warning: batch {} held its transaction {} ms, more than --warn-batch-time {} ms",
-                        progress.batches,
-                        done.transaction.as_millis(),
-                        max.as_millis()
-                    ));
+                    let ms = u64::try_from(done.transaction.as_millis()).unwrap_or(u64::MAX);
+                    let span =
+                        context_span!("batch", batch = progress.batches, transaction_ms = ms);
+                    span.in_scope(|| {
+                        obs.message(&format!(
+                            "warning: batch {} held its transaction {ms} ms, more than --warn-batch-time {} ms",
+                            progress.batches,
+                            max.as_millis()
+                        ))
+                    });
                 }
                 if let Some(max) = opts
                     .warn_run_time

@@ -297,6 +297,7 @@ async fn join(
             let t = partition::totals(conn, r.id)
                 .await
                 .map_err(|e| crate::db::error("cannot read datamig_partitions", &e))?;
+            tracing::Span::current().record("run_id", r.id);
             obs.message(&format!(
                 "joining run {} of {} with {workers} worker(s): {} of {} partitions done{}",
                 r.id,
@@ -344,6 +345,7 @@ async fn join(
             });
             partition::create(conn, r.id, &ranges, prefix.as_ref()).await?;
             store::resume(conn, r.id, batch_size, r.total_rows).await?;
+            tracing::Span::current().record("run_id", r.id);
             obs.message(&format!(
                 "going on with run {} of {} in {} partitions after {} done in one worker",
                 r.id,
@@ -392,6 +394,7 @@ async fn join(
                 }
             };
             let of = total.map(|t| format!(" over {t} rows")).unwrap_or_default();
+            tracing::Span::current().record("run_id", id);
             obs.message(&format!(
                 "starting run {id} of {}{of} in {} partitions, {workers} worker(s) here",
                 job.name(),
@@ -433,7 +436,6 @@ pub(super) async fn run(
             return Err(e);
         }
     };
-    tracing::Span::current().record("run_id", joined.run_id);
     let result = work(
         conn,
         job,
@@ -517,8 +519,7 @@ async fn work(
     let (all_done, workers_done) = tokio::sync::oneshot::channel::<()>();
     let workers_future = async {
         let ends = futures_util::future::join_all(owners.iter().enumerate().map(|(i, owner)| {
-            let span =
-                tracing::info_span!("worker", worker = i + 1, partition = tracing::field::Empty);
+            let span = context_span!("worker", worker = i + 1);
             let shared = &shared;
             tracing::Instrument::instrument(
                 async move {
@@ -827,13 +828,22 @@ impl Control<'_> {
             "batch committed"
         );
         if let Some(max) = self.opts.warn_batch_time.filter(|max| b.transaction > *max) {
-            self.obs.message(&format!(
-                "warning: batch {} of partition {} held its transaction {} ms, more than --warn-batch-time {} ms",
-                b.number,
-                b.part,
-                b.transaction.as_millis(),
-                max.as_millis()
-            ));
+            let span = context_span!(
+                "batch",
+                worker = b.worker,
+                partition = b.part,
+                batch = b.number,
+                transaction_ms = ms(b.transaction)
+            );
+            span.in_scope(|| {
+                self.obs.message(&format!(
+                    "warning: batch {} of partition {} held its transaction {} ms, more than --warn-batch-time {} ms",
+                    b.number,
+                    b.part,
+                    b.transaction.as_millis(),
+                    max.as_millis()
+                ))
+            });
         }
         show(&mut self.progress, &self.totals, &self.own, self.started);
         self.obs.batch(&self.progress);
@@ -1357,7 +1367,7 @@ async fn claim_and_work(
                 claim.part
             )));
         }
-        let span = tracing::info_span!("partition", partition = claim.part);
+        let span = context_span!("partition", partition = claim.part);
         let worked = in_partition(shared, worker, conn, batches, claim);
         match tracing::Instrument::instrument(worked, span).await? {
             InPartition::Finished | InPartition::Lost => {}
