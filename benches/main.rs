@@ -486,6 +486,65 @@ fn ratio(limit: Duration, d: Duration) -> String {
     format!("{:.2}", limit.as_secs_f64() / d.as_secs_f64().max(1e-9))
 }
 
+/// The floor under any Rust transform of `users` on PostgreSQL: `connections`
+/// connections, each over its share of the keys, read 5000 rows, lowercase the
+/// addresses in Rust and write them back with the statement datamig sends
+/// (`UPDATE … FROM (SELECT unnest(…))` with the row-version guard), each statement
+/// its own transaction, with no checkpoint, no validation and no bookkeeping: what
+/// datamig's batches cost beyond it is datamig's. Returns the loop's time.
+async fn bare_loop(url: &str, rows: i64, connections: i64, batch: i64) -> Res<Duration> {
+    use sqlx::{Connection, Row};
+    const READ: &str = "SELECT id, email, xmin::text FROM users \
+        WHERE email_normalized IS NULL AND id > $1 AND id <= $2 ORDER BY id LIMIT $3";
+    const WRITE: &str = "UPDATE users AS t SET email_normalized = v.e FROM (SELECT \
+        unnest($1::int8[]) AS id, unnest($2::text[]) AS e, unnest($3::text[]::xid[]) AS x) AS v \
+        WHERE t.id = v.id AND t.xmin = v.x AND t.id BETWEEN $4 AND $5";
+    async fn share(url: String, lo: i64, hi: i64, batch: i64) -> Result<u64, sqlx::Error> {
+        let mut c = sqlx::postgres::PgConnection::connect(&url).await?;
+        let (mut after, mut written) = (lo - 1, 0);
+        loop {
+            let read = sqlx::query(READ)
+                .bind(after)
+                .bind(hi)
+                .bind(batch)
+                .fetch_all(&mut c)
+                .await?;
+            let Some(last) = read.last() else { break };
+            let end: i64 = last.try_get(0)?;
+            let (mut ids, mut emails, mut versions) = (Vec::new(), Vec::new(), Vec::new());
+            for r in &read {
+                ids.push(r.try_get::<i64, _>(0)?);
+                emails.push(r.try_get::<&str, _>(1)?.trim().to_lowercase());
+                versions.push(r.try_get::<String, _>(2)?);
+            }
+            let query = sqlx::query(WRITE).bind(&ids).bind(&emails).bind(&versions);
+            written += query
+                .bind(ids[0])
+                .bind(end)
+                .execute(&mut c)
+                .await?
+                .rows_affected();
+            after = end;
+        }
+        c.close().await?;
+        Ok(written)
+    }
+    let per = (rows + connections - 1) / connections;
+    let started = Instant::now();
+    let shares: Vec<_> = (0..connections)
+        .map(|i| tokio::spawn(share(url.to_string(), i * per + 1, (i + 1) * per, batch)))
+        .collect();
+    let mut written = 0;
+    for h in shares {
+        written += h.await.map_err(s)?.map_err(|e| format!("bare loop: {e}"))?;
+    }
+    let took = started.elapsed();
+    if written != u64::try_from(rows).unwrap_or(0) {
+        return Err(format!("bare loop wrote {written} of {rows} rows"));
+    }
+    Ok(took)
+}
+
 /// Throughput at 1, 2 and 4 workers (`--workers`) of the set-based job, the
 /// Rust transform and the CPU-heavy transform, against the single statement
 /// and the same job without `--workers`, interleaved round by round.
@@ -508,10 +567,15 @@ async fn bench_workers(b: &mut Bench, opts: &Opts, update: &str) -> Res<()> {
         ("digest_payloads", &["--arg", "rounds=1000"], m),
     ];
     let mut limits = Vec::new();
+    let mut floors = Vec::new();
     let mut runs: Vec<Vec<Vec<JobRun>>> = vec![vec![Vec::new(); configs.len()]; jobs.len()];
     for round in 0..opts.rounds {
         b.reset_users().await?;
         limits.push(b.timed(update).await?);
+        if b.backend == Backend::Postgres {
+            b.reset_users().await?;
+            floors.push(bare_loop(&b.url_secret(), n, 2, opts.batch).await?);
+        }
         for (j, (job, job_args, _)) in jobs.iter().enumerate() {
             let mut order: Vec<usize> = (0..configs.len()).collect();
             if round % 2 == 1 {
@@ -542,6 +606,16 @@ async fn bench_workers(b: &mut Bench, opts: &Opts, update: &str) -> Res<()> {
         secs(limit),
         rate(n, limit)
     );
+    if !floors.is_empty() {
+        let floor = median(floors);
+        println!(
+            "The floor under a Rust transform (two bare connections reading, lowercasing in \
+             Rust and writing back with datamig's statement; no transactions around them, no \
+             checkpoints, no validation): {} s, {}× the limit.\n",
+            secs(floor),
+            ratio(limit, floor)
+        );
+    }
     println!("| job | workers | time in batches (s) | rows/s | × limit (batches) | × 1 worker | longest transaction (ms) | p99 transaction (ms) |\n|---|---|---|---|---|---|---|---|");
     for (j, (job, job_args, rows)) in jobs.iter().enumerate() {
         let rows = *rows;

@@ -49,6 +49,51 @@ fn hold_row_lock(p: &Project, id: i64, hold: Duration) -> std::thread::JoinHandl
     holder
 }
 
+/// A batch that runs out of its statement timeout is rolled back and tried again
+/// at half the size, with or without workers, until it fits; every row once.
+fn a_batch_out_of_time_is_retried_at_half_the_size(kind: Db, workers: usize) {
+    let p = Project::new(kind);
+    let n = 1600;
+    visits(&p, n);
+    // 100 rows take 0.4 s, over the 300 ms timeout; 50 take 0.2 s.
+    let mut args = vec![
+        "run",
+        "count_visits_sql",
+        "--batch",
+        "100",
+        "--arg",
+        "row_ms=4",
+        "--statement-timeout",
+        "300ms",
+        "--json",
+    ];
+    let workers_arg = workers.to_string();
+    if workers > 0 {
+        args.extend(["--workers", &workers_arg]);
+    }
+    let run = p.run_fixtures(&args);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("(statement timeout)"), "{run:?}");
+    assert!(run.stderr.contains("; retrying at 50 rows in "), "{run:?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap();
+    // Each worker times out once, then keeps the smaller size in its next partitions.
+    let timeouts = run.stderr.matches("(statement timeout)").count();
+    assert!(timeouts <= workers.max(1), "{timeouts} timeouts: {run:?}");
+    assert_eq!(summary["rows_done"], n, "{summary}");
+    assert!(summary["batches"].as_i64().unwrap() >= n / 50, "{summary}");
+    assert_each_row_once(&p, n, "count_visits_sql");
+}
+
+each_server! {
+    a_batch_out_of_time_is_retried_at_half_the_size: |kind| a_batch_out_of_time_is_retried_at_half_the_size(kind, 0);
+}
+
+each_server! {
+    a_partitioned_batch_out_of_time_is_retried_at_half_the_size:
+        |kind| a_batch_out_of_time_is_retried_at_half_the_size(kind, 2);
+}
+
 each_db! {
     fn a_locked_row_times_out_and_the_batch_is_retried(kind: Db) {
         let p = Project::new(kind);

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::batch::{self, Batches, Prepared};
+use super::pace::Sizer;
 use super::partition::{self, Claim, Prefix, Totals};
 use super::store::{self, BatchCounts, BatchRecord, RunRecord, RunState};
 use super::{
@@ -1301,6 +1302,9 @@ async fn claim_and_work(
     batches: &mut Batches<'_>,
 ) -> Result<WorkerEnd> {
     let min_split = i64::try_from(shared.opts.batch_size.saturating_mul(2)).unwrap_or(i64::MAX);
+    // The worker's batch size, learned over its partitions: one halved by a
+    // statement timeout stays halved in the next partition.
+    let mut sizer = super::sizer(&shared.opts);
     // Failed claims in a row.
     let mut attempt = 0_u32;
     loop {
@@ -1368,7 +1372,7 @@ async fn claim_and_work(
             )));
         }
         let span = context_span!("partition", partition = claim.part);
-        let worked = in_partition(shared, worker, conn, batches, claim);
+        let worked = in_partition(shared, worker, conn, batches, &mut sizer, claim);
         match tracing::Instrument::instrument(worked, span).await? {
             InPartition::Finished | InPartition::Lost => {}
             InPartition::Stopped => return Ok(WorkerEnd::Stopped),
@@ -1422,10 +1426,10 @@ async fn in_partition(
     worker: usize,
     conn: &mut Conn,
     batches: &mut Batches<'_>,
+    sizer: &mut Sizer,
     mut claim: Claim,
 ) -> Result<InPartition> {
     let opts = &shared.opts;
-    let mut sizer = super::sizer(opts);
     let mut number = claim.batches_done;
     batches.set_claim(Some(claim.clone()));
     let mut attempt = 0_u32;
@@ -1502,13 +1506,21 @@ async fn in_partition(
             }
             Err(Error::Transient { message, kind }) if attempt < opts.max_retries => {
                 attempt += 1;
+                // As without workers: a batch that ran out of time is tried again at half the size.
+                let smaller = if kind == Transient::StatementTimeout {
+                    sizer.halve();
+                    format!(" at {} rows", sizer.rows())
+                } else {
+                    String::new()
+                };
                 let wait = backoff(attempt);
-                tracing::warn!(
-                    partition = claim.part,
-                    "batch failed ({kind}): {message}; retry {attempt} of {} in {} ms",
-                    opts.max_retries,
-                    wait.as_millis()
-                );
+                let _ = shared.events.send(Event::Message(format!(
+                    "batch {} of partition {} ({kind}): {message}; retrying{smaller} in {:.1}s (attempt {attempt} of {})",
+                    number + 1,
+                    claim.part,
+                    wait.as_secs_f64(),
+                    opts.max_retries
+                )));
                 batches.reset();
                 tokio::time::sleep(wait).await;
                 waited += wait;
