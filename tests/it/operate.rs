@@ -895,14 +895,8 @@ fn a_session_ended_for_idling_past_the_deadline_is_replaced(kind: Db) {
     assert_each_row_once(&p, 300, "count_visits");
 }
 
-#[test]
-fn a_session_ended_for_idling_past_the_deadline_is_replaced_postgres() {
-    a_session_ended_for_idling_past_the_deadline_is_replaced(Db::Postgres);
-}
-
-#[test]
-fn a_session_ended_for_idling_past_the_deadline_is_replaced_mariadb() {
-    a_session_ended_for_idling_past_the_deadline_is_replaced(Db::MySql);
+each_server! {
+    a_session_ended_for_idling_past_the_deadline_is_replaced: a_session_ended_for_idling_past_the_deadline_is_replaced;
 }
 
 each_db! {
