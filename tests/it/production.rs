@@ -55,16 +55,17 @@ fn a_batch_out_of_time_is_retried_at_half_the_size(kind: Db, workers: usize) {
     let p = Project::new(kind);
     let n = 1600;
     visits(&p, n);
-    // 100 rows take 0.4 s, over the 300 ms timeout; 50 take 0.2 s.
+    // 200 rows take 0.8 s, over the 600 ms timeout; 100 take 0.4 s, with room
+    // for a loaded machine.
     let mut args = vec![
         "run",
         "count_visits_sql",
         "--batch",
-        "100",
+        "200",
         "--arg",
         "row_ms=4",
         "--statement-timeout",
-        "300ms",
+        "600ms",
         "--json",
     ];
     let workers_arg = workers.to_string();
@@ -74,14 +75,18 @@ fn a_batch_out_of_time_is_retried_at_half_the_size(kind: Db, workers: usize) {
     let run = p.run_fixtures(&args);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("(statement timeout)"), "{run:?}");
-    assert!(run.stderr.contains("; retrying at 50 rows in "), "{run:?}");
+    assert!(run.stderr.contains("; retrying at 100 rows in "), "{run:?}");
     let summary: serde_json::Value =
         serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap();
-    // Each worker times out once, then keeps the smaller size in its next partitions.
+    // Each worker times out once (twice, on a loaded machine), then keeps the
+    // smaller size in its next partitions: not once in each of its 8 partitions.
     let timeouts = run.stderr.matches("(statement timeout)").count();
-    assert!(timeouts <= workers.max(1), "{timeouts} timeouts: {run:?}");
+    assert!(
+        timeouts <= 2 * workers.max(1),
+        "{timeouts} timeouts: {run:?}"
+    );
     assert_eq!(summary["rows_done"], n, "{summary}");
-    assert!(summary["batches"].as_i64().unwrap() >= n / 50, "{summary}");
+    assert!(summary["batches"].as_i64().unwrap() >= n / 100, "{summary}");
     assert_each_row_once(&p, n, "count_visits_sql");
 }
 
