@@ -58,6 +58,8 @@ fn a_batch_out_of_time_is_retried_at_half_the_size(kind: Db, workers: usize) {
     // 200 rows take 0.8 s, over the 600 ms timeout; 100 take 0.4 s, with room
     // for a loaded machine.
     let mut args = vec![
+        "--log-format",
+        "json",
         "run",
         "count_visits_sql",
         "--batch",
@@ -85,6 +87,30 @@ fn a_batch_out_of_time_is_retried_at_half_the_size(kind: Db, workers: usize) {
         timeouts <= 2 * workers.max(1),
         "{timeouts} timeouts: {run:?}"
     );
+    // Each retry's event names its batch (and with workers, its worker and
+    // partition) as fields of the batch's span.
+    for line in run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("(statement timeout)"))
+    {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let message = event["fields"]["message"].as_str().unwrap();
+        let at = &event["span"];
+        assert_eq!(at["name"], "batch", "{event}");
+        assert!(
+            message.starts_with(&format!("batch {} ", at["batch"])),
+            "{event}"
+        );
+        if workers > 0 {
+            assert!(
+                message.contains(&format!(" of partition {} ", at["partition"])),
+                "{event}"
+            );
+            assert!(at["worker"].is_u64(), "{event}");
+        }
+    }
     assert_eq!(summary["rows_done"], n, "{summary}");
     assert!(summary["batches"].as_i64().unwrap() >= n / 100, "{summary}");
     assert_each_row_once(&p, n, "count_visits_sql");

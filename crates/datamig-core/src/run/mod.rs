@@ -799,12 +799,15 @@ async fn run_locked(
                 } else {
                     String::new()
                 };
-                obs.message(&format!(
-                    "batch {} ({kind}): {message}; retrying{smaller} in {:.1}s (attempt {attempt} of {})",
-                    progress.batches + 1,
-                    wait.as_secs_f64(),
-                    opts.max_retries
-                ));
+                let span = context_span!("batch", batch = progress.batches + 1);
+                span.in_scope(|| {
+                    obs.message(&format!(
+                        "batch {} ({kind}): {message}; retrying{smaller} in {:.1}s (attempt {attempt} of {})",
+                        progress.batches + 1,
+                        wait.as_secs_f64(),
+                        opts.max_retries
+                    ))
+                });
                 batches.reset();
                 if pause(wait, stop).await {
                     continue; // the loop's stop check ends the run

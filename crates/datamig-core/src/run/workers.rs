@@ -86,9 +86,18 @@ struct Committed {
 /// What a worker tells the control loop.
 enum Event {
     Batch(Committed),
-    Message(String),
+    /// Something to say, and the worker, partition and batch it is about (the
+    /// fields of its log event).
+    Message(String, About),
     /// A worker met an error that ends the run.
     Fatal(String),
+}
+
+/// What a worker's message is about.
+struct About {
+    worker: usize,
+    part: i64,
+    batch: Option<i64>,
 }
 
 /// How a worker ended.
@@ -787,7 +796,20 @@ impl Control<'_> {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Batch(b) => self.committed(&b),
-            Event::Message(m) => self.obs.message(&m),
+            Event::Message(
+                m,
+                About {
+                    worker,
+                    part,
+                    batch,
+                },
+            ) => {
+                let span = match batch {
+                    Some(batch) => context_span!("batch", worker, partition = part, batch),
+                    None => context_span!("partition", worker, partition = part),
+                };
+                span.in_scope(|| self.obs.message(&m));
+            }
             Event::Fatal(why) => self.stop_with(Stopped::Failed(why)),
         }
     }
@@ -1366,10 +1388,18 @@ async fn claim_and_work(
             continue;
         };
         if let Some(from) = &claim.taken_from {
-            let _ = shared.events.send(Event::Message(format!(
-                "took over partition {} from {from}, whose lease ran out",
-                claim.part
-            )));
+            let about = About {
+                worker,
+                part: claim.part,
+                batch: None,
+            };
+            let _ = shared.events.send(Event::Message(
+                format!(
+                    "took over partition {} from {from}, whose lease ran out",
+                    claim.part
+                ),
+                about,
+            ));
         }
         let span = context_span!("partition", partition = claim.part);
         let worked = in_partition(shared, worker, conn, batches, &mut sizer, claim);
@@ -1514,13 +1544,21 @@ async fn in_partition(
                     String::new()
                 };
                 let wait = backoff(attempt);
-                let _ = shared.events.send(Event::Message(format!(
-                    "batch {} of partition {} ({kind}): {message}; retrying{smaller} in {:.1}s (attempt {attempt} of {})",
-                    number + 1,
-                    claim.part,
-                    wait.as_secs_f64(),
-                    opts.max_retries
-                )));
+                let about = About {
+                    worker,
+                    part: claim.part,
+                    batch: Some(number + 1),
+                };
+                let _ = shared.events.send(Event::Message(
+                    format!(
+                        "batch {} of partition {} ({kind}): {message}; retrying{smaller} in {:.1}s (attempt {attempt} of {})",
+                        number + 1,
+                        claim.part,
+                        wait.as_secs_f64(),
+                        opts.max_retries
+                    ),
+                    about,
+                ));
                 batches.reset();
                 tokio::time::sleep(wait).await;
                 waited += wait;
