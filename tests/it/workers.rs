@@ -328,8 +328,21 @@ crate::each_db! {
         p.db.exec("CREATE TABLE visits2 (grp INT NOT NULL, id BIGINT NOT NULL, hits INT NOT NULL DEFAULT 0, PRIMARY KEY (grp, id))");
         let run = p.run_fixtures(&["run", "count_visits_composite", "--workers", "2"]);
         assert_eq!(run.code, 2, "{run:?}");
-        assert!(run.stderr.contains("needs a single integer key"), "{run:?}");
+        assert!(run.stderr.contains("needs a single integer key; the key is (grp, id)"), "{run:?}");
+        assert!(run.stderr.contains("Run it without --workers"), "{run:?}");
         assert!(!p.db.table_exists("datamig_runs") || p.db.scalar("SELECT count(*) FROM datamig_runs") == 0);
+        // A text key: refused the same way, naming what the key holds; without
+        // --workers the same job runs over it.
+        p.db.exec("CREATE TABLE tags (name VARCHAR(64) NOT NULL PRIMARY KEY, hits INT NOT NULL DEFAULT 0)");
+        p.db.exec("INSERT INTO tags (name) VALUES ('alpha'), ('beta'), ('gamma')");
+        let run = p.run_fixtures(&["run", "touch_tags", "--workers", "2"]);
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains("needs a single integer key; name holds text (its first: alpha)"), "{run:?}");
+        assert!(run.stderr.lines().count() == 1, "one line: {run:?}");
+        assert!(!p.db.table_exists("datamig_runs") || p.db.scalar("SELECT count(*) FROM datamig_runs") == 0);
+        let run = p.run_fixtures(&["run", "touch_tags", "--batch", "2"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM tags WHERE hits = 1"), 3);
     }
 }
 

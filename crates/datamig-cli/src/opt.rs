@@ -134,7 +134,8 @@ pub struct RunCmd {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub max_retries: u32,
     /// Split the key range into partitions and work on them with N workers, each
-    /// with its own connection and cursor (PostgreSQL and MariaDB). The same
+    /// with its own connection and cursor (PostgreSQL and MariaDB; the job's key
+    /// must be a single integer column). The same
     /// command on other hosts joins the same run; an unfinished partitioned run
     /// is joined by any `datamig run` of the job.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Scaling out")]

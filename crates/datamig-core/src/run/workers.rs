@@ -181,7 +181,8 @@ fn key_of(job: &dyn DynJob, plan: &Plan) -> Result<Option<(String, String)>> {
             "an archive step appends to one file in key order and runs in one worker; drop --workers".into(),
         ),
         (Source::Table { key, .. }, _) if key.len() != 1 => refuse(format!(
-            "--workers cuts the key range into partitions, which needs a single integer key; the key is ({})",
+            "--workers cuts the key range into partitions, which needs a single integer key; the key is ({}). \
+             Run it without --workers: one cursor takes any key",
             key.join(", ")
         )),
         (Source::Table { table, key, .. }, _) => Ok(Some((table.clone(), key[0].clone()))),
@@ -206,9 +207,18 @@ async fn key_span(conn: &mut Conn, job: &dyn DynJob, plan: &Plan) -> Result<Opti
                 (Some(Value::Int(lo)), Some(Value::Int(hi))) => Ok(Some((lo.saturating_sub(1), *hi))),
                 (Some(Value::Null), _) | (None, _) => Ok(None),
                 (Some(other), _) => Err(Error::Usage(format!(
-                    "job {}: --workers cuts the key range into partitions, which needs an integer key; \
-                     {key} holds values like {other:?}",
-                    job.name()
+                    "job {}: --workers cuts the key range into partitions, which needs a single integer key; \
+                     {key} holds {} (its first: {}). Run it without --workers: one cursor takes any key",
+                    job.name(),
+                    match other {
+                        Value::Text(_) => "text",
+                        Value::Bytes(_) => "bytes",
+                        Value::Float(_) => "floating-point numbers",
+                        Value::Timestamp(_) => "timestamps",
+                        Value::Bool(_) => "booleans",
+                        Value::Int(_) | Value::Null => "values that are not integers",
+                    },
+                    super::cursor::display(std::slice::from_ref(other))
                 ))),
             }
         }
