@@ -490,3 +490,23 @@ each_db! {
         assert_eq!(p.db.scalar("SELECT count(*) FROM users"), 2000);
     }
 }
+
+// datamig_runs as an earlier datamig left it, without the columns added since
+// (and so, for a moment, as a runner creating the tables leaves it for another
+// starting beside it): a run adds them before it reads the table.
+each_db! {
+    fn a_run_completes_tables_an_earlier_version_made(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 300);
+        let first = p.run_fixtures(&["run", "count_visits", "--batch", "100"]);
+        assert_eq!(first.code, 0, "{first:?}");
+        for column in ["request_by", "file_offset"] {
+            p.db.exec(&format!("ALTER TABLE datamig_runs DROP COLUMN {column}"));
+        }
+        p.db.exec("UPDATE visits SET hits = 0");
+        let run = p.run_fixtures(&["run", "count_visits", "--batch", "100"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits <> 1"), 0, "{run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM datamig_runs WHERE file_offset IS NULL AND request_by IS NULL"), 2);
+    }
+}

@@ -145,14 +145,13 @@ pub(super) async fn workers_for(
     if opts.workers.is_some() {
         return Ok(opts.workers);
     }
-    if opts.restart
-        || !conn
-            .table_exists("datamig_partitions")
-            .await
-            .map_err(|e| crate::db::error("cannot read datamig_partitions", &e))?
-    {
+    if opts.restart {
         return Ok(None);
     }
+    // Complete, before they are read: another runner starting this moment may
+    // be creating them (datamig_partitions there, datamig_runs' later columns
+    // not yet: "Unknown column 'request_by'", seen with four runners at once).
+    conn.ensure_bookkeeping().await?;
     match store::latest(conn, job.name()).await? {
         Some(r) if r.state.is_resumable() && r.args == args.canonical => {
             if partition::exists(conn, r.id).await? {
