@@ -335,8 +335,9 @@ fn a_read_decodes_every_kind_of_column_and_names_one_it_cannot() {
                 "SELECT CAST(-3 AS SMALLINT), CAST(-4 AS INT), CAST(5 AS BIGINT), CAST(6 AS OID), TRUE, \
                  CAST(1.5 AS REAL), CAST(2.25 AS DOUBLE PRECISION), CAST('\\x00ff' AS BYTEA), \
                  TIMESTAMP '2026-03-04 05:06:07.25', TIMESTAMPTZ '2026-03-04 05:06:07+02', \
-                 CAST('é' AS VARCHAR(3)), CAST('{\"a\":1}' AS JSON), CAST(NULL AS TEXT)",
-                "SELECT CAST('00000000-0000-0000-0000-000000000001' AS UUID) AS token",
+                 CAST('é' AS VARCHAR(3)), CAST('{\"a\":1}' AS JSON), CAST(NULL AS TEXT), \
+                 CAST('0123abcd-0000-4000-8000-00000000ff01' AS UUID)",
+                "SELECT CAST('(1,2)' AS POINT) AS spot",
             ),
             _ => (
                 "SELECT CAST(-3 AS SIGNED) AS a, CAST(-4 AS INT), CAST(5 AS UNSIGNED), 6, TRUE, \
@@ -386,9 +387,14 @@ fn a_read_decodes_every_kind_of_column_and_names_one_it_cannot() {
                     assert_eq!(r[10], Value::Text("é".into()));
                     assert_eq!(r[11], Value::Text("{\"a\":1}".into()));
                     assert_eq!(r[12], Value::Null);
+                    // A uuid as its canonical text, from the binary form.
+                    assert_eq!(
+                        r[13],
+                        Value::Text("0123abcd-0000-4000-8000-00000000ff01".into())
+                    );
                     let err = conn.fetch(unreadable, &[]).await.unwrap_err().to_string();
                     assert!(
-                        err.contains("column `token` has type UUID")
+                        err.contains("column `spot` has type POINT")
                             && err.contains("cast it to text"),
                         "{err}"
                     );

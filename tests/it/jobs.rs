@@ -491,6 +491,66 @@ each_db! {
     }
 }
 
+/// A PostgreSQL table keyed by `uuid` (read as its text, compared through a cast
+/// back): a transform killed after its fifth commit resumes after the last
+/// committed key and visits every row once; a filtered transform and a delete
+/// over the same key find their batches' ends without `max()`, which PostgreSQL
+/// before 16 does not have for `uuid`.
+#[test]
+fn a_table_keyed_by_uuid_is_processed_and_resumed_on_postgres() {
+    let p = Project::new(Db::Postgres);
+    p.db.exec("CREATE TABLE tags (name UUID NOT NULL PRIMARY KEY, hits INT NOT NULL DEFAULT 0)");
+    p.db.exec("INSERT INTO tags (name) SELECT gen_random_uuid() FROM generate_series(1, 2000)");
+    let args = ["run", "touch_tags", "--batch", "100"];
+    let killed = to_run(
+        p.fixtures(&args)
+            .env("DATAMIG_CRASH_AT", "after_commit:5")
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(killed.code, 0, "{killed:?}");
+    assert_eq!(
+        p.db.scalar("SELECT count(*) FROM tags WHERE hits = 1"),
+        500,
+        "five batches committed"
+    );
+    let resumed = p.run_fixtures(&args);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert!(
+        resumed
+            .stderr
+            .contains("resuming run 1 of touch_tags at name "),
+        "{resumed:?}"
+    );
+    assert_eq!(
+        p.db.scalar("SELECT count(*) FROM tags WHERE hits = 1"),
+        2000,
+        "{resumed:?}"
+    );
+
+    p.db.exec("CREATE TABLE flags (id UUID NOT NULL PRIMARY KEY, flag INT NOT NULL, hits INT NOT NULL DEFAULT 0)");
+    p.db.exec("INSERT INTO flags (id, flag) SELECT gen_random_uuid(), i % 3 FROM generate_series(1, 3000) i");
+    let touched = p.run_fixtures(&["run", "touch_flagged", "--batch", "100"]);
+    assert_eq!(touched.code, 0, "{touched:?}");
+    assert_eq!(
+        p.db.scalar("SELECT count(*) FROM flags WHERE hits = 1"),
+        1000,
+        "{touched:?}"
+    );
+    assert_eq!(
+        p.db.scalar("SELECT count(*) FROM flags WHERE hits <> (flag = 1)::int"),
+        0
+    );
+    let purged = p.run_fixtures(&["run", "purge_flagged", "--batch", "100"]);
+    assert_eq!(purged.code, 0, "{purged:?}");
+    assert_eq!(
+        p.db.scalar("SELECT count(*) FROM flags WHERE flag = 1"),
+        0,
+        "{purged:?}"
+    );
+    assert_eq!(p.db.scalar("SELECT count(*) FROM flags"), 2000);
+}
+
 // datamig_runs as an earlier datamig left it, without the columns added since
 // (and so, for a moment, as a runner creating the tables leaves it for another
 // starting beside it): a run adds them before it reads the table.

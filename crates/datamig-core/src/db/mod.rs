@@ -249,17 +249,25 @@ pub(crate) trait Driver {
         None
     }
 
-    /// `keys OP (?, …)` for keyset pagination, and which key value each `?` takes.
-    /// Row values by default; MariaDB plans the expanded form better.
-    fn compare_keys(keys: &[String], op: &str) -> (String, Vec<usize>) {
+    /// `keys OP (?, …)` for keyset pagination, and which key value each `?` takes;
+    /// `marks[i]` is key `i`'s placeholder ([`Driver::key_mark`]). Row values by
+    /// default; MariaDB plans the expanded form better.
+    fn compare_keys(keys: &[String], marks: &[String], op: &str) -> (String, Vec<usize>) {
         if keys.len() == 1 {
-            return (format!("{} {op} ?", keys[0]), vec![0]);
+            return (format!("{} {op} {}", keys[0], marks[0]), vec![0]);
         }
-        let marks = vec!["?"; keys.len()].join(", ");
         (
-            format!("({}) {op} ({marks})", keys.join(", ")),
+            format!("({}) {op} ({})", keys.join(", "), marks.join(", ")),
             (0..keys.len()).collect(),
         )
+    }
+
+    /// The placeholder a key value of a column of SQL type `column_type` is
+    /// compared with: `?`, or `?` cast to the column's type where the value
+    /// travels as text (a PostgreSQL `uuid` key, read as its text).
+    fn key_mark(column_type: &str) -> String {
+        let _ = column_type;
+        "?".into()
     }
 
     /// Refreshes the planner's statistics of a table (its name already quoted).
@@ -818,9 +826,19 @@ impl Conn {
     }
 
     /// `keys OP (?, …)` with quoted key columns; see [`Driver::compare_keys`].
-    pub fn compare_keys(&self, keys: &[String], op: &str) -> (String, Vec<usize>) {
+    pub fn compare_keys(
+        &self,
+        keys: &[String],
+        marks: &[String],
+        op: &str,
+    ) -> (String, Vec<usize>) {
         let quoted: Vec<String> = keys.iter().map(|k| self.quote_ident(k)).collect();
-        dispatch_static!(self, D => D::compare_keys(&quoted, op))
+        dispatch_static!(self, D => D::compare_keys(&quoted, marks, op))
+    }
+
+    /// See [`Driver::key_mark`].
+    pub fn key_mark(&self, column_type: &str) -> String {
+        dispatch_static!(self, D => D::key_mark(column_type))
     }
 
     /// The user schema as sorted lines, for comparing before and after.

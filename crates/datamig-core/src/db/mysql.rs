@@ -586,20 +586,22 @@ impl Driver for MySql {
         Ok(lag.map(std::time::Duration::from_secs))
     }
 
-    fn compare_keys(keys: &[String], op: &str) -> (String, Vec<usize>) {
+    fn compare_keys(keys: &[String], marks: &[String], op: &str) -> (String, Vec<usize>) {
         // (a, b) > (?, ?) written out as a > ? OR (a = ? AND b > ?), which MariaDB
         // turns into an index range; it does not for row values.
         if keys.len() == 1 {
-            return (format!("{} {op} ?", keys[0]), vec![0]);
+            return (format!("{} {op} {}", keys[0], marks[0]), vec![0]);
         }
         let strict = op.trim_end_matches('=');
         let mut terms = Vec::new();
         let mut order = Vec::new();
         for i in 0..keys.len() {
-            let mut parts: Vec<String> = (0..i).map(|j| format!("{} = ?", keys[j])).collect();
+            let mut parts: Vec<String> = (0..i)
+                .map(|j| format!("{} = {}", keys[j], marks[j]))
+                .collect();
             order.extend(0..i);
             let last_op = if i + 1 == keys.len() { op } else { strict };
-            parts.push(format!("{} {last_op} ?", keys[i]));
+            parts.push(format!("{} {last_op} {}", keys[i], marks[i]));
             order.push(i);
             terms.push(format!("({})", parts.join(" AND ")));
         }

@@ -143,6 +143,9 @@ enum Kind {
     Timestamp,
     TimestampTz,
     Text,
+    /// A `uuid`, read as its canonical text (and compared as a key through a
+    /// cast back: [`Driver::key_mark`]).
+    Uuid,
 }
 
 impl Kind {
@@ -160,6 +163,7 @@ impl Kind {
             "TIMESTAMPTZ" => Kind::TimestampTz,
             // `json` travels as its text in either protocol (EXPLAIN's output, for one).
             "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "UNKNOWN" | "JSON" => Kind::Text,
+            "UUID" => Kind::Uuid,
             other => {
                 return Err(sqlx::Error::Decode(
                     format!(
@@ -197,8 +201,30 @@ fn decode_all(rows: &[PgRow]) -> sqlx::Result<Vec<Row>> {
                 get::<chrono::DateTime<chrono::Utc>>(raw).map(|t| Value::Timestamp(t.naive_utc()))
             }
             Kind::Text => get::<&str>(raw).map(|t| Value::Text(t.to_owned())),
+            Kind::Uuid => uuid_text(raw).map(Value::Text),
         }
     })
+}
+
+/// A `uuid` value as its canonical text: `00000000-0000-0000-0000-000000000001`.
+fn uuid_text(
+    raw: sqlx::postgres::PgValueRef<'_>,
+) -> std::result::Result<String, sqlx::error::BoxDynError> {
+    if raw.format() == sqlx::postgres::PgValueFormat::Text {
+        return <&str as sqlx::Decode<sqlx::Postgres>>::decode(raw).map(str::to_owned);
+    }
+    let bytes = <&[u8] as sqlx::Decode<sqlx::Postgres>>::decode(raw)?;
+    if bytes.len() != 16 {
+        return Err(format!("a uuid of {} bytes", bytes.len()).into());
+    }
+    let mut text = String::with_capacity(36);
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text.push('-');
+        }
+        text.push_str(&format!("{b:02x}"));
+    }
+    Ok(text)
 }
 
 impl Driver for Postgres {
@@ -295,6 +321,29 @@ impl Driver for Postgres {
             "57P01" | "57P02" | "57P03" | "57P05" | "25P03" | "08000" | "08003" | "08006"
             | "08001" | "08004" => Some(Transient::ConnectionLost),
             _ => None,
+        }
+    }
+
+    /// datamig binds integers, text, booleans, floats, bytes and timestamps as
+    /// themselves; a key of another type (`uuid`, say) is read as text, and its
+    /// text cast back to the column's type where the key is compared.
+    fn key_mark(column_type: &str) -> String {
+        match column_type {
+            "smallint"
+            | "integer"
+            | "bigint"
+            | "oid"
+            | "boolean"
+            | "real"
+            | "double precision"
+            | "bytea"
+            | "text"
+            | "character varying"
+            | "character"
+            | "name"
+            | "timestamp without time zone"
+            | "timestamp with time zone" => "?".into(),
+            other => format!("CAST(? AS {other})"),
         }
     }
 
@@ -536,8 +585,11 @@ impl Driver for Postgres {
             join.push(format!("t.xmin = v.{version}"));
         }
         let n = arrays.len();
+        // The bounds as the key's type, like the keys in the join (a uuid key's
+        // bounds are its text).
+        let bound = cast(0);
         let sql = format!(
-            "UPDATE {} AS t SET {} FROM (SELECT {}) AS v WHERE {} AND t.{} BETWEEN ${} AND ${}",
+            "UPDATE {} AS t SET {} FROM (SELECT {}) AS v WHERE {} AND t.{} BETWEEN ${}{bound} AND ${}{bound}",
             quote_name(&spec.table),
             sets.join(", "),
             unnest.join(", "),
