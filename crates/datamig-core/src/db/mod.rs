@@ -681,7 +681,8 @@ impl Conn {
         result
     }
 
-    async fn bookkeeping_complete(&mut self) -> sqlx::Result<bool> {
+    /// Whether datamig's tables are all there, with every column this version reads.
+    pub async fn bookkeeping_complete(&mut self) -> sqlx::Result<bool> {
         for table in BOOKKEEPING_TABLES {
             if !self.table_exists(table).await? {
                 return Ok(false);

@@ -145,13 +145,19 @@ pub(super) async fn workers_for(
     if opts.workers.is_some() {
         return Ok(opts.workers);
     }
-    if opts.restart {
+    // Read only when complete (created later, when the run's flags have passed):
+    // tables an earlier version made lack the columns added since, and a runner
+    // starting this moment may be creating them (datamig_partitions there,
+    // datamig_runs' later columns not yet: "Unknown column 'request_by'", seen
+    // with four runners at once). Either way there is no partitioned run to join.
+    if opts.restart
+        || !conn
+            .bookkeeping_complete()
+            .await
+            .map_err(|e| crate::db::error("cannot read datamig's tables", &e))?
+    {
         return Ok(None);
     }
-    // Complete, before they are read: another runner starting this moment may
-    // be creating them (datamig_partitions there, datamig_runs' later columns
-    // not yet: "Unknown column 'request_by'", seen with four runners at once).
-    conn.ensure_bookkeeping().await?;
     match store::latest(conn, job.name()).await? {
         Some(r) if r.state.is_resumable() && r.args == args.canonical => {
             if partition::exists(conn, r.id).await? {
