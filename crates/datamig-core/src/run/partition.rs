@@ -376,7 +376,9 @@ pub(crate) async fn split(
     end_transaction(conn, context, split).await
 }
 
-/// Commits the transaction the work `done` ran in, or rolls it back after an error.
+/// Commits the transaction the work `done` ran in, or rolls it back after an
+/// error: transient, like the BEGIN's and the COMMIT's, when trying again can
+/// pass (a claim cut off by a server restart is retried, not fatal).
 async fn end_transaction<T>(conn: &mut Conn, context: &str, done: sqlx::Result<T>) -> Result<T> {
     match done {
         Ok(v) => {
@@ -385,7 +387,7 @@ async fn end_transaction<T>(conn: &mut Conn, context: &str, done: sqlx::Result<T
         }
         Err(e) => {
             let _ = conn.rollback().await;
-            Err(crate::db::error(context, &e))
+            Err(failed(context)(e))
         }
     }
 }
