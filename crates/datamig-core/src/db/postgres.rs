@@ -217,12 +217,14 @@ fn uuid_text(
     if bytes.len() != 16 {
         return Err(format!("a uuid of {} bytes", bytes.len()).into());
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = String::with_capacity(36);
     for (i, b) in bytes.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
             text.push('-');
         }
-        text.push_str(&format!("{b:02x}"));
+        text.push(char::from(HEX[usize::from(b >> 4)]));
+        text.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     Ok(text)
 }

@@ -258,17 +258,18 @@ impl Prepared {
         let unusable = |e: sqlx::Error| {
             Error::SchemaNotReady(format!("cannot use table {table}: {}", db_message(&e)))
         };
-        let key_marks = if keys.is_empty() {
+        let key_types = if keys.is_empty() {
             Vec::new()
         } else {
-            let types = conn.column_types(&table, &keys).await.map_err(unusable)?;
-            types.iter().map(|t| conn.key_mark(t)).collect()
+            conn.column_types(&table, &keys).await.map_err(unusable)?
         };
+        let key_marks = key_types.iter().map(|t| conn.key_mark(t)).collect();
         let bulk = match &plan.step {
             Step::Transform(t) => {
                 let sets = t.writes();
-                let all: Vec<String> = keys.iter().chain(&sets).chain(&columns).cloned().collect();
-                let mut types = conn.column_types(&table, &all).await.map_err(unusable)?;
+                let rest: Vec<String> = sets.iter().chain(&columns).cloned().collect();
+                let mut types = key_types;
+                types.extend(conn.column_types(&table, &rest).await.map_err(unusable)?);
                 let column_types = types.split_off(keys.len() + sets.len());
                 Some(BulkUpdate {
                     table: table.clone(),
