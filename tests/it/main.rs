@@ -5,6 +5,7 @@
 
 mod bad_inputs;
 mod bench_smoke;
+mod crash;
 mod docs;
 mod guard;
 mod jobs;

@@ -179,6 +179,35 @@ impl Server {
         std::thread::sleep(down_for);
         self.up();
     }
+
+    /// Crashes the server, keeps it down for `down_for`, and starts it again,
+    /// which recovers from its log: PostgreSQL by an immediate shutdown (every
+    /// process ends at once, no checkpoint; WAL not yet written out, as an
+    /// asynchronous commit leaves it, is lost as in a power cut), MariaDB by
+    /// SIGKILL of `mariadbd`.
+    pub fn crash(&self, down_for: Duration) {
+        match self.kind {
+            Db::Postgres => {
+                let _ = Command::new("runuser")
+                    .current_dir("/")
+                    .args(["-u", "postgres", "--"])
+                    .arg(self.bin.join("pg_ctl"))
+                    .arg("-D")
+                    .arg(self.dir.join("data"))
+                    .args(["-m", "immediate", "-w", "stop"])
+                    .stdout(Stdio::null())
+                    .status();
+            }
+            _ => {
+                if let Some(mut child) = self.child.lock().unwrap().take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        std::thread::sleep(down_for);
+        self.up();
+    }
 }
 
 impl Drop for Server {

@@ -231,6 +231,11 @@ pub(crate) trait Driver {
     /// Session settings for running batches (not schema migrations).
     const BATCH_SESSION: &'static [&'static str] = &[];
 
+    /// SQL that makes every transaction committed before it durable, for a
+    /// driver whose [`Driver::BATCH_SESSION`] commits without waiting for that
+    /// (PostgreSQL's asynchronous commit); `None` where every commit is durable.
+    const FLUSH_COMMITS: Option<&'static str> = None;
+
     /// Whether a batch's checkpoint goes to the server in one round trip with
     /// its COMMIT, as SQL text with the values written out ([`Driver::text_literal`]).
     const CHECKPOINT_WITH_COMMIT: bool = false;
@@ -810,6 +815,16 @@ impl Conn {
             self.script(sql).await?;
         }
         Ok(())
+    }
+
+    /// Makes every commit before it durable ([`Driver::FLUSH_COMMITS`]): sent
+    /// before datamig reports a state (a run started, ended) that a server
+    /// crash must not take back.
+    pub async fn flush_commits(&mut self) -> sqlx::Result<()> {
+        match dispatch_static!(self, D => D::FLUSH_COMMITS) {
+            Some(sql) => self.script(sql).await,
+            None => Ok(()),
+        }
     }
 
     pub fn for_update(&self) -> &'static str {

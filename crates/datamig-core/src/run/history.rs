@@ -17,6 +17,9 @@ pub(crate) struct History {
     flushed: Instant,
     /// The run's wait total when the last batch committed.
     waited_until_last: Duration,
+    /// Records past this batch are to be removed from the table: their batches
+    /// were lost with the server and are being done again.
+    rewound_to: Option<i64>,
 }
 
 impl History {
@@ -29,7 +32,16 @@ impl History {
             pending: Vec::new(),
             flushed: Instant::now(),
             waited_until_last: waited,
+            rewound_to: None,
         }
+    }
+
+    /// Forgets the batches after `batch`: the database's checkpoint is behind
+    /// them (a server crash lost them), so they are done again under the same
+    /// numbers. Those already written are removed at the next flush.
+    pub fn rewind(&mut self, batch: i64) {
+        self.pending.retain(|r| r.batch <= batch);
+        self.rewound_to = Some(self.rewound_to.map_or(batch, |b| b.min(batch)));
     }
 
     /// Notes a committed batch: `waited` is the run's total wait so far, and
@@ -74,6 +86,14 @@ impl History {
     /// run, not part of its work, and those records are dropped.
     pub async fn flush(&mut self, conn: &mut Conn, limit: Duration) {
         self.flushed = Instant::now();
+        if let Some(batch) = self.rewound_to {
+            match tokio::time::timeout(limit, store::forget_batches(conn, self.run_id, batch)).await
+            {
+                Ok(Ok(())) => self.rewound_to = None,
+                // Tried again at the next flush; the new records wait for it.
+                _ => return,
+            }
+        }
         if self.pending.is_empty() {
             return;
         }

@@ -612,6 +612,11 @@ async fn run_locked(
         .await?;
         batches.set_archive(archive);
     }
+    // The run's record (and the archive's start) outlive a server crash: after
+    // one, the checkpoint the database has is where the run goes on.
+    conn.flush_commits()
+        .await
+        .map_err(|e| crate::db::error("cannot record the run", &e))?;
     let mut sizer = sizer(opts);
     let limiter = opts.rate.map(|r| {
         // Its burst is one batch (a second's worth at least): after a long
@@ -699,6 +704,19 @@ async fn run_locked(
                     None => next.await,
                 }
             }
+        };
+        // The last batch is in: it and every batch before it are made durable
+        // before the run is reported done, or redone after a crash.
+        let next = match next {
+            Ok(None) => conn
+                .flush_commits()
+                .await
+                .map(|()| None)
+                .map_err(|e| Error::Transient {
+                    message: format!("making the last batches durable: {}", db_message(&e)),
+                    kind: Transient::ConnectionLost,
+                }),
+            other => other,
         };
         match next {
             Ok(None) => break Ok(None),
@@ -826,24 +844,45 @@ async fn run_locked(
                     }
                     poller.look_next_time();
                 }
-                // A COMMIT cut off by the error may have landed: the checkpoint in
-                // the database, not this process's memory, says where the run is.
+                // The checkpoint in the database, not this process's memory, says
+                // where the run is: a COMMIT cut off by the error may have landed
+                // (the database is ahead), or a server crash may have lost the last
+                // batches with their checkpoints (PostgreSQL commits them
+                // asynchronously: the database is behind, and they are redone).
                 match store::latest(conn, job.name()).await {
-                    Ok(Some(r)) if r.id == run_id && r.batches_done > progress.batches => {
+                    Ok(Some(r)) if r.id == run_id && r.batches_done != progress.batches => {
                         let position = r.position.as_deref().unwrap_or_default();
-                        match cursor::decode(position, arity) {
+                        let c = if position.is_empty() {
+                            Ok(None)
+                        } else {
+                            cursor::decode(position, arity).map(Some)
+                        };
+                        match c {
                             Ok(c) => {
-                                obs.message(&format!(
-                                    "batch {} had committed before the error; going on after it",
-                                    r.batches_done
-                                ));
+                                if r.batches_done > progress.batches {
+                                    obs.message(&format!(
+                                        "batch {} had committed before the error; going on after it",
+                                        r.batches_done
+                                    ));
+                                } else {
+                                    obs.message(&format!(
+                                        "the database's checkpoint is at batch {} ({}), behind this process's {}: \
+                                         the batches after it were lost with the server (a crash loses the last \
+                                         commits together with their checkpoints); doing them again",
+                                        r.batches_done,
+                                        at(plan, &c.as_deref().map(cursor::display).unwrap_or_default()),
+                                        progress.batches
+                                    ));
+                                }
                                 progress.rows_this_process += r.rows_done - progress.rows_done;
                                 progress.rows_done = r.rows_done;
                                 progress.rows_changed = r.rows_changed;
                                 progress.rows_rejected = r.rows_rejected;
                                 progress.batches = r.batches_done;
-                                progress.position = cursor::display(&c);
-                                cursor = Some(c);
+                                progress.position =
+                                    c.as_deref().map(cursor::display).unwrap_or_default();
+                                history.rewind(r.batches_done);
+                                cursor = c;
                                 batches.set_archive_committed(r.file_offset);
                             }
                             Err(why) => {
@@ -854,7 +893,16 @@ async fn run_locked(
                             }
                         }
                     }
-                    Ok(_) => {}
+                    Ok(Some(r)) if r.id == run_id => {}
+                    // The run itself was lost with the server: it cannot be,
+                    // for its start is made durable before its first batch.
+                    Ok(_) => {
+                        break Err(Error::CorruptCheckpoint(format!(
+                            "run {run_id} of {} is no longer in datamig_runs after the connection was lost; \
+                             nothing after its last checkpoint is known. Run the job again",
+                            job.name()
+                        )))
+                    }
                     Err(_) => continue, // still failing: the next attempt finds out
                 }
             }
@@ -1702,7 +1750,11 @@ async fn end_run(
 ) -> Result<()> {
     let id = progress.run_id;
     store::set_timings(conn, id, ms(progress.max_batch), ms(progress.bookkeeping)).await?;
-    store::set_state(conn, id, state, error).await
+    store::set_state(conn, id, state, error).await?;
+    // What the command reports from here on must outlive a server crash.
+    conn.flush_commits()
+        .await
+        .map_err(|e| crate::db::error("cannot record how the run ended", &e))
 }
 
 fn ms(d: Duration) -> i64 {

@@ -547,6 +547,17 @@ pub async fn record_batches(
     Ok(())
 }
 
+/// Removes the history records of a single-cursor run's batches after `batch`
+/// (they are being done again).
+pub async fn forget_batches(conn: &mut Conn, run_id: i64, batch: i64) -> sqlx::Result<()> {
+    conn.execute(
+        "DELETE FROM datamig_batches WHERE run_id = ? AND batch > ?",
+        &[run_id.into(), batch.into()],
+    )
+    .await
+    .map(|_| ())
+}
+
 /// A partitioned run's batches are numbered within their partition; stored,
 /// the partition goes in the number's upper half, which keeps the key unique.
 fn stored_number(b: &BatchRecord) -> i64 {

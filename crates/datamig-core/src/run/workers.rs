@@ -370,6 +370,9 @@ async fn join(
             });
             partition::create(conn, r.id, &ranges, prefix.as_ref()).await?;
             store::resume(conn, r.id, batch_size, r.total_rows).await?;
+            conn.flush_commits()
+                .await
+                .map_err(|e| crate::db::error("cannot record the run's partitions", &e))?;
             tracing::Span::current().record("run_id", r.id);
             obs.message(&format!(
                 "going on with run {} of {} in {} partitions after {} done in one worker",
@@ -411,6 +414,7 @@ async fn join(
             let id = match created {
                 Ok(id) => {
                     conn.commit().await.map_err(begin)?;
+                    conn.flush_commits().await.map_err(begin)?;
                     id
                 }
                 Err(e) => {
@@ -1393,6 +1397,19 @@ async fn claim_and_work(
                 }
             };
             if t.done == t.partitions {
+                // Every partition seen done is made durable before the run is
+                // completed on it: a server crash may take back the last
+                // batches (and finishes) committed asynchronously.
+                if let Err(e) = conn.flush_commits().await {
+                    let e = Error::Transient {
+                        message: format!("making the last batches durable: {}", db_message(&e)),
+                        kind: Transient::ConnectionLost,
+                    };
+                    if !recover(shared, conn, &e, &mut attempt).await? {
+                        return Err(e);
+                    }
+                    continue;
+                }
                 return Ok(WorkerEnd::AllDone);
             }
             if !running(conn, shared.run_id).await? {
