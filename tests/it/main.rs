@@ -10,6 +10,7 @@ mod docs;
 mod guard;
 mod jobs;
 mod operate;
+mod outputs;
 mod production;
 mod proxy;
 mod reliability;

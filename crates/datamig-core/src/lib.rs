@@ -7,6 +7,8 @@
 //! - [`migrate`] holds schema steps: versioned `up`/`down` SQL files, applied,
 //!   reverted and tracked in datamig's own history table under a database lock.
 //! - [`job`] holds the data-job API and the explicit registry a project builds.
+//! - [`output`] keeps the files datamig writes clear of the ones it must not
+//!   overwrite.
 //! - [`run`] runs a job: keyset batches, each committed with its checkpoint,
 //!   resumable after any interruption, verified at the end.
 //!
@@ -19,6 +21,7 @@ pub mod db;
 mod error;
 pub mod job;
 pub mod migrate;
+pub mod output;
 pub mod run;
 
 pub use error::{Error, Result};

@@ -150,15 +150,12 @@ fn options(global: &GlobalOpts, cmd: &RunCmd, settings: &Settings) -> Result<Opt
             "--replica is watched for --max-replica-lag; give that too (e.g. --max-replica-lag 10s)".into(),
         ));
     }
-    if let Some(file) = &cmd.rejects_file {
-        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
-        if dir.is_some_and(|d| !d.is_dir()) {
-            return Err(Error::Usage(format!(
-                "--rejects-file {}: its directory does not exist; create it or give another path",
-                file.display()
-            )));
-        }
-    }
+    opts.rejects_file = cmd.rejects_file.clone();
+    opts.protected = datamig_core::output::Protected::new(
+        &settings.database_url,
+        &settings.project_dir,
+        &settings.migrations_dir,
+    );
     opts.max_errors = cmd.max_errors;
     opts.workers = cmd.workers.map(usize::from);
     opts.lease = cmd.lease;
@@ -405,7 +402,7 @@ async fn export_rejects(
     let io = |action: &'static str, p: &std::path::Path, e: std::io::Error| {
         Error::Usage(format!("cannot {action} {}: {e}", p.display()))
     };
-    let partial = path.with_extension("csv.partial");
+    let partial = run::rejects_partial(path);
     let file = std::fs::File::create(&partial).map_err(|e| io("create", &partial, e))?;
     let mut out = csv::Writer::from_writer(std::io::BufWriter::new(file));
     out.write_record(["key", "reason"])

@@ -112,6 +112,12 @@ pub struct Options {
     /// How long a partition stays a worker's without word from it: a runner
     /// that died loses its partitions to the others this long after.
     pub lease: Duration,
+    /// The file the run's rejected rows are written to at its end
+    /// (`--rejects-file`; the caller writes it): checked before the run starts.
+    pub rejects_file: Option<std::path::PathBuf>,
+    /// Files an output of the run must not be (the project's migrations and
+    /// settings); the database and the job's own files are added to them.
+    pub protected: crate::output::Protected,
 }
 
 impl Options {
@@ -141,6 +147,8 @@ impl Options {
             analyze: Analyze::Auto,
             workers: None,
             lease: Duration::from_secs(30),
+            rejects_file: None,
+            protected: crate::output::Protected::default(),
         }
     }
 }
@@ -335,6 +343,35 @@ pub fn plan(conn: &Conn, job: &dyn DynJob, args: &ParsedArgs) -> Result<Plan> {
     Ok(plan)
 }
 
+/// Refuses a run whose output files (an archive, `--rejects-file`) would
+/// overwrite the database, its journal or locks, a migration, the project's
+/// settings, the job's input or each other, or cannot be written: before
+/// anything runs, not after the batches.
+pub fn check_outputs(conn: &Conn, plan: &Plan, opts: &Options) -> Result<()> {
+    let mut guard = opts.protected.clone();
+    guard.database(conn.url());
+    if let Source::Csv { path } = &plan.source {
+        guard.file(path, "the CSV file the job imports");
+    }
+    if let Step::Archive { file } = &plan.step {
+        guard.check("the archive file", file)?;
+        guard.file(file, "the job's archive");
+    }
+    if let Some(file) = &opts.rejects_file {
+        guard.check("--rejects-file", file)?;
+        // It is written beside its place, then renamed over it.
+        guard.check("--rejects-file", &rejects_partial(file))?;
+    }
+    Ok(())
+}
+
+/// Where `--rejects-file` is written before it is renamed into place.
+pub fn rejects_partial(file: &std::path::Path) -> std::path::PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".partial");
+    std::path::PathBuf::from(name)
+}
+
 /// Refuses to run when the job's migration is not applied or its table is missing.
 pub async fn check_schema(conn: &mut Conn, job: &dyn DynJob, plan: &Plan) -> Result<()> {
     if let Some(version) = job.requires_migration() {
@@ -418,6 +455,7 @@ pub async fn run(
         )));
     }
     let plan = plan(conn, job, args)?;
+    check_outputs(conn, &plan, opts)?;
     check_schema(conn, job, &plan).await?;
     if let Some(n) = workers::workers_for(conn, job, args, opts, obs).await? {
         if n == 0 || n > MAX_WORKERS {
