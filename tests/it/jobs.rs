@@ -570,3 +570,33 @@ each_db! {
         assert_eq!(p.db.scalar("SELECT count(*) FROM datamig_runs WHERE file_offset IS NULL AND request_by IS NULL"), 2);
     }
 }
+
+each_db! {
+    fn a_closed_stderr_or_stdout_neither_panics_nor_leaves_the_run_running(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 3000);
+        // As `datamig run … 2>&1 | head -1`: the reader of both streams goes
+        // away at once, so every later write to them meets a closed pipe.
+        for extra in [&["--progress", "log"][..], &["--log-format", "json"][..], &["--json"][..]] {
+            p.db.exec("UPDATE visits SET hits = 0");
+            let mut args = vec!["run", "count_visits", "--batch", "100"];
+            if extra[0] == "--log-format" {
+                args.splice(0..0, extra.iter().copied());
+            } else {
+                args.extend(extra.iter().copied());
+            }
+            let mut child = p
+                .fixtures(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            drop(child.stdout.take());
+            drop(child.stderr.take());
+            let status = child.wait().unwrap();
+            assert_eq!(status.code(), Some(0), "{args:?}: {status:?}");
+            let state = p.db.query("SELECT state FROM datamig_runs ORDER BY id DESC");
+            assert_eq!(state[0][0], "completed", "{args:?}");
+        }
+    }
+}

@@ -49,7 +49,7 @@ pub fn main(registry: Registry) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            output::note(&format!("error: cannot start the async runtime: {e}"));
             return ExitCode::from(exit::FAILURE);
         }
     };
@@ -78,7 +78,7 @@ fn init_logging(format: opt::LogFormat) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| output::Stderr)
         .with_ansi(ansi);
     match format {
         opt::LogFormat::Json => builder.json().init(),

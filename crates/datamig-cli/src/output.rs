@@ -42,3 +42,21 @@ pub fn note(text: &str) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{text}");
 }
+
+/// stderr for the log subscriber: a write that fails (a closed pipe, as in
+/// `datamig run … 2>&1 | head -1`) is dropped. tracing-subscriber reports a
+/// failed write with `eprintln!`, which panics on that same closed pipe, and
+/// the run's end (its state, its summary) must not depend on who reads stderr.
+pub struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
