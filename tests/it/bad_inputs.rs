@@ -234,3 +234,71 @@ each_db! {
         assert!(run.stdout.contains("there is no migrations directory at"), "{run:?}");
     }
 }
+
+each_db! {
+    // A NUL byte hung SQLite's parser for good (schema upgrade and schema test
+    // spun at full CPU holding the schema lock), PostgreSQL failed with "invalid
+    // message format", and `schema check --no-database` called the file fine.
+    fn a_nul_byte_in_a_migration_is_refused_by_the_loader_naming_the_offset(kind: Db) {
+        let p = Project::new(kind);
+        p.migration(V1, "create_users", "CREATE TABLE users (id INT);\0\n", "DROP TABLE users;\n");
+        for args in [
+            &["schema", "upgrade"][..],
+            &["schema", "test"],
+            &["schema", "check"],
+            &["schema", "check", "--no-database"],
+            &["schema", "upgrade", "--dry-run"],
+        ] {
+            let mut child = p.command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while child.try_wait().unwrap().is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("{args:?} hangs on a NUL byte");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let run = crate::support::to_run(child.wait_with_output().unwrap());
+            assert_refused(&p, &run, 5, &format!("migrations/{V1}_create_users.up.sql: holds a NUL byte at offset 28"));
+        }
+    }
+
+    // An up file that is a directory, or a link to nothing, exited 1 and
+    // printed the OS's message twice.
+    fn an_up_file_that_is_a_directory_or_a_dangling_link_is_an_invalid_migration(kind: Db) {
+        let p = Project::new(kind);
+        let dir = p.path().join("migrations");
+        std::fs::create_dir(dir.join(format!("{V1}_create_users.up.sql"))).unwrap();
+        std::fs::write(dir.join(format!("{V1}_create_users.down.sql")), "DROP TABLE users;\n").unwrap();
+        let run = p.run(&["schema", "upgrade"]);
+        assert_refused(&p, &run, 5, "is a directory, not a file");
+        std::fs::remove_dir(dir.join(format!("{V1}_create_users.up.sql"))).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/up.sql", dir.join(format!("{V1}_create_users.up.sql"))).unwrap();
+        let run = p.run(&["schema", "upgrade"]);
+        assert_refused(&p, &run, 5, "is a symbolic link to nothing");
+    }
+
+    // An unedited template (comments only) passed `schema check` and was
+    // applied as a no-op; only a 0-byte file was flagged, as a style note.
+    fn an_up_file_without_a_statement_is_refused_by_check_and_upgrade(kind: Db) {
+        let p = Project::new(kind);
+        p.ok(&["schema", "new", "create_things"]);
+        for args in [&["schema", "check", "--no-database"][..], &["schema", "upgrade"]] {
+            let run = p.run(args);
+            assert_refused(&p, &run, 5, "holds no SQL statement, only comments (an unedited template?)");
+        }
+        for f in std::fs::read_dir(p.path().join("migrations")).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        p.migration(V1, "create_users", "", "DROP TABLE users;\n");
+        let run = p.run(&["schema", "upgrade"]);
+        assert_refused(&p, &run, 5, "is empty; write the schema change in it");
+    }
+
+    fn a_version_at_second_60_is_not_a_timestamp(kind: Db) {
+        let p = Project::new(kind);
+        p.migration(20240101000060, "create_users", "CREATE TABLE users (id INT);\n", "DROP TABLE users;\n");
+        let run = p.run(&["schema", "upgrade"]);
+        assert_refused(&p, &run, 5, "version 20240101000060 is not a valid UTC timestamp");
+    }
+}

@@ -266,6 +266,14 @@ each_db! {
         let up = files.iter().find(|f| f.ends_with("_add_total_to_orders.up.sql")).unwrap();
         let text = std::fs::read_to_string(p.path().join("migrations").join(up)).unwrap();
         assert!(text.starts_with("-- up of add_total_to_orders (2"), "{text}");
+        // The default template holds only comments: refused until it is written.
+        let unedited = p.run(&["schema", "upgrade"]);
+        assert_eq!(unedited.code, 5, "{unedited:?}");
+        assert!(unedited.stderr.contains("_create_orders.up.sql: holds no SQL statement"), "{unedited:?}");
+        let first = files.iter().find(|f| f.ends_with("_create_orders.up.sql")).unwrap();
+        let path = p.path().join("migrations").join(first);
+        let template = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{template}CREATE TABLE orders (id INT);\n")).unwrap();
         p.ok(&["schema", "upgrade"]);
         assert_eq!(p.applied_versions().len(), 2);
     }

@@ -27,8 +27,9 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
-    /// Several problems found by `schema check`, one per line.
-    #[error("{} problem(s) found:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    /// Several problems found by `schema check`, one per line (one alone on
+    /// the error's line).
+    #[error("{}", problems(.0))]
     Problems(Vec<String>),
 
     /// `schema check` found migrations not yet applied.
@@ -102,12 +103,13 @@ pub enum Error {
     #[error("{0}")]
     CorruptCheckpoint(String),
 
-    /// Reading or writing a project file.
-    #[error("{action} {}: {source}", path.display())]
+    /// Reading or writing a project file. The OS's reason is part of the
+    /// message and not a `source`, which `{:#}` would print a second time.
+    #[error("{action} {}: {reason}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 
     /// The database user may not do what the command needs (a read-only user, a
@@ -120,6 +122,20 @@ pub enum Error {
     Database { context: String, message: String },
 }
 
+fn problems(list: &[String]) -> String {
+    match list {
+        [one] => one.clone(),
+        _ => format!(
+            "{} problems found:\n{}",
+            list.len(),
+            list.iter()
+                .map(|p| format!("  - {p}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+}
+
 impl Error {
     pub(crate) fn io(
         action: &'static str,
@@ -129,7 +145,7 @@ impl Error {
         Error::Io {
             action,
             path: path.into(),
-            source,
+            reason: source,
         }
     }
 

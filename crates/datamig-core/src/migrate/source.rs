@@ -127,6 +127,9 @@ pub fn load(dir: &Path) -> Result<Loaded> {
 
     let mut ups: BTreeMap<i64, Vec<Half>> = BTreeMap::new();
     let mut downs: BTreeMap<i64, Vec<Half>> = BTreeMap::new();
+    // Files that are there but could not be used (their problem is reported):
+    // their other half is not reported as missing its partner.
+    let mut broken: std::collections::BTreeSet<(i64, bool)> = Default::default();
     for path in files {
         let Some(file_name) = path
             .file_name()
@@ -149,19 +152,42 @@ pub fn load(dir: &Path) -> Result<Loaded> {
             ));
             continue;
         };
-        if chrono::NaiveDateTime::parse_from_str(&version.to_string(), "%Y%m%d%H%M%S").is_err() {
-            loaded.errors.push(format!(
-                "{shown}: version {version} is not a valid UTC timestamp YYYYMMDDHHMMSS"
-            ));
+        if !is_timestamp(version) {
+            // Once for the pair, not once for each of its files.
+            let problem = format!(
+                "{}: version {version} is not a valid UTC timestamp YYYYMMDDHHMMSS",
+                display(&path.with_file_name(format!("{version}_{name}.*.sql")), dir)
+            );
+            if !loaded.errors.contains(&problem) {
+                loaded.errors.push(problem);
+            }
             continue;
         }
-        let bytes = std::fs::read(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                loaded.errors.push(unreadable(&shown, &path, &e));
+                broken.insert((version, is_up));
+                continue;
+            }
+        };
         let Ok(text) = String::from_utf8(bytes) else {
             loaded
                 .errors
                 .push(format!("{shown}: is not UTF-8 text; save it as UTF-8"));
+            broken.insert((version, is_up));
             continue;
         };
+        // No database takes a NUL inside SQL text: PostgreSQL rejects the
+        // message, SQLite's parser never returns.
+        if let Some(at) = text.bytes().position(|b| b == 0) {
+            loaded.errors.push(format!(
+                "{shown}: holds a NUL byte at offset {at}, which no database accepts in SQL; remove it \
+                 (a file saved as UTF-16, or binary, shows this: save it as UTF-8 text)"
+            ));
+            broken.insert((version, is_up));
+            continue;
+        }
         if let Err(msg) = validate_name(&name) {
             loaded.lints.push(format!("{shown}: {msg}"));
         }
@@ -198,10 +224,17 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         }
         match (up.into_iter().next(), down.into_iter().next()) {
             (Some(up), Some(down)) => {
-                if up.text.trim().is_empty() {
-                    loaded
-                        .lints
-                        .push(format!("{}: is empty", display(&up.path, dir)));
+                if !super::split::has_statement(&up.text) {
+                    let what = if up.text.trim().is_empty() {
+                        "is empty"
+                    } else {
+                        "holds no SQL statement, only comments (an unedited template?)"
+                    };
+                    loaded.errors.push(format!(
+                        "{}: {what}; write the schema change in it, or remove the pair",
+                        display(&up.path, dir)
+                    ));
+                    continue;
                 }
                 loaded.migrations.push(Migration {
                     version,
@@ -213,6 +246,8 @@ pub fn load(dir: &Path) -> Result<Loaded> {
                     down_path: down.path,
                 });
             }
+            (Some(_), None) | (None, Some(_))
+                if broken.contains(&(version, false)) || broken.contains(&(version, true)) => {}
             (Some(up), None) => loaded.errors.push(format!(
                 "{}: has no down file; write {} (a comment alone if the step cannot be undone)",
                 display(&up.path, dir),
@@ -248,6 +283,27 @@ impl Loaded {
             )),
             _ => Err(Error::Problems(self.errors)),
         }
+    }
+}
+
+/// Whether `version` is a real UTC time `YYYYMMDDHHMMSS`: chrono reads second
+/// 60 as a leap second, which no clock writes into a version.
+fn is_timestamp(version: i64) -> bool {
+    chrono::NaiveDateTime::parse_from_str(&version.to_string(), "%Y%m%d%H%M%S").is_ok()
+        && version % 100 < 60
+}
+
+/// The problem of a migration file that cannot be read: a directory, a
+/// dangling symbolic link, a missing permission.
+fn unreadable(shown: &str, path: &Path, e: &std::io::Error) -> String {
+    if path.is_dir() {
+        format!("{shown}: is a directory, not a file; remove it or give it another name")
+    } else if path.symlink_metadata().is_ok() && !path.exists() {
+        format!(
+            "{shown}: is a symbolic link to nothing; point it at the migration file or remove it"
+        )
+    } else {
+        format!("{shown}: cannot be read ({e}); make it readable")
     }
 }
 

@@ -23,6 +23,11 @@ pub enum Flavor {
     Sqlite,
 }
 
+/// Whether `sql` holds any statement, not just comments and blank lines.
+pub fn has_statement(sql: &str) -> bool {
+    !split(sql, Flavor::Postgres).is_empty()
+}
+
 pub fn split(sql: &str, flavor: Flavor) -> Vec<Statement> {
     let mut out = Vec::new();
     let mut delimiter = ";".to_string();
