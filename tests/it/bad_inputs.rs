@@ -302,3 +302,48 @@ each_db! {
         assert_refused(&p, &run, 5, "version 20240101000060 is not a valid UTC timestamp");
     }
 }
+
+each_db! {
+    // The PostgreSQL driver's warning about a parameter it does not know
+    // printed its value (`?sslpassword=S3cret` in text and JSON logs), and a
+    // mistyped `?passwd=S3cret` reached datamig's own `error:` line.
+    fn a_secret_in_a_url_parameter_is_never_shown(kind: Db) {
+        let p = Project::new(kind);
+        simple(&p);
+        let mut url = crate::support::url_parts(&p.db.url);
+        let secret_params = if kind == Db::Sqlite {
+            vec!["passwd=S3cret"]
+        } else {
+            vec!["sslpassword=S3cret", "passwd=S3cret", "password=S3cret", "x=S3cret&sslmode=bogus"]
+        };
+        for query in secret_params {
+            url.set_query(Some(query));
+            for format in ["text", "json"] {
+                let run = p.run(&["--log-format", format, "--database-url", url.as_str(), "schema", "status"]);
+                assert!(!run.all().contains("S3cret"), "{query} ({format}): {run:?}");
+                assert!(!run.all().contains("panicked"), "{run:?}");
+                if query.contains("bogus") {
+                    assert_eq!(run.code, 3, "{run:?}");
+                    assert!(run.stderr.contains("`sslmode` is not one of"), "{run:?}");
+                } else if kind == Db::Sqlite {
+                    assert_eq!(run.code, 3, "{run:?}");
+                    assert!(run.stderr.contains("parameter `passwd`, which SQLite does not take"), "{run:?}");
+                } else if query.starts_with("password") {
+                    assert_eq!(run.code, 0, "{run:?}");
+                } else {
+                    assert_eq!(run.code, 0, "{run:?}");
+                    assert!(run.stderr.contains("is not one its driver takes, and is ignored (its value is not shown)"), "{run:?}");
+                }
+            }
+            // The error line of a failed connection shows the URL masked.
+            let mut gone = url.clone();
+            if kind != Db::Sqlite && !query.contains("bogus") {
+                gone.set_path("/no_such_database_datamig");
+                let run = p.run(&["--database-url", gone.as_str(), "schema", "status"]);
+                assert!(!run.all().contains("S3cret"), "{run:?}");
+                assert!(run.stderr.contains("=***"), "{run:?}");
+            }
+        }
+        assert!(!p.db.table_exists("users"), "nothing was applied");
+    }
+}

@@ -42,6 +42,160 @@ pub struct DatabaseUrl {
     secret: String,
     redacted: String,
     backend: Backend,
+    /// Query parameters the driver does not take, left out of what it is given
+    /// (their values are never shown: a mistyped `passwd=` is a password).
+    ignored: Vec<String>,
+}
+
+/// A query parameter a driver takes: its spellings, the values it may have
+/// (`None`: any), and whether its value is a secret.
+struct Param {
+    names: &'static [&'static str],
+    values: Option<&'static [&'static str]>,
+    secret: bool,
+}
+
+const fn param(names: &'static [&'static str]) -> Param {
+    Param {
+        names,
+        values: None,
+        secret: false,
+    }
+}
+
+const fn one_of(names: &'static [&'static str], values: &'static [&'static str]) -> Param {
+    Param {
+        names,
+        values: Some(values),
+        secret: false,
+    }
+}
+
+/// What sqlx's PostgreSQL driver reads from a URL's query (it warns about the
+/// rest, printing their values, and ignores them).
+const POSTGRES_PARAMS: &[Param] = &[
+    one_of(
+        &["sslmode", "ssl-mode"],
+        &[
+            "disable",
+            "allow",
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        ],
+    ),
+    param(&["sslrootcert", "ssl-root-cert", "ssl-ca"]),
+    param(&["sslcert", "ssl-cert"]),
+    param(&["sslkey", "ssl-key"]),
+    param(&["statement-cache-capacity"]),
+    param(&["host"]),
+    param(&["hostaddr"]),
+    param(&["port"]),
+    param(&["dbname"]),
+    param(&["user"]),
+    Param {
+        names: &["password"],
+        values: None,
+        secret: true,
+    },
+    param(&["application_name"]),
+    param(&["options"]),
+];
+
+/// What sqlx's MySQL driver reads (it ignores the rest without a word).
+const MYSQL_PARAMS: &[Param] = &[
+    one_of(
+        &["sslmode", "ssl-mode"],
+        &[
+            "disabled",
+            "preferred",
+            "required",
+            "verify_ca",
+            "verify_identity",
+        ],
+    ),
+    param(&["sslca", "ssl-ca"]),
+    param(&["charset"]),
+    param(&["collation"]),
+    param(&["sslcert", "ssl-cert"]),
+    param(&["sslkey", "ssl-key"]),
+    param(&["statement-cache-capacity"]),
+    param(&["socket"]),
+    param(&["timezone", "time-zone"]),
+];
+
+/// What sqlx's SQLite driver reads (it refuses the rest).
+const SQLITE_PARAMS: &[Param] = &[
+    one_of(&["mode"], &["ro", "rw", "rwc", "memory"]),
+    one_of(&["cache"], &["private", "shared"]),
+    one_of(&["immutable"], &["true", "false", "1", "0"]),
+    param(&["vfs"]),
+];
+
+/// The parameter `key` is, among `known`.
+fn known_param<'a>(known: &'a [Param], key: &str) -> Option<&'a Param> {
+    known.iter().find(|p| p.names.contains(&key))
+}
+
+/// Query pairs, in order.
+type Pairs = Vec<(String, String)>;
+
+/// Checks the query of a URL of `backend` against what its driver takes:
+/// `(kept, shown, ignored)` — the pairs the driver gets, the pairs as they
+/// may be shown (every value that is or may be a secret as `***`), and the
+/// keys left out. A known parameter with a value the driver refuses is a
+/// configuration error; so is an unknown one on SQLite, whose driver refuses it.
+fn check_query(
+    backend: Backend,
+    pairs: impl Iterator<Item = (String, String)>,
+) -> Result<(Pairs, Pairs, Vec<String>)> {
+    let known = match backend {
+        Backend::Postgres => POSTGRES_PARAMS,
+        Backend::MySql => MYSQL_PARAMS,
+        Backend::Sqlite => SQLITE_PARAMS,
+    };
+    let names = || {
+        known
+            .iter()
+            .map(|p| p.names[0])
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (mut kept, mut shown, mut ignored) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, value) in pairs {
+        let Some(p) = known_param(known, &key) else {
+            if backend == Backend::Sqlite {
+                return Err(Error::Config(format!(
+                    "the SQLite database URL has a parameter `{key}`, which SQLite does not take \
+                     (it takes {}); remove it",
+                    names()
+                )));
+            }
+            shown.push((key.clone(), "***".to_string()));
+            ignored.push(key);
+            continue;
+        };
+        if let Some(values) = p.values {
+            if !values.iter().any(|v| v.eq_ignore_ascii_case(&value)) {
+                return Err(Error::Config(format!(
+                    "the {backend} database URL's `{key}` is not one of {}; correct it in the URL",
+                    values.join(", ")
+                )));
+            }
+        }
+        let is_secret = p.secret || key.to_ascii_lowercase().contains("password");
+        shown.push((
+            key.clone(),
+            if is_secret {
+                "***".into()
+            } else {
+                value.clone()
+            },
+        ));
+        kept.push((key, value));
+    }
+    Ok((kept, shown, ignored))
 }
 
 impl DatabaseUrl {
@@ -73,7 +227,7 @@ impl DatabaseUrl {
 
     fn parse_sqlite(input: &str) -> Result<Self> {
         let rest = &input["sqlite:".len()..];
-        let (path_part, _query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (path_part, query) = rest.split_once('?').unwrap_or((rest, ""));
         let path = path_part.strip_prefix("//").unwrap_or(path_part);
         if path.is_empty() {
             return Err(Error::Config(
@@ -81,10 +235,14 @@ impl DatabaseUrl {
                     .into(),
             ));
         }
+        let pairs = url::form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()));
+        check_query(Backend::Sqlite, pairs)?;
         Ok(Self {
             secret: input.to_string(),
             redacted: input.to_string(),
             backend: Backend::Sqlite,
+            ignored: Vec::new(),
         })
     }
 
@@ -114,30 +272,41 @@ impl DatabaseUrl {
                 ))
             })?;
         }
-        let secret = url.to_string();
+        let (kept, shown_pairs, ignored) = check_query(
+            backend,
+            url.query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned())),
+        )?;
         let mut shown = url.clone();
         if shown.password().is_some() {
             let _ = shown.set_password(Some("***"));
         }
-        let pairs: Vec<(String, String)> = shown
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k.to_ascii_lowercase().contains("password") {
-                    "***".to_string()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        if !pairs.is_empty() {
-            shown.query_pairs_mut().clear().extend_pairs(pairs);
+        if url.query().is_some() {
+            // The driver gets only what it takes: the PostgreSQL driver's
+            // warning about the rest prints their values.
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            if shown_pairs.is_empty() {
+                shown.set_query(None);
+            } else {
+                shown.query_pairs_mut().clear().extend_pairs(shown_pairs);
+            }
         }
         Ok(Self {
-            secret,
+            secret: url.to_string(),
             redacted: shown.to_string(),
             backend,
+            ignored,
         })
+    }
+
+    /// Query parameters of the URL its driver does not take, which datamig
+    /// leaves out (for a warning that names them, never their values).
+    pub fn ignored_params(&self) -> &[String] {
+        &self.ignored
     }
 
     pub fn backend(&self) -> Backend {

@@ -41,7 +41,20 @@ pub(crate) fn settings(global: &GlobalOpts) -> Result<Settings> {
         database_url: global.database_url.clone(),
         env: global.env.clone(),
     };
-    Ok(Settings::resolve(&inputs)?)
+    let settings = Settings::resolve(&inputs)?;
+    warn_ignored(&settings.database_url);
+    Ok(settings)
+}
+
+/// Says which of a URL's parameters its driver does not take, never their values.
+pub(crate) fn warn_ignored(url: &datamig_core::config::DatabaseUrl) {
+    for key in url.ignored_params() {
+        crate::output::note(&format!(
+            "warning: the {} database URL's parameter `{key}` is not one its driver takes, and is ignored \
+             (its value is not shown)",
+            url.backend()
+        ));
+    }
 }
 
 pub(crate) fn connect_options(global: &GlobalOpts) -> ConnectOptions {
