@@ -385,3 +385,72 @@ fn postgres_waiting_runners_do_not_deadlock_create_index_concurrently() {
         1
     );
 }
+
+/// A migration that takes a few seconds to apply, on each database.
+fn slow_up(kind: Db) -> &'static str {
+    match kind {
+        Db::Postgres => "CREATE TABLE slow (id INT);\nSELECT pg_sleep(5);\n",
+        Db::MySql => "CREATE TABLE slow (id INT);\nDO SLEEP(5);\n",
+        Db::Sqlite => {
+            "CREATE TABLE slow (id INT);\nWITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 30000000) \
+             INSERT INTO slow SELECT count(*) FROM c;\n"
+        }
+    }
+}
+
+each_db! {
+    // An interrupted `schema test` (SIGTERM, Ctrl-C) left its scratch database
+    // (or, for SQLite, its scratch directory) behind.
+    fn an_interrupted_schema_test_drops_its_scratch_database(kind: Db) {
+        use std::io::BufRead as _;
+        let p = Project::new(kind);
+        p.migration(V1, "create_slow", slow_up(kind), "DROP TABLE slow;\n");
+        for signal in ["-TERM", "-INT"] {
+            let mut child = p
+                .command(&["schema", "test"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut first = String::new();
+            stdout.read_line(&mut first).unwrap();
+            assert!(first.starts_with("scratch database: "), "{first}");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::process::Command::new("kill").arg(signal).arg(child.id().to_string()).status().unwrap();
+            let run = crate::support::to_run(child.wait_with_output().unwrap());
+            assert_eq!(run.code, 130, "{signal}: {run:?}");
+            assert!(run.stderr.contains("schema test interrupted; its scratch database is dropped"), "{run:?}");
+            assert!(crate::support::scratch_is_gone(&p.db, &first), "{signal}: the scratch database is left behind");
+        }
+    }
+
+    // Scratch databases that a killed `schema test` left are reported by the
+    // next one, and dropped with --drop-leftovers.
+    fn scratch_databases_left_behind_are_reported_and_dropped_on_request(kind: Db) {
+        let p = Project::new(kind);
+        p.migration(V1, "create_users", "CREATE TABLE users (id INT);\n", "DROP TABLE users;\n");
+        // As a process killed long ago left it: pid 4294967 is beyond Linux's pid_max.
+        let name = format!("datamig_scratch_4294967_1000000000_{:08x}", rand::random::<u32>());
+        let dir = std::env::temp_dir().join(&name);
+        match kind {
+            Db::Sqlite => {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("scratch.db"), b"").unwrap();
+            }
+            _ => p.db.exec(&format!("CREATE DATABASE {name}")),
+        }
+        let run = p.ok(&["schema", "test"]);
+        assert!(run.stderr.contains("left behind by earlier schema tests that did not end"), "{run:?}");
+        assert!(run.stderr.contains(&name), "{run:?}");
+        assert!(run.stderr.contains("`datamig schema test --drop-leftovers` drops them"), "{run:?}");
+        let run = p.ok(&["schema", "test", "--drop-leftovers"]);
+        assert!(run.stderr.contains("dropped ") && run.stderr.contains(&name), "{run:?}");
+        let exists = match kind {
+            Db::Sqlite => dir.exists(),
+            Db::Postgres => p.db.scalar(&format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'")) > 0,
+            Db::MySql => p.db.scalar(&format!("SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{name}'")) > 0,
+        };
+        assert!(!exists, "{name} is still there");
+    }
+}

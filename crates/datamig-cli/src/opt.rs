@@ -344,6 +344,10 @@ pub enum SchemaCommand {
         /// Where to create the scratch database (default: beside the configured one).
         #[arg(long, value_name = "URL")]
         scratch_url: Option<String>,
+        /// Drop the scratch databases that earlier `schema test`s left behind
+        /// (killed, or their machine lost), which every `schema test` reports.
+        #[arg(long)]
+        drop_leftovers: bool,
     },
 }
 

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use datamig_core::config::DatabaseUrl;
+use datamig_core::db::Scratch;
 use datamig_core::migrate::{self, source, DownTarget, Resolution, RunOptions, State, UpTarget};
 use datamig_core::Error;
 
@@ -58,13 +59,39 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
 
     match cmd {
         SchemaCommand::New { .. } | SchemaCommand::Check { .. } => unreachable!("handled above"),
-        SchemaCommand::Test { scratch_url } => {
+        SchemaCommand::Test {
+            scratch_url,
+            drop_leftovers,
+        } => {
             let url = match scratch_url {
                 Some(u) => DatabaseUrl::parse(&u)?,
                 None => settings.database_url.clone(),
             };
-            let n =
-                migrate::schema_test(&url, &connect_options(global), &migrations, &mut out).await?;
+            let opts = connect_options(global);
+            let leftovers = Scratch::leftovers(&url, &opts).await?;
+            let names = || {
+                leftovers
+                    .iter()
+                    .map(|l| format!("{} ({})", l.name, l.why))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if !leftovers.is_empty() && drop_leftovers {
+                Scratch::drop_leftovers(&url, &opts, &leftovers).await?;
+                crate::output::note(&format!(
+                    "dropped {} scratch database(s) that earlier schema tests left behind: {}",
+                    leftovers.len(),
+                    names()
+                ));
+            } else if !leftovers.is_empty() {
+                crate::output::note(&format!(
+                    "warning: {} scratch database(s) left behind by earlier schema tests that did not end: {}; \
+                     `datamig schema test --drop-leftovers` drops them",
+                    leftovers.len(),
+                    names()
+                ));
+            }
+            let n = migrate::schema_test(&url, &opts, &migrations, &mut out, interrupted()).await?;
             line(&format!("ok: {n} migration(s); each down reverses its up, and each up applies again after its down"));
             Ok(())
         }
@@ -285,4 +312,25 @@ fn relative(path: &std::path::Path, base: &std::path::Path) -> String {
 
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
+}
+
+/// Completes on Ctrl-C or SIGTERM (never, if neither can be listened for).
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let int = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = int => {}
+        () = term => {}
+    }
 }

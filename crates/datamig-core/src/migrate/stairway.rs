@@ -8,12 +8,15 @@ use crate::{Error, Result};
 
 use super::{apply_down, apply_up, Migration, Out};
 
-/// Runs the stairway on a fresh database created beside `url`'s.
+/// Runs the stairway on a fresh database created beside `url`'s, until it is
+/// done or `interrupt` completes (Ctrl-C, SIGTERM): either way the scratch
+/// database is dropped before this returns.
 pub async fn schema_test(
     url: &crate::config::DatabaseUrl,
     opts: &ConnectOptions,
     migrations: &[Migration],
     out: Out<'_>,
+    interrupt: impl std::future::Future<Output = ()>,
 ) -> Result<usize> {
     let scratch = Scratch::create(url, opts).await?;
     out(format!("scratch database: {}", scratch.url));
@@ -23,8 +26,13 @@ pub async fn schema_test(
         let result = climb(&mut conn, migrations, out).await;
         conn.close().await;
         result
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        result = result => result,
+        () = interrupt => Err(Error::Interrupted(
+            "schema test interrupted; its scratch database is dropped, nothing else was touched".into(),
+        )),
+    };
     let dropped = scratch.drop_now().await;
     let problems = result?;
     dropped?;
