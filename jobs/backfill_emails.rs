@@ -58,7 +58,11 @@ impl Transform for Normalize {
     }
 
     fn apply(&self, row: &SourceRow<'_>) -> Outcome {
-        match normalize(row.str("email").unwrap_or_default()) {
+        let email = match row.text("email") {
+            Ok(email) => email.unwrap_or_default(),
+            Err(reason) => return Outcome::Reject(reason),
+        };
+        match normalize(email) {
             Ok(email) => Outcome::Update(vec![Value::Text(email)]),
             Err(reason) => Outcome::Reject(reason.into()),
         }

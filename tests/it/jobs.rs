@@ -600,3 +600,46 @@ each_db! {
         }
     }
 }
+
+/// One SQLite row whose TEXT is not UTF-8 failed every batch that read it
+/// ("error occurred while decoding column 1", no key named), so a transform
+/// could never get past it. Only SQLite stores such text: PostgreSQL and
+/// MariaDB check the encoding of what they are given.
+#[test]
+fn a_sqlite_row_that_is_not_utf8_is_rejected_and_the_transform_goes_on() {
+    let p = Project::new(Db::Sqlite);
+    p.copy_project_migrations();
+    p.ok(&["schema", "upgrade"]);
+    p.ok(&["run", "seed_demo_users", "--arg", "rows=3000"]);
+    p.db.exec("UPDATE users SET email = CAST(X'41FF40782E79' AS TEXT) WHERE id = 1500");
+    let run = p.ok(&[
+        "run",
+        "backfill_emails",
+        "--batch",
+        "500",
+        "--max-errors",
+        "1000",
+    ]);
+    let left =
+        p.db.scalar("SELECT count(*) FROM users WHERE email_normalized IS NULL AND id > 1500");
+    let rejects = p.db.query("SELECT row_key, reason FROM datamig_rejects");
+    assert!(
+        rejects.contains(&vec![
+            "1500".to_string(),
+            "email is not UTF-8 text (invalid byte at offset 1)".into()
+        ]),
+        "{rejects:?} {run:?}"
+    );
+    // Every row after it was processed as well (the seed's own invalid
+    // addresses are rejected too, and stay NULL).
+    let invalid_after = rejects
+        .iter()
+        .filter(|r| r[0].parse::<i64>().unwrap() > 1500)
+        .count();
+    assert_eq!(left, i64::try_from(invalid_after).unwrap(), "{run:?}");
+    // The bytes are as they were.
+    assert_eq!(
+        p.db.query("SELECT hex(email) FROM users WHERE id = 1500")[0][0],
+        "41FF40782E79"
+    );
+}

@@ -240,8 +240,31 @@ impl SourceRow<'_> {
             .map(|i| &self.values[i])
     }
 
+    /// The column as text: `None` when it is NULL, absent, or not text (a
+    /// SQLite TEXT value that is not UTF-8 reads as [`Value::Bytes`]; see
+    /// [`SourceRow::text`] to tell these apart).
     pub fn str(&self, column: &str) -> Option<&str> {
         self.get(column).and_then(Value::as_str)
+    }
+
+    /// The column as text, `Ok(None)` for NULL, and an error saying why for a
+    /// value that is not UTF-8 text — ready for [`Outcome::Reject`].
+    pub fn text(&self, column: &str) -> Result<Option<&str>, String> {
+        match self.get(column) {
+            None => Err(format!("the row has no column {column}")),
+            Some(Value::Null) => Ok(None),
+            Some(Value::Bytes(b)) => match std::str::from_utf8(b) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) => Err(format!(
+                    "{column} is not UTF-8 text (invalid byte at offset {})",
+                    e.valid_up_to()
+                )),
+            },
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| format!("{column} is not text")),
+        }
     }
 
     pub fn i64(&self, column: &str) -> Option<i64> {

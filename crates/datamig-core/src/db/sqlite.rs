@@ -51,7 +51,16 @@ fn decode(row: &SqliteRow) -> sqlx::Result<Row> {
             "INTEGER" | "INT" | "BIGINT" | "BOOLEAN" => Value::Int(row.try_get_unchecked(i)?),
             "REAL" | "FLOAT" | "DOUBLE" => Value::Float(row.try_get_unchecked(i)?),
             "BLOB" => Value::Bytes(row.try_get_unchecked(i)?),
-            _ => Value::Text(row.try_get_unchecked(i)?),
+            // SQLite stores whatever bytes it is given as TEXT: those that are
+            // not UTF-8 are passed on as they are (a transform sees bytes, and
+            // may reject the row), not a batch that fails for good.
+            _ => {
+                let bytes: Vec<u8> = row.try_get_unchecked(i)?;
+                match String::from_utf8(bytes) {
+                    Ok(text) => Value::Text(text),
+                    Err(e) => Value::Bytes(e.into_bytes()),
+                }
+            }
         });
     }
     Ok(out)
