@@ -255,3 +255,51 @@ each_server! {
     a_server_crash_mid_partitioned_sql_step_loses_and_repeats_nothing: |kind| crashed_mid_run(kind, Shape::Sql, &["--workers", "2", "--lease", "3s"]);
     a_server_crash_mid_partitioned_delete_leaves_nothing_undeleted: |kind| crashed_mid_run(kind, Shape::Delete, &["--workers", "2", "--lease", "3s"]);
 }
+
+/// The server lost in the middle of `schema upgrade` was blamed on the
+/// migration (exit 6, "Fix … and run the command again" about a correct file):
+/// it is a lost connection (exit 4), and running the command again applies the
+/// migration once.
+fn server_lost_mid_upgrade(kind: Db) {
+    let server = Server::start(kind);
+    let p = Project::with(TestDb::on(kind, &server.url()));
+    p.migration(20261201000018, "create_t19", "CREATE TABLE t19 (id INT);\n", "DROP TABLE t19;\n");
+    let slow = match kind {
+        Db::Postgres => "INSERT INTO t19 VALUES (1);\nSELECT pg_sleep(10);\n",
+        _ => "INSERT INTO t19 VALUES (1);\nDO SLEEP(10);\n",
+    };
+    p.migration(20261201000019, "insert_t19", slow, "DELETE FROM t19;\n");
+    let child = p
+        .command(&["schema", "upgrade"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(p.db.table_exists("datamig_schema_history")
+        && p.db.scalar("SELECT count(*) FROM datamig_schema_history") == 1)
+    {
+        assert!(Instant::now() < deadline, "the first migration was not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    server.restart(Duration::from_millis(200));
+    let run = to_run(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("migration 20261201000019_insert_t19: the connection to"), "{run:?}");
+    assert!(run.stderr.contains("Run the command again once the server answers"), "{run:?}");
+    assert!(!run.stderr.contains("Fix "), "{run:?}");
+    assert_eq!(p.db.scalar("SELECT count(*) FROM t19"), 0, "rolled back with the connection");
+    let fast = match kind {
+        Db::Postgres => "INSERT INTO t19 VALUES (1);\nSELECT pg_sleep(0);\n",
+        _ => "INSERT INTO t19 VALUES (1);\nDO SLEEP(0);\n",
+    };
+    // The same file, quicker: its checksum changes, but it was never applied.
+    p.migration(20261201000019, "insert_t19", fast, "DELETE FROM t19;\n");
+    p.ok(&["schema", "upgrade"]);
+    assert_eq!(p.db.scalar("SELECT count(*) FROM t19"), 1);
+}
+
+each_server! {
+    a_server_lost_mid_upgrade_is_a_connection_error_not_the_migrations_fault: server_lost_mid_upgrade;
+}

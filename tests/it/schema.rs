@@ -245,6 +245,11 @@ each_db! {
         let run = crate::support::hold_schema_lock(&p.db, || p.run(&["schema", "upgrade", "--lock-timeout", "1s"]));
         assert_eq!(run.code, 8, "{run:?}");
         assert!(run.stderr.contains("held by"), "{run:?}");
+        if kind == Db::Postgres {
+            // It said `server pid ?`: the pid was read as text.
+            let pid = run.stderr.split("server pid ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("");
+            assert!(!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()), "{run:?}");
+        }
         assert_eq!(p.applied_versions(), Vec::<i64>::new());
         assert!(!p.db.table_exists("users"));
         // Released: it goes through.
@@ -453,4 +458,196 @@ each_db! {
         };
         assert!(!exists, "{name} is still there");
     }
+}
+
+each_db! {
+    // The failed attempt that left a migration dirty was in neither the
+    // history nor the log, `schema status` counted it as applied, and `datamig
+    // run` went ahead over the half-applied schema.
+    fn a_dirty_migration_is_logged_counted_and_stops_data_jobs(kind: Db) {
+        let p = Project::new(kind);
+        p.copy_project_migrations();
+        p.ok(&["schema", "upgrade"]);
+        p.ok(&["run", "seed_demo_users", "--arg", "rows=100"]);
+        // On MariaDB the CREATE commits at once and the file is left dirty; on
+        // the others it rolls back, and the failure is logged all the same.
+        p.migration(20261201000000, "create_broken", "CREATE TABLE broken (id INT);\nINSERT INTO no_such_table VALUES (1);\n", "DROP TABLE broken;\n");
+        let run = p.run(&["schema", "upgrade"]);
+        let history = p.ok(&["schema", "history"]).stdout;
+        assert!(history.contains("upgrade failed") && history.contains("create_broken"), "{history}");
+        assert!(history.contains("statement 2 of 2 (line 2)") || kind != Db::MySql, "{history}");
+        assert!(history.to_lowercase().contains("no_such_table"), "{history}");
+        let log = p.db.query("SELECT action, actor FROM datamig_schema_log WHERE action = 'upgrade failed'");
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert!(log[0][1].contains(" pid "), "by whom: {log:?}");
+        // The history's columns line up: every line's `by` is at one place.
+        let at: Vec<usize> = history.lines().map(|l| l.find(" by ").unwrap()).collect();
+        assert!(at.windows(2).all(|w| w[0] == w[1]), "{history}");
+        if kind != Db::MySql {
+            assert_eq!(run.code, 6, "{run:?}");
+            return;
+        }
+        assert_eq!(run.code, 7, "{run:?}");
+        assert!(run.stderr.contains("MySQL/MariaDB commits DDL at once, so a file with DDL runs statement by statement"), "{run:?}");
+        let status = p.ok(&["schema", "status"]).stdout;
+        assert!(status.contains("3 applied, 1 dirty"), "{status}");
+        let job = p.run(&["run", "backfill_emails"]);
+        assert_eq!(job.code, 7, "{job:?}");
+        assert!(job.stderr.contains("create_broken failed halfway"), "{job:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM users WHERE email_normalized IS NOT NULL"), 0, "the job ran");
+        // `--dirty reverted` says nothing of it is in place: the table it made is.
+        let repair = p.run(&["schema", "repair", "--dirty", "reverted"]);
+        assert_eq!(repair.code, 7, "{repair:?}");
+        assert!(repair.stderr.contains("table broken exists"), "{repair:?}");
+        p.db.exec("DROP TABLE broken");
+        p.ok(&["schema", "repair", "--dirty", "reverted"]);
+        p.ok(&["run", "backfill_emails"]);
+    }
+
+    // A no-transaction file that failed at its second statement said "this
+    // database cannot roll DDL back" on PostgreSQL and SQLite, which can.
+    fn a_no_transaction_file_that_fails_halfway_says_why_it_ran_outside_one(kind: Db) {
+        let p = Project::new(kind);
+        p.migration(V1, "create_users", "-- datamig:no-transaction\nCREATE TABLE users (id INT);\nINSERT INTO no_such_table VALUES (1);\n", "DROP TABLE users;\n");
+        let run = p.run(&["schema", "upgrade"]);
+        assert_eq!(run.code, 7, "{run:?}");
+        assert!(run.stderr.contains("the file runs outside a transaction, as its first line `-- datamig:no-transaction` asks"), "{run:?}");
+        assert!(!run.stderr.contains("cannot roll DDL back"), "{run:?}");
+    }
+
+    // A schema test whose migration fails printed no FAIL line, and on MariaDB
+    // advised `schema repair` for the scratch database it had dropped.
+    fn a_failing_migration_in_schema_test_gets_a_fail_line_and_no_repair_advice(kind: Db) {
+        let p = Project::new(kind);
+        p.migration(V1, "create_users", "CREATE TABLE users (id INT);\nINSERT INTO no_such_table VALUES (1);\n", "DROP TABLE users;\n");
+        let run = p.run(&["schema", "test"]);
+        assert_eq!(run.code, 10, "{run:?}");
+        assert!(run.stdout.contains(&format!("FAIL {V1}_create_users")), "{run:?}");
+        assert!(!run.all().contains("schema repair"), "{run:?}");
+        assert!(crate::support::scratch_is_gone(&p.db, &run.stdout), "{run:?}");
+    }
+}
+
+/// A MariaDB migration of data changes alone ran outside a transaction, so a
+/// failure at its second statement left the first committed (and the file
+/// dirty); sqlx-cli rolls the same file back.
+#[test]
+fn a_mariadb_migration_without_ddl_runs_in_one_transaction_and_rolls_back() {
+    let p = Project::new(Db::MySql);
+    p.migration(
+        V1,
+        "create_keep",
+        "CREATE TABLE e2_keep (id INT);\n",
+        "DROP TABLE e2_keep;\n",
+    );
+    p.migration(
+        V2,
+        "insert_keep",
+        "INSERT INTO e2_keep VALUES (42);\nINSERT INTO e2_missing VALUES (1);\n",
+        "DELETE FROM e2_keep;\n",
+    );
+    let run = p.run(&["schema", "upgrade"]);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stderr.contains("it was rolled back, nothing changed"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("statement 2 of 2"), "{run:?}");
+    assert_eq!(
+        p.db.scalar("SELECT count(*) FROM e2_keep"),
+        0,
+        "the first INSERT stayed"
+    );
+    assert_eq!(p.applied_versions(), vec![V1]);
+    assert!(!p.ok(&["schema", "status"]).stdout.contains("dirty"));
+    p.migration(
+        V2,
+        "insert_keep",
+        "INSERT INTO e2_keep VALUES (42);\n",
+        "DELETE FROM e2_keep;\n",
+    );
+    p.ok(&["schema", "upgrade"]);
+    assert_eq!(p.db.scalar("SELECT count(*) FROM e2_keep"), 1);
+}
+
+/// PostgreSQL's `CREATE INDEX CONCURRENTLY` in a transaction fails; the
+/// message now says how to run it outside one.
+#[test]
+fn create_index_concurrently_in_a_transaction_points_at_no_transaction() {
+    let p = Project::new(Db::Postgres);
+    p.migration(
+        V1,
+        "create_users",
+        "CREATE TABLE users (id INT);\n",
+        "DROP TABLE users;\n",
+    );
+    p.migration(
+        V2,
+        "index_users",
+        "CREATE INDEX CONCURRENTLY users_id ON users (id);\n",
+        "DROP INDEX users_id;\n",
+    );
+    let run = p.run(&["schema", "upgrade"]);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("make `-- datamig:no-transaction` the file's first line"),
+        "{run:?}"
+    );
+}
+
+// A migration that waited too long for a lock was blamed on its file ("Fix …
+// and run the command again"), where waiting and retrying is the answer. (On
+// SQLite a migration waits for the writer up to its busy timeout, 30 s: there
+// is no lock timeout of its own to run out yet.)
+fn a_migration_blocked_by_a_lock_says_to_run_again_not_to_fix_the_file(kind: Db) {
+    let p = Project::new(kind);
+    p.migration(
+        V1,
+        "create_users",
+        "CREATE TABLE users (id INT);\n",
+        "DROP TABLE users;\n",
+    );
+    p.ok(&["schema", "upgrade"]);
+    let (set, alter) = match kind {
+        Db::Postgres => (
+            "SET lock_timeout = '300ms';\n",
+            "ALTER TABLE users ADD COLUMN email TEXT;\n",
+        ),
+        Db::MySql => (
+            "SET SESSION lock_wait_timeout = 1;\n",
+            "ALTER TABLE users ADD COLUMN email TEXT;\n",
+        ),
+        Db::Sqlite => unreachable!("servers only"),
+    };
+    p.migration(
+        V2,
+        "add_email_to_users",
+        &format!("{set}{alter}"),
+        "ALTER TABLE users DROP COLUMN email;\n",
+    );
+    let hold = match kind {
+        Db::Sqlite => unreachable!("servers only"),
+        Db::Postgres => "BEGIN; SELECT * FROM users",
+        Db::MySql => "BEGIN; SELECT * FROM users",
+    };
+    let (held, is_held) = std::sync::mpsc::channel();
+    let db = crate::support::TestDb::attach(&p.db.url);
+    let holder = std::thread::spawn(move || db.hold(hold, std::time::Duration::from_secs(8), held));
+    is_held.recv().unwrap();
+    let run = p.run(&["schema", "upgrade"]);
+    holder.join().unwrap();
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "Another session held a lock it needed: the file is fine, run the command again"
+        ),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("Fix "), "{run:?}");
+    p.ok(&["schema", "upgrade"]);
+}
+
+crate::each_server! {
+    a_migration_blocked_by_a_lock_says_to_run_again_not_to_fix_the_file: a_migration_blocked_by_a_lock_says_to_run_again_not_to_fix_the_file;
 }

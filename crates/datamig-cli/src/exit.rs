@@ -10,12 +10,14 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// Bad configuration: malformed database URL, unknown `--env`, invalid `datamig.toml` or `.env`.
 pub const CONFIG: u8 = 3;
-/// Cannot connect: server unreachable, authentication failed, database missing.
+/// Cannot connect: server unreachable, authentication failed, database missing;
+/// or the connection was lost during a schema change (run the command again).
 pub const CONNECT: u8 = 4;
 /// Migration files are invalid or disagree with the database: bad or duplicate
 /// names, a missing up/down file, an applied file edited, an out-of-order migration.
 pub const INVALID_MIGRATIONS: u8 = 5;
-/// A migration's SQL failed and was rolled back (or had not taken effect).
+/// A migration's SQL failed and was rolled back (or had not taken effect), or
+/// it waited too long for a lock another session held.
 pub const MIGRATION_FAILED: u8 = 6;
 /// A migration failed halfway and could not be rolled back: the database is dirty.
 pub const DIRTY: u8 = 7;
@@ -55,10 +57,10 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
     match err {
         Error::Usage(_) => USAGE,
         Error::Config(_) => CONFIG,
-        Error::Connect { .. } => CONNECT,
+        Error::Connect { .. } | Error::ConnectionLost(_) => CONNECT,
         Error::Invalid(_) | Error::Problems(_) => INVALID_MIGRATIONS,
-        Error::MigrationFailed { .. } => MIGRATION_FAILED,
-        Error::Dirty(_) => DIRTY,
+        Error::MigrationFailed { .. } | Error::MigrationBlocked(_) => MIGRATION_FAILED,
+        Error::Dirty { .. } => DIRTY,
         Error::LockTimeout(_) => LOCK_TIMEOUT,
         Error::Pending { .. } => PENDING,
         Error::SchemaTest(_) => SCHEMA_TEST_FAILED,

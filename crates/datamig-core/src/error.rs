@@ -40,9 +40,20 @@ pub enum Error {
     #[error("{message}")]
     MigrationFailed { message: String },
 
-    /// A migration failed halfway where the database could not roll it back.
+    /// A migration failed halfway where the database could not roll it back:
+    /// what happened, and what the operator does about the dirty record.
+    #[error("{message}. {advice}")]
+    Dirty { message: String, advice: String },
+
+    /// A migration could not get a lock it needed in time (another session
+    /// held it) and was rolled back: the file is fine, running it again is the answer.
     #[error("{0}")]
-    Dirty(String),
+    MigrationBlocked(String),
+
+    /// The connection to the database was lost during a command that cannot
+    /// go on without it (a schema change): running the command again is the answer.
+    #[error("{0}")]
+    ConnectionLost(String),
 
     /// Another runner holds the schema lock longer than `--lock-timeout`.
     #[error("{0}")]

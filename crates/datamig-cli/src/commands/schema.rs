@@ -159,19 +159,26 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
                 if entries.is_empty() {
                     line("no schema changes recorded yet");
                 }
-                for e in entries {
-                    let what = match (e.version, &e.name) {
-                        (Some(v), Some(n)) => format!("{v}_{n}"),
-                        _ => String::new(),
-                    };
+                let what = |e: &migrate::LogEntry| match (e.version, &e.name) {
+                    (Some(v), Some(n)) => format!("{v}_{n}"),
+                    _ => String::new(),
+                };
+                // Columns as wide as their widest value, so that they line up.
+                let at_w = entries.iter().map(|e| e.at.len()).max().unwrap_or(0);
+                let action_w = entries.iter().map(|e| e.action.len()).max().unwrap_or(0);
+                let what_w = entries.iter().map(|e| what(e).len()).max().unwrap_or(0);
+                for e in &entries {
                     let detail = if e.detail.is_empty() {
                         String::new()
                     } else {
                         format!("  ({})", e.detail)
                     };
                     line(&format!(
-                        "{}  {:<9}  {what}  by {}{detail}",
-                        e.at, e.action, e.actor
+                        "{:<at_w$}  {:<action_w$}  {:<what_w$}  by {}{detail}",
+                        e.at,
+                        e.action,
+                        what(e),
+                        e.actor
                     ));
                 }
                 Ok(())
@@ -246,9 +253,17 @@ fn print_status(lines: &[migrate::StatusLine]) {
         ));
     }
     let count = |s: &dyn Fn(&State) -> bool| lines.iter().filter(|l| s(&l.state)).count();
-    let applied = count(&|s| !matches!(s, State::Pending));
+    let applied = count(&|s| !matches!(s, State::Pending | State::Dirty(_)));
     let pending = count(&|s| matches!(s, State::Pending));
-    line(&format!("{applied} applied, {pending} pending"));
+    let dirty = count(&|s| matches!(s, State::Dirty(_)));
+    if dirty > 0 {
+        line(&format!(
+            "{applied} applied, {dirty} dirty (failed halfway: `datamig schema history` shows how; \
+             `datamig schema repair --dirty applied|reverted` once fixed by hand), {pending} pending"
+        ));
+    } else {
+        line(&format!("{applied} applied, {pending} pending"));
+    }
 }
 
 async fn check(

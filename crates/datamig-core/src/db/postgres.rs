@@ -536,9 +536,12 @@ impl Driver for Postgres {
                 .unwrap_or("?")
                 .to_string()
         };
+        let pid = row
+            .first()
+            .and_then(Value::as_i64)
+            .map_or("?".to_string(), |p| p.to_string());
         Some(format!(
-            "server pid {} ({}, from {}, connected {})",
-            text(0),
+            "server pid {pid} ({}, from {}, connected {})",
             text(1),
             text(2),
             text(3)

@@ -296,14 +296,20 @@ fn dirty_error(a: &Applied) -> Error {
     } else {
         "applied"
     };
-    Error::Dirty(format!(
-        "migration {}_{} failed halfway while being {what} (by {}), and the database could not roll it back, so \
-         the schema may be partly changed. Inspect it and finish or undo the change by hand, then run \
-         `datamig schema repair --dirty applied` if all of the migration's changes are now in place, or \
-         `datamig schema repair --dirty reverted` if none are",
-        a.version, a.name, a.applied_by
-    ))
+    Error::Dirty {
+        message: format!(
+            "migration {}_{} failed halfway while being {what} (by {}), and the database could not roll it back, \
+             so the schema may be partly changed",
+            a.version, a.name, a.applied_by
+        ),
+        advice: DIRTY_ADVICE.into(),
+    }
 }
+
+/// What an operator does about a dirty migration.
+const DIRTY_ADVICE: &str = "Inspect the schema and finish or undo the change by hand, then run \
+     `datamig schema repair --dirty applied` if all of the migration's changes are now in place, or \
+     `datamig schema repair --dirty reverted` if none are (`datamig schema history` shows the failure)";
 
 fn changed_error(changed: &[(&Applied, &Migration)]) -> Error {
     let list: Vec<String> = changed
@@ -571,7 +577,12 @@ fn with_partial_report(err: Error, report: &Report, verb: &str, failed: &Migrati
                 failed.id()
             ),
         },
-        Error::Dirty(message) => Error::Dirty(format!("{message}\n{before}")),
+        Error::MigrationBlocked(message) => Error::MigrationBlocked(format!("{message}\n{before}")),
+        Error::ConnectionLost(message) => Error::ConnectionLost(format!("{message}\n{before}")),
+        Error::Dirty { message, advice } => Error::Dirty {
+            message: format!("{message}\n{before}"),
+            advice,
+        },
         other => other,
     }
 }
@@ -579,43 +590,172 @@ fn with_partial_report(err: Error, report: &Report, verb: &str, failed: &Migrati
 /// How a migration's SQL failed.
 struct Failure {
     message: String,
-    /// Statements that had already run (and, without a transaction, stayed).
+    /// Statements that had already changed something (and, without a
+    /// transaction, stayed): session settings and queries do not count.
     statements_done: usize,
+    /// Whether trying again can pass: a lost connection, a lock not granted in time.
+    transient: Option<crate::db::Transient>,
 }
 
-/// Runs one file's SQL. In a transaction: as one script. Outside one: statement
-/// by statement, counting how far it got.
+impl Failure {
+    fn of(conn: &Conn, message: String, statements_done: usize, e: &sqlx::Error) -> Failure {
+        let mut message = message;
+        // PostgreSQL refuses some statements inside a transaction block
+        // (CREATE INDEX CONCURRENTLY, VACUUM, ALTER TYPE … ADD VALUE before 12).
+        if message.contains("cannot run inside a transaction block") {
+            message.push_str(&format!(
+                " (make `{}` the file's first line to run it outside a transaction)",
+                source::NO_TRANSACTION
+            ));
+        }
+        Failure {
+            message,
+            statements_done,
+            transient: conn.transient(e),
+        }
+    }
+}
+
+fn flavor(backend: Backend) -> split::Flavor {
+    match backend {
+        Backend::Postgres => split::Flavor::Postgres,
+        Backend::MySql => split::Flavor::MySql,
+        Backend::Sqlite => split::Flavor::Sqlite,
+    }
+}
+
+/// Runs one file's SQL. In a transaction: as one script, except on MariaDB,
+/// where it goes statement by statement so that a failure names its
+/// statement. Outside one: statement by statement, counting how far it got.
 async fn run_sql(
     conn: &mut Conn,
     sql: &str,
     in_transaction: bool,
 ) -> std::result::Result<(), Failure> {
-    if in_transaction {
-        return conn.script(sql).await.map_err(|e| Failure {
-            message: db_message(&e),
-            statements_done: 0,
+    if in_transaction && conn.transactional_ddl() {
+        return conn.script(sql).await.map_err(|e| {
+            let message = db_message(&e);
+            Failure::of(conn, message, 0, &e)
         });
     }
-    let flavor = match conn.backend() {
-        Backend::Postgres => split::Flavor::Postgres,
-        Backend::MySql => split::Flavor::MySql,
-        Backend::Sqlite => split::Flavor::Sqlite,
-    };
-    let statements = split::split(sql, flavor);
+    let statements = split::split(sql, flavor(conn.backend()));
     let total = statements.len();
+    // Statements that changed something: a session setting or a query before
+    // the failure leaves nothing to repair.
+    let mut changed = 0;
     for (n, statement) in statements.into_iter().enumerate() {
-        conn.script(&statement.sql).await.map_err(|e| Failure {
-            message: format!(
+        if let Err(e) = conn.script(&statement.sql).await {
+            let message = format!(
                 "statement {} of {total} (line {}): {}",
                 n + 1,
                 statement.line,
                 db_message(&e)
-            ),
-            statements_done: n,
-        })?;
+            );
+            return Err(Failure::of(conn, message, changed, &e));
+        }
+        if !matches!(
+            first_word(&statement.sql).as_str(),
+            "set" | "select" | "show" | "explain" | "do" | "pragma"
+        ) {
+            changed += 1;
+        }
         crate::crash::reached(crate::crash::Point::MigrationStatement);
     }
     Ok(())
+}
+
+/// Whether MariaDB/MySQL can run every statement of `sql` in one transaction
+/// and roll it back: data changes and queries, no statement that commits
+/// implicitly (DDL, LOCK TABLES, GRANT, …) or ends the transaction itself.
+fn rolls_back_on_mysql(sql: &str) -> bool {
+    const TRANSACTIONAL: &[&str] = &[
+        "insert", "update", "delete", "replace", "select", "with", "do",
+    ];
+    split::split(sql, split::Flavor::MySql)
+        .iter()
+        .all(|st| TRANSACTIONAL.contains(&first_word(&st.sql).as_str()))
+}
+
+/// A statement without the comments before it.
+fn strip_comments(sql: &str) -> &str {
+    let mut rest = sql.trim_start();
+    loop {
+        if rest.starts_with("--") || rest.starts_with('#') {
+            rest = rest.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else {
+            return rest;
+        }
+    }
+}
+
+/// A statement's first word, lower-cased, after any comments before it.
+fn first_word(sql: &str) -> String {
+    strip_comments(sql)
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+        .find(|w| !w.is_empty())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// Whether a migration's SQL runs in one transaction with its record: where
+/// the database rolls DDL back, and on MariaDB/MySQL for a file of data
+/// changes alone; never for a `-- datamig:no-transaction` file.
+fn in_one_transaction(conn: &Conn, sql: &str, no_transaction: bool) -> bool {
+    !no_transaction && (conn.transactional_ddl() || rolls_back_on_mysql(sql))
+}
+
+/// Why a file ran statement by statement, for the dirty message.
+fn why_statement_by_statement(conn: &Conn, no_transaction: bool) -> String {
+    if no_transaction {
+        format!(
+            "the file runs outside a transaction, as its first line `{}` asks",
+            source::NO_TRANSACTION
+        )
+    } else {
+        format!(
+            "{} commits DDL at once, so a file with DDL runs statement by statement",
+            conn.backend()
+        )
+    }
+}
+
+/// The error for a failure that left nothing changed: a lost connection and a
+/// lock not granted are not the file's fault, and say to run the command again.
+fn unchanged_failure(conn: &Conn, what: String, f: &Failure, outcome: &str) -> Error {
+    use crate::db::Transient;
+    match f.transient {
+        Some(Transient::ConnectionLost) => Error::ConnectionLost(format!(
+            "{what}: the connection to {} was lost ({}); {outcome}. Run the command again once the server answers",
+            conn.url(),
+            f.message
+        )),
+        Some(Transient::LockTimeout | Transient::Deadlock) => Error::MigrationBlocked(format!(
+            "{what}: {}; {outcome}. Another session held a lock it needed: the file is fine, run the \
+             command again (when that session is done)",
+            f.message
+        )),
+        _ => Error::MigrationFailed {
+            message: format!("{what} failed: {}; {outcome}", f.message),
+        },
+    }
+}
+
+/// Records a failed attempt in the log (when, by whom, the statement, the
+/// error), in a transaction of its own; a failure to record it is a warning.
+async fn log_failure(conn: &mut Conn, action: &str, m: &Migration, f: &Failure, outcome: &str) {
+    if f.transient == Some(crate::db::Transient::ConnectionLost) {
+        return; // nothing to record it on
+    }
+    let detail = format!("{}; {outcome}", f.message);
+    if let Err(e) = write_log(conn, action, m.version, &m.name, &detail).await {
+        tracing::warn!(
+            "could not record the failure of {} in {LOG}: {}",
+            m.id(),
+            db_message(&e)
+        );
+    }
 }
 
 async fn write_log(
@@ -685,14 +825,15 @@ fn bookkeeping(e: sqlx::Error) -> Error {
 /// database allows, else behind a dirty record.
 pub(crate) async fn apply_up(conn: &mut Conn, m: &Migration) -> Result<()> {
     let started = Instant::now();
-    let failed = |f: &Failure| format!("migration {} failed: {}", m.id(), f.message);
-    if conn.transactional_ddl() && !m.up_no_transaction() {
+    let what = format!("migration {}", m.id());
+    let no_tx = m.up_no_transaction();
+    if in_one_transaction(conn, &m.up, no_tx) {
         conn.begin().await.map_err(bookkeeping)?;
         if let Err(f) = run_sql(conn, &m.up, true).await {
             let _ = conn.rollback().await;
-            return Err(Error::MigrationFailed {
-                message: format!("{}; it was rolled back", failed(&f)),
-            });
+            let outcome = "it was rolled back, nothing changed";
+            log_failure(conn, "upgrade failed", m, &f, outcome).await;
+            return Err(unchanged_failure(conn, what, &f, outcome));
         }
         let recorded = async {
             insert_history(conn, m, ms(started.elapsed()), Dirty::Clean).await?;
@@ -712,38 +853,61 @@ pub(crate) async fn apply_up(conn: &mut Conn, m: &Migration) -> Result<()> {
     match run_sql(conn, &m.up, false).await {
         Ok(()) => {
             let sql = format!("UPDATE {HISTORY} SET dirty = 0, duration_ms = ?, applied_at = {} WHERE version = ?", conn.now_sql());
-            conn.execute(&sql, &[ms(started.elapsed()).into(), m.version.into()]).await.map_err(bookkeeping)?;
-            write_log(conn, "upgrade", m.version, &m.name, "outside a transaction").await.map_err(bookkeeping)?;
-            Ok(())
-        }
-        Err(f) if f.statements_done == 0 => {
-            // Nothing ran, so nothing changed: no dirty record is needed.
-            conn.execute(&format!("DELETE FROM {HISTORY} WHERE version = ?"), &[m.version.into()])
+            conn.execute(&sql, &[ms(started.elapsed()).into(), m.version.into()])
                 .await
                 .map_err(bookkeeping)?;
-            Err(Error::MigrationFailed { message: format!("{}; no statement of it had taken effect", failed(&f)) })
+            write_log(conn, "upgrade", m.version, &m.name, "outside a transaction")
+                .await
+                .map_err(bookkeeping)?;
+            Ok(())
         }
-        Err(f) => Err(Error::Dirty(format!(
-            "{}, after {} statement(s) had already taken effect (this database cannot roll DDL back). It is recorded \
-             as dirty: inspect the schema, finish or undo the change by hand, then run \
-             `datamig schema repair --dirty applied` or `--dirty reverted`",
-            failed(&f),
-            f.statements_done
-        ))),
+        Err(f)
+            if f.statements_done == 0
+                && f.transient != Some(crate::db::Transient::ConnectionLost) =>
+        {
+            // Nothing ran, so nothing changed: no dirty record is needed.
+            conn.execute(
+                &format!("DELETE FROM {HISTORY} WHERE version = ?"),
+                &[m.version.into()],
+            )
+            .await
+            .map_err(bookkeeping)?;
+            let outcome = "no statement of it had taken effect";
+            log_failure(conn, "upgrade failed", m, &f, outcome).await;
+            Err(unchanged_failure(conn, what, &f, outcome))
+        }
+        Err(f) => {
+            let outcome = format!(
+                "after {} statement(s) had already taken effect ({}); it is recorded as dirty",
+                f.statements_done,
+                why_statement_by_statement(conn, no_tx)
+            );
+            log_failure(conn, "upgrade failed", m, &f, &outcome).await;
+            let lost = if f.transient == Some(crate::db::Transient::ConnectionLost) {
+                " (the connection was lost: how far it got is unknown)"
+            } else {
+                ""
+            };
+            Err(Error::Dirty {
+                message: format!("{what} failed: {}{lost}, {outcome}", f.message),
+                advice: DIRTY_ADVICE.into(),
+            })
+        }
     }
 }
 
 /// Reverts one migration and removes its record, with the same guarantees as [`apply_up`].
 pub(crate) async fn apply_down(conn: &mut Conn, m: &Migration) -> Result<()> {
-    let failed = |f: &Failure| format!("reverting migration {} failed: {}", m.id(), f.message);
+    let what = format!("reverting migration {}", m.id());
     let delete = format!("DELETE FROM {HISTORY} WHERE version = ?");
-    if conn.transactional_ddl() && !m.down_no_transaction() {
+    let no_tx = m.down_no_transaction();
+    if in_one_transaction(conn, &m.down, no_tx) {
         conn.begin().await.map_err(bookkeeping)?;
         if let Err(f) = run_sql(conn, &m.down, true).await {
             let _ = conn.rollback().await;
-            return Err(Error::MigrationFailed {
-                message: format!("{}; it was rolled back", failed(&f)),
-            });
+            let outcome = "it was rolled back, nothing changed";
+            log_failure(conn, "downgrade failed", m, &f, outcome).await;
+            return Err(unchanged_failure(conn, what, &f, outcome));
         }
         let recorded = async {
             conn.execute(&delete, &[m.version.into()]).await?;
@@ -761,20 +925,43 @@ pub(crate) async fn apply_down(conn: &mut Conn, m: &Migration) -> Result<()> {
         .map_err(bookkeeping)?;
     match run_sql(conn, &m.down, false).await {
         Ok(()) => {
-            conn.execute(&delete, &[m.version.into()]).await.map_err(bookkeeping)?;
-            write_log(conn, "downgrade", m.version, &m.name, "outside a transaction").await.map_err(bookkeeping)?;
+            conn.execute(&delete, &[m.version.into()])
+                .await
+                .map_err(bookkeeping)?;
+            write_log(
+                conn,
+                "downgrade",
+                m.version,
+                &m.name,
+                "outside a transaction",
+            )
+            .await
+            .map_err(bookkeeping)?;
             Ok(())
         }
-        Err(f) if f.statements_done == 0 => {
-            set_dirty(conn, m.version, Dirty::Clean).await.map_err(bookkeeping)?;
-            Err(Error::MigrationFailed { message: format!("{}; no statement of it had taken effect", failed(&f)) })
+        Err(f)
+            if f.statements_done == 0
+                && f.transient != Some(crate::db::Transient::ConnectionLost) =>
+        {
+            set_dirty(conn, m.version, Dirty::Clean)
+                .await
+                .map_err(bookkeeping)?;
+            let outcome = "no statement of it had taken effect";
+            log_failure(conn, "downgrade failed", m, &f, outcome).await;
+            Err(unchanged_failure(conn, what, &f, outcome))
         }
-        Err(f) => Err(Error::Dirty(format!(
-            "{}, after {} statement(s) had already taken effect. It is recorded as dirty: inspect the schema, \
-             finish or undo the change by hand, then run `datamig schema repair --dirty applied` or `--dirty reverted`",
-            failed(&f),
-            f.statements_done
-        ))),
+        Err(f) => {
+            let outcome = format!(
+                "after {} statement(s) had already taken effect ({}); it is recorded as dirty",
+                f.statements_done,
+                why_statement_by_statement(conn, no_tx)
+            );
+            log_failure(conn, "downgrade failed", m, &f, &outcome).await;
+            Err(Error::Dirty {
+                message: format!("{what} failed: {}, {outcome}", f.message),
+                advice: DIRTY_ADVICE.into(),
+            })
+        }
     }
 }
 
@@ -785,6 +972,168 @@ pub enum Resolution {
     Applied,
     /// None of them are.
     Reverted,
+}
+
+/// Refuses when a migration is recorded dirty: a data job over a half-applied
+/// schema is what the dirty record exists to prevent.
+pub async fn refuse_dirty(conn: &mut Conn) -> Result<()> {
+    match applied(conn)
+        .await?
+        .iter()
+        .find(|a| a.dirty != Dirty::Clean)
+    {
+        Some(a) => Err(dirty_error(a)),
+        None => Ok(()),
+    }
+}
+
+/// A table or column a migration's up creates, as far as its text says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Created {
+    Table(String),
+    Column(String, String),
+}
+
+/// An identifier as the catalogue holds it: quotes removed; unquoted, folded
+/// to lower case where the database folds (PostgreSQL).
+fn ident(word: &str, backend: Backend) -> String {
+    let quoted = word.starts_with(['"', '`', '[']);
+    let bare = word.trim_matches(|c| matches!(c, '"' | '`' | '[' | ']' | '(' | ';' | ','));
+    let bare = bare.rsplit('.').next().unwrap_or(bare);
+    if !quoted && backend == Backend::Postgres {
+        bare.to_ascii_lowercase()
+    } else {
+        bare.to_string()
+    }
+}
+
+/// The tables (`CREATE TABLE`) and columns (`ALTER TABLE … ADD [COLUMN]`) the
+/// SQL creates, and how many of its statements change data (which no catalogue shows).
+fn created_by(sql: &str, backend: Backend) -> (Vec<Created>, usize) {
+    let mut created = Vec::new();
+    let mut data = 0;
+    for st in split::split(sql, flavor(backend)) {
+        let start = st.sql.len() - strip_comments(&st.sql).len();
+        let words: Vec<&str> = st.sql[start..].split_whitespace().collect();
+        let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+        let is = |i: usize, w: &str| lower.get(i).is_some_and(|x| x == w);
+        if is(0, "create") {
+            let mut i = 1;
+            while lower.get(i).is_some_and(|w| {
+                matches!(
+                    w.as_str(),
+                    "temporary" | "temp" | "unlogged" | "or" | "replace"
+                )
+            }) {
+                i += 1;
+            }
+            if is(i, "table") {
+                i += 1;
+                if is(i, "if") && is(i + 1, "not") && is(i + 2, "exists") {
+                    i += 3;
+                }
+                if let Some(name) = words.get(i) {
+                    let name = name.split('(').next().unwrap_or(name);
+                    created.push(Created::Table(ident(name, backend)));
+                }
+            }
+        } else if is(0, "alter") && is(1, "table") {
+            let mut i = 2;
+            if is(i, "if") && is(i + 1, "exists") {
+                i += 2;
+            }
+            if is(i, "only") {
+                i += 1;
+            }
+            let Some(table) = words.get(i).map(|t| ident(t, backend)) else {
+                continue;
+            };
+            i += 1;
+            if is(i, "add") {
+                i += 1;
+                if is(i, "column") {
+                    i += 1;
+                }
+                if is(i, "if") && is(i + 1, "not") && is(i + 2, "exists") {
+                    i += 3;
+                }
+                let constraint = lower.get(i).is_some_and(|w| {
+                    matches!(
+                        w.as_str(),
+                        "constraint" | "primary" | "unique" | "foreign" | "check" | "index" | "key"
+                    )
+                });
+                if let (Some(column), false) = (words.get(i), constraint) {
+                    created.push(Created::Column(table, ident(column, backend)));
+                }
+            }
+        } else if lower
+            .first()
+            .is_some_and(|w| matches!(w.as_str(), "insert" | "update" | "delete" | "replace"))
+        {
+            data += 1;
+        }
+    }
+    (created, data)
+}
+
+/// Checks what `--dirty applied|reverted` asserts against the catalogue: the
+/// tables and columns the migration's up creates exist (applied) or do not
+/// (reverted). Returns what cannot be checked, for the operator to confirm.
+async fn check_resolution(
+    conn: &mut Conn,
+    file: Option<&Migration>,
+    resolution: Resolution,
+) -> Result<Option<String>> {
+    let Some(m) = file else {
+        return Ok(Some(
+            "its files are missing, so nothing of it could be checked".into(),
+        ));
+    };
+    // Whichever way it failed, `applied` means the up's changes are there and
+    // `reverted` that they are not.
+    let (created, data) = created_by(&m.up, conn.backend());
+    let mut wrong = Vec::new();
+    for c in &created {
+        let (exists, what) = match c {
+            Created::Table(t) => (conn.table_exists(t).await, format!("table {t}")),
+            Created::Column(t, col) => (
+                conn.column_exists(t, col).await,
+                format!("column {t}.{col}"),
+            ),
+        };
+        let exists = exists.map_err(|e| Error::db("cannot read the catalogue", db_message(&e)))?;
+        match (resolution, exists) {
+            (Resolution::Reverted, true) => wrong.push(format!("{what} exists")),
+            (Resolution::Applied, false) => wrong.push(format!("{what} does not exist")),
+            _ => {}
+        }
+    }
+    if !wrong.is_empty() {
+        let (says, other) = match resolution {
+            Resolution::Reverted => ("none of its changes are in place", "applied"),
+            Resolution::Applied => ("all of its changes are in place", "reverted"),
+        };
+        return Err(Error::Dirty {
+            message: format!(
+                "`--dirty {}` says {says}, but the up file of {} creates what the database contradicts: {}",
+                if resolution == Resolution::Applied { "applied" } else { "reverted" },
+                m.id(),
+                wrong.join(", ")
+            ),
+            advice: format!(
+                "Finish or undo the change by hand so that this holds, then run the repair again \
+                 (or `--dirty {other}` if that is what is true)"
+            ),
+        });
+    }
+    Ok((data > 0).then(|| {
+        format!(
+            "its {data} data change(s) (INSERT, UPDATE, DELETE) cannot be checked from the catalogue: make sure \
+             they are {}",
+            if resolution == Resolution::Applied { "in place" } else { "undone" }
+        )
+    }))
 }
 
 /// `schema repair`: accepts edited files' checksums and resolves dirty records,
@@ -805,6 +1154,7 @@ pub async fn repair(
                 let Some(resolution) = dirty else {
                     return Err(dirty_error(a));
                 };
+                let unchecked = check_resolution(conn, file, resolution).await?;
                 conn.begin().await.map_err(bookkeeping)?;
                 let (sql, params, detail) = match resolution {
                     Resolution::Applied => {
@@ -829,6 +1179,9 @@ pub async fn repair(
                     .map_err(bookkeeping)?;
                 conn.commit().await.map_err(bookkeeping)?;
                 out(format!("{}_{}: {detail}", a.version, a.name));
+                if let Some(unchecked) = unchecked {
+                    out(format!("warning: {}_{}: {unchecked}", a.version, a.name));
+                }
                 fixed += 1;
                 continue;
             }
@@ -861,4 +1214,40 @@ pub async fn repair(
         Ok(fixed)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_tables_and_columns_an_up_creates() {
+        let sql = "CREATE TABLE IF NOT EXISTS \"Orders\" (id INT);\nCREATE TABLE items(id INT);\n\
+                   ALTER TABLE users ADD COLUMN email TEXT;\nALTER TABLE users ADD CONSTRAINT c CHECK (id > 0);\n\
+                   ALTER TABLE Users ADD phone TEXT;\nINSERT INTO items VALUES (1);\nUPDATE items SET id = 2;\n";
+        let (created, data) = created_by(sql, Backend::Postgres);
+        assert_eq!(
+            created,
+            vec![
+                Created::Table("Orders".into()),
+                Created::Table("items".into()),
+                Created::Column("users".into(), "email".into()),
+                Created::Column("users".into(), "phone".into()),
+            ]
+        );
+        assert_eq!(data, 2);
+    }
+
+    #[test]
+    fn only_data_changes_roll_back_on_mysql() {
+        assert!(rolls_back_on_mysql(
+            "INSERT INTO a VALUES (1);\nUPDATE a SET x = 1;\n-- c\nDELETE FROM a;"
+        ));
+        assert!(!rolls_back_on_mysql(
+            "INSERT INTO a VALUES (1);\nCREATE TABLE b (id INT);"
+        ));
+        assert!(!rolls_back_on_mysql(
+            "START TRANSACTION;\nINSERT INTO a VALUES (1);\nCOMMIT;"
+        ));
+    }
 }

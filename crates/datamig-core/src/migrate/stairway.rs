@@ -50,15 +50,25 @@ pub async fn schema_test(
 async fn climb(conn: &mut Conn, migrations: &[Migration], out: Out<'_>) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for m in migrations {
-        let step = |what: &str, e: Error| format!("  {}: {what} failed: {e}", m.id());
+        // What went wrong, without the advice for a real database: the
+        // scratch one is dropped at the end, there is nothing to repair.
+        let step = |what: &str, e: Error| {
+            let e = match e {
+                Error::Dirty { message, .. } => message,
+                e => e.to_string(),
+            };
+            format!("  {}: {what} failed: {e}", m.id())
+        };
         let before = conn.snapshot().await?;
         if let Err(e) = apply_up(conn, m).await {
             problems.push(step("up", e));
+            out(format!("FAIL {}", m.id()));
             break;
         }
         let after = conn.snapshot().await?;
         if let Err(e) = apply_down(conn, m).await {
             problems.push(step("down", e));
+            out(format!("FAIL {}", m.id()));
             break;
         }
         let reverted = conn.snapshot().await?;
@@ -74,6 +84,7 @@ async fn climb(conn: &mut Conn, migrations: &[Migration], out: Out<'_>) -> Resul
         }
         if let Err(e) = apply_up(conn, m).await {
             problems.push(step("up again after down", e));
+            out(format!("FAIL {}", m.id()));
             break;
         }
         let again = conn.snapshot().await?;

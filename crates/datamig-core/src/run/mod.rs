@@ -372,8 +372,10 @@ pub fn rejects_partial(file: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(name)
 }
 
-/// Refuses to run when the job's migration is not applied or its table is missing.
+/// Refuses to run when a migration is dirty, or the job's migration is not
+/// applied or its table is missing.
 pub async fn check_schema(conn: &mut Conn, job: &dyn DynJob, plan: &Plan) -> Result<()> {
+    migrate::refuse_dirty(conn).await?;
     if let Some(version) = job.requires_migration() {
         let applied = migrate::applied(conn).await?;
         if !applied
