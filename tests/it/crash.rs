@@ -263,7 +263,12 @@ each_server! {
 fn server_lost_mid_upgrade(kind: Db) {
     let server = Server::start(kind);
     let p = Project::with(TestDb::on(kind, &server.url()));
-    p.migration(20261201000018, "create_t19", "CREATE TABLE t19 (id INT);\n", "DROP TABLE t19;\n");
+    p.migration(
+        20261201000018,
+        "create_t19",
+        "CREATE TABLE t19 (id INT);\n",
+        "DROP TABLE t19;\n",
+    );
     let slow = match kind {
         Db::Postgres => "INSERT INTO t19 VALUES (1);\nSELECT pg_sleep(10);\n",
         _ => "INSERT INTO t19 VALUES (1);\nDO SLEEP(10);\n",
@@ -279,17 +284,32 @@ fn server_lost_mid_upgrade(kind: Db) {
     while !(p.db.table_exists("datamig_schema_history")
         && p.db.scalar("SELECT count(*) FROM datamig_schema_history") == 1)
     {
-        assert!(Instant::now() < deadline, "the first migration was not applied");
+        assert!(
+            Instant::now() < deadline,
+            "the first migration was not applied"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
     server.restart(Duration::from_millis(200));
     let run = to_run(child.wait_with_output().unwrap());
     assert_eq!(run.code, 4, "{run:?}");
-    assert!(run.stderr.contains("migration 20261201000019_insert_t19: the connection to"), "{run:?}");
-    assert!(run.stderr.contains("Run the command again once the server answers"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("migration 20261201000019_insert_t19: the connection to"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("Run the command again once the server answers"),
+        "{run:?}"
+    );
     assert!(!run.stderr.contains("Fix "), "{run:?}");
-    assert_eq!(p.db.scalar("SELECT count(*) FROM t19"), 0, "rolled back with the connection");
+    assert_eq!(
+        p.db.scalar("SELECT count(*) FROM t19"),
+        0,
+        "rolled back with the connection"
+    );
     let fast = match kind {
         Db::Postgres => "INSERT INTO t19 VALUES (1);\nSELECT pg_sleep(0);\n",
         _ => "INSERT INTO t19 VALUES (1);\nDO SLEEP(0);\n",

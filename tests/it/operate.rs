@@ -1130,3 +1130,36 @@ fn replica_lost_mid_run_mariadb() {
     copy_on_replica(replica_url.as_str(), 3_000);
     replica_lost_mid_run(&p, replica_url.as_str(), 3_000);
 }
+
+each_db! {
+    // An unterminated quote made the csv crate read the rest of the file as one
+    // field: the import said "over 6 rows", rejected line 7 as too long, and
+    // never imported the 15 valid records after it (exit 0).
+    fn an_unterminated_quote_in_a_csv_import_rejects_its_record_and_imports_the_rest(kind: Db) {
+        let p = Project::new(kind);
+        p.copy_project_migrations();
+        p.ok(&["schema", "upgrade"]);
+        let mut csv = String::from("id,email\n");
+        for i in 1..=5 {
+            csv.push_str(&format!("{i},user{i}@example.com\n"));
+        }
+        csv.push_str("300100,\"unterminated\n");
+        for i in 6..=19 {
+            csv.push_str(&format!("{i},user{i}@example.com\n"));
+        }
+        // A legitimate field over two lines, after it; and a last line open too.
+        csv.push_str("20,\"two\nlines@example.com\"\n21,\"open at the end\n");
+        std::fs::write(p.path().join("users.csv"), &csv).unwrap();
+        let file = p.path().join("rejects.csv");
+        let run = p.run(&["run", "import_users", "--arg", "file=users.csv", "--batch", "4", "--rejects-file", file.to_str().unwrap()]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stderr.contains("over 22 rows"), "the total counts every record: {run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM users"), 20, "{run:?}");
+        assert_eq!(p.db.query("SELECT email FROM users WHERE id = 20")[0][0], "two\nlines@example.com");
+        let runs = p.db.query("SELECT rows_done, rows_changed, rows_rejected FROM datamig_runs WHERE job = 'import_users'");
+        assert_eq!(runs, vec![vec!["22".to_string(), "20".into(), "2".into()]], "{run:?}");
+        let rejects = std::fs::read_to_string(&file).unwrap();
+        assert!(rejects.contains("line 7,\"malformed CSV: the quoted field that opens at byte 116 is not closed where a field ends"), "{rejects}");
+        assert!(rejects.contains("line 24,\"malformed CSV: the quoted field that opens at byte 460 is never closed"), "{rejects}");
+    }
+}
