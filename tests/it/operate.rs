@@ -1163,3 +1163,134 @@ each_db! {
         assert!(rejects.contains("line 24,\"malformed CSV: the quoted field that opens at byte 460 is never closed"), "{rejects}");
     }
 }
+
+/// The rows the run committed in its busiest second, from its batch history.
+fn busiest_second(p: &Project) -> i64 {
+    let rows =
+        p.db.query("SELECT at_ms, rows_done FROM datamig_batches ORDER BY at_ms");
+    let batches: Vec<(i64, i64)> = rows
+        .iter()
+        .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
+        .collect();
+    batches
+        .iter()
+        .map(|(at, _)| {
+            batches
+                .iter()
+                .filter(|(t, _)| (*at..at + 1000).contains(t))
+                .map(|(_, n)| n)
+                .sum()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+each_db! {
+    // After a pause (or any wait), a run with --rate committed a second's worth
+    // of batches at once: a wait banked credit.
+    fn a_rate_limit_stays_within_one_batch_of_its_rate_right_after_a_pause(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 3_000);
+        let mut args = vec!["run", "count_visits", "--batch", "100", "--rate", "1000", "--arg", "unchecked=true"];
+        if kind == Db::Sqlite {
+            args.extend(["--sleep", "5ms"]); // room for the pause request's write
+        }
+        let mut child = spawn(&p, &args);
+        wait_for_progress(&p, &mut child, 500);
+        assert_eq!(p.run_fixtures(&["pause", "count_visits"]).code, 0);
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(p.run_fixtures(&["resume", "count_visits"]).code, 0);
+        let run = to_run(child.wait_with_output().unwrap());
+        assert_eq!(run.code, 0, "{run:?}");
+        let busiest = busiest_second(&p);
+        assert!(busiest <= 1100, "{busiest} rows in one second at --rate 1000 --batch 100: {run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits = 1"), 3_000);
+    }
+
+    // The resume hint left out --rate and every other flag that shaped the run.
+    fn the_resume_hint_is_the_command_that_shaped_the_run(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 20_000);
+        let args = [
+            "run", "count_visits", "--batch", "200", "--arg", "pause_ms=3", "--rate", "10000", "--sleep", "5ms",
+            "--max-runtime", "30m", "--lock-timeout", "3s",
+        ];
+        let mut child = spawn(&p, &args);
+        wait_for_progress(&p, &mut child, 1_000);
+        std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let stopped = to_run(child.wait_with_output().unwrap());
+        assert_eq!(stopped.code, 130, "{stopped:?}");
+        assert!(
+            stopped.stderr.contains(
+                "Resume with: datamig run count_visits --batch 200 --arg pause_ms=3 --rate 10000 --sleep 5ms \
+                 --max-runtime 30m --lock-timeout 3s"
+            ),
+            "{stopped:?}"
+        );
+        // The run keeps its rate when resumed without --rate, and says so.
+        let resumed = p.run_fixtures(&["run", "count_visits", "--batch", "200", "--arg", "pause_ms=3"]);
+        assert_eq!(resumed.code, 0, "{resumed:?}");
+        assert!(resumed.stderr.contains("going on at the run's rate limit of 10000 rows/s"), "{resumed:?}");
+    }
+}
+
+/// A second process that joined a partitioned run without --rate was not
+/// limited (31k rows/s beside a first with --rate 15000): the run's rate is
+/// the run's, and every process that joins keeps to it.
+fn a_process_joining_without_rate_keeps_the_runs_rate(kind: Db) {
+    let p = Project::new(kind);
+    let n = 12_000;
+    visits(&p, n);
+    let started = Instant::now();
+    let first = spawn(
+        &p,
+        &[
+            "run",
+            "count_visits",
+            "--batch",
+            "100",
+            "--workers",
+            "1",
+            "--rate",
+            "2000",
+            "--arg",
+            "unchecked=true",
+        ],
+    );
+    let mut first = first;
+    wait_for_progress(&p, &mut first, 1);
+    let second = to_run(
+        p.fixtures(&[
+            "run",
+            "count_visits",
+            "--batch",
+            "100",
+            "--workers",
+            "1",
+            "--arg",
+            "unchecked=true",
+        ])
+        .output()
+        .unwrap(),
+    );
+    let first = to_run(first.wait_with_output().unwrap());
+    let took = started.elapsed();
+    assert_eq!(second.code, 0, "{second:?}");
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(
+        second
+            .stderr
+            .contains("going on at the run's rate limit of 2000 rows/s for every process on it"),
+        "{second:?}"
+    );
+    // 12000 rows at 2000 rows/s: about 6 s, whatever joins.
+    assert!(
+        took >= Duration::from_millis(5000),
+        "{n} rows at --rate 2000 took {took:?}"
+    );
+    assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits = 1"), n);
+}
+
+crate::each_server! {
+    a_process_joining_without_rate_keeps_the_runs_rate: a_process_joining_without_rate_keeps_the_runs_rate;
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use datamig_core::config::parse_duration;
-use datamig_core::run::pace::Rate;
+use datamig_core::run::pace::RateChoice;
 
 /// Batched data migrations: versioned schema steps, and Rust data jobs that run in
 /// checkpointed, resumable batches.
@@ -172,9 +172,11 @@ pub struct RunCmd {
     pub warn_run_time: Option<Duration>,
 
     /// At most this many rows a second over the whole run (2000, 2000/s,
-    /// 120000/m, 500000/h), or batches with b (5b/s).
+    /// 120000/m, 500000/h), or batches with b (5b/s). The rate belongs to the
+    /// run: resumed, or joined by another process, it keeps its rate without
+    /// --rate; a new --rate changes it for every process on it, `none` lifts it.
     #[arg(long, value_name = "RATE", value_parser = parse_rate, help_heading = "Pace")]
-    pub rate: Option<Rate>,
+    pub rate: Option<RateChoice>,
     /// Adapt the batch size so that each batch takes about this long (--batch is
     /// where it starts; it moves at most 2x per batch).
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, help_heading = "Pace")]
@@ -246,8 +248,8 @@ pub enum AnalyzeArg {
     Never,
 }
 
-fn parse_rate(s: &str) -> Result<Rate, String> {
-    Rate::parse(s)
+fn parse_rate(s: &str) -> Result<RateChoice, String> {
+    RateChoice::parse(s)
 }
 
 /// A duration above zero.

@@ -34,23 +34,78 @@ fn parse_args(job: &dyn DynJob, pairs: &[(String, String)]) -> Result<ParsedArgs
     job.parse_args(pairs).map_err(Error::Usage)
 }
 
-/// The command that resumes this run, safe to print: never a `--database-url`.
+/// The command that resumes this run as it was: this invocation's own command
+/// line with every flag that shaped the run (pace, throttles, windows, workers,
+/// timeouts, outputs), without `--restart` and `--dry-run`, and safe to print:
+/// never a `--database-url` (said in words instead), a replica's password masked.
 fn resume_command(global: &GlobalOpts, cmd: &RunCmd) -> String {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    resume_command_from(&argv, cmd.batch, global.database_url.is_some())
+}
+
+fn resume_command_from(argv: &[String], batch: i64, secret_url: bool) -> String {
+    // Flags that take a value as the next argument, when not written `--flag=value`.
+    const DROPPED: &[&str] = &["--restart", "--dry-run"];
+    const DROPPED_WITH_VALUE: &[&str] = &["--database-url", "--dry-run-batches"];
     let mut parts = vec!["datamig".to_string()];
-    if let Some(env) = &global.env {
-        parts.push(format!("--env {env}"));
+    let mut has_batch = false;
+    let mut i = 0;
+    while i < argv.len() {
+        let arg = &argv[i];
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ => (arg.as_str(), None),
+        };
+        if DROPPED.contains(&flag) {
+            i += 1;
+            continue;
+        }
+        if DROPPED_WITH_VALUE.contains(&flag) {
+            i += if inline.is_some() { 1 } else { 2 };
+            continue;
+        }
+        has_batch |= flag == "--batch";
+        if flag == "--replica" {
+            let value = inline
+                .map(str::to_string)
+                .or_else(|| argv.get(i + 1).cloned());
+            let shown = value
+                .as_deref()
+                .map(|u| {
+                    DatabaseUrl::parse(u)
+                        .map_or("<the same URL>".into(), |u| u.redacted().to_string())
+                })
+                .unwrap_or_default();
+            parts.push(format!("--replica {}", quote(&shown)));
+            i += if inline.is_some() { 1 } else { 2 };
+            continue;
+        }
+        parts.push(quote(arg));
+        i += 1;
     }
-    parts.push(format!("run {} --batch {}", cmd.job, cmd.batch));
-    if let Some(n) = cmd.workers {
-        parts.push(format!("--workers {n}"));
+    if !has_batch {
+        // After the job's name: `datamig … run <job> --batch N`.
+        if let Some(at) = parts.iter().position(|p| p == "run") {
+            parts.insert((at + 2).min(parts.len()), format!("--batch {batch}"));
+        }
     }
-    for (k, v) in &cmd.args {
-        parts.push(format!("--arg {k}={v}"));
-    }
-    if global.database_url.is_some() {
+    if secret_url {
         parts.push("(with the same --database-url)".into());
     }
     parts.join(" ")
+}
+
+/// An argument as a shell reads it back.
+fn quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+*".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
 }
 
 /// Ctrl-C or SIGTERM: finish the batch in flight, checkpoint, stop. Twice: stop now.
@@ -98,7 +153,7 @@ fn options(global: &GlobalOpts, cmd: &RunCmd, settings: &Settings) -> Result<Opt
         CountArg::None => CountMode::None,
     };
     opts.resume_command = resume_command(global, cmd);
-    opts.rate = cmd.rate;
+    opts.rate = cmd.rate.unwrap_or_default();
     opts.target_batch_time = cmd.target_batch_time;
     opts.batch_min = cmd.batch_min;
     opts.batch_max = cmd.batch_max;
@@ -536,4 +591,59 @@ pub async fn verify(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| (*a).to_string()).collect()
+    }
+
+    #[test]
+    fn the_resume_command_is_the_run_as_it_was() {
+        let argv = args(&[
+            "--env",
+            "staging",
+            "run",
+            "backfill_emails",
+            "--rate",
+            "10000",
+            "--sleep",
+            "20ms",
+            "--restart",
+            "--max-active",
+            "8",
+            "--replica",
+            "postgres://u:secret@r/db",
+            "--until=05:00",
+            "--workers",
+            "2",
+            "--probe",
+            "SELECT 1 FROM users LIMIT 1",
+            "--probe-max",
+            "50ms",
+            "--arg",
+            "older_than=30d",
+        ]);
+        assert_eq!(
+            resume_command_from(&argv, 5000, false),
+            "datamig --env staging run backfill_emails --batch 5000 --rate 10000 --sleep 20ms --max-active 8 \
+             --replica postgres://u:***@r/db --until=05:00 --workers 2 --probe 'SELECT 1 FROM users LIMIT 1' \
+             --probe-max 50ms --arg older_than=30d"
+        );
+        let argv = args(&[
+            "--database-url=postgres://a:pw@h/d",
+            "run",
+            "j",
+            "--batch",
+            "7",
+            "--dry-run",
+        ]);
+        assert_eq!(
+            resume_command_from(&argv, 7, true),
+            "datamig run j --batch 7 (with the same --database-url)"
+        );
+    }
 }

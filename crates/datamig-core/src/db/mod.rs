@@ -442,6 +442,9 @@ pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // A file's length matching the checkpoint: a CSV import's read position, an
     // archive's size (a file written past it belongs to a batch that rolled back).
     ("datamig_runs", "file_offset", "BIGINT"),
+    // The run's rate limit (`--rate`, as `Rate::canonical` writes it), which
+    // every process on the run keeps to.
+    ("datamig_runs", "rate", "VARCHAR(40)"),
 ];
 
 /// Runs `{explain} {sql}` (an EXPLAIN that prints JSON in one cell) and parses

@@ -91,8 +91,9 @@ pub struct Options {
     pub sleep: Duration,
     /// The command that resumes this run, for the messages that need it.
     pub resume_command: String,
-    /// Rows (or batches) per second, over the whole run.
-    pub rate: Option<pace::Rate>,
+    /// Rows (or batches) per second, over the whole run: the run's rate, kept
+    /// with it, or a new one for it (`--rate`), or none (`--rate none`).
+    pub rate: pace::RateChoice,
     /// Adapt the batch size so that a batch takes about this long, within
     /// `batch_min..=batch_max` (`batch_size` is where it starts).
     pub target_batch_time: Option<Duration>,
@@ -137,7 +138,7 @@ impl Options {
             max_retries: 10,
             sleep: Duration::ZERO,
             resume_command: String::new(),
-            rate: None,
+            rate: pace::RateChoice::Keep,
             target_batch_time: None,
             batch_min: 1,
             batch_max: MAX_BATCH,
@@ -658,7 +659,8 @@ async fn run_locked(
         .await
         .map_err(|e| crate::db::error("cannot record the run", &e))?;
     let mut sizer = sizer(opts);
-    let limiter = opts.rate.map(|r| {
+    let rate = settle_rate(conn, run_id, record.as_ref(), opts.rate, false, obs).await?;
+    let limiter = rate.map(|r| {
         // Its burst is one batch (a second's worth at least): after a long
         // wait the run may not make up for lost time in a rush.
         let largest = match opts.target_batch_time {
@@ -1105,6 +1107,52 @@ fn verified(job: &dyn DynJob, report: &Report) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// The run's rate limit from now on, recorded with the run: `--rate` sets it
+/// (for every process on a partitioned run), `--rate none` lifts it, and
+/// without either the run keeps the one it has. Says so when it changes or is kept.
+async fn settle_rate(
+    conn: &mut Conn,
+    run_id: i64,
+    record: Option<&RunRecord>,
+    choice: pace::RateChoice,
+    partitioned: bool,
+    obs: &mut dyn Observer,
+) -> Result<Option<pace::Rate>> {
+    let had = record
+        .and_then(|r| r.rate.as_deref())
+        .and_then(|r| pace::Rate::parse(r).ok());
+    let everyone = if partitioned {
+        " for every process on it"
+    } else {
+        ""
+    };
+    let rate = match choice {
+        pace::RateChoice::Keep => {
+            if let (Some(r), Some(_)) = (had, record) {
+                obs.message(&format!(
+                    "going on at the run's rate limit of {r}{everyone} (--rate changes it, --rate none lifts it)"
+                ));
+            }
+            return Ok(had);
+        }
+        pace::RateChoice::Set(r) => Some(r),
+        pace::RateChoice::Lift => None,
+    };
+    if rate != had {
+        store::set_rate(conn, run_id, rate.map(|r| r.canonical()).as_deref()).await?;
+        match (had, rate) {
+            (Some(old), Some(new)) => obs.message(&format!(
+                "the run's rate limit is {new} from now on{everyone} (it was {old})"
+            )),
+            (Some(old), None) => obs.message(&format!(
+                "the run's rate limit of {old} is lifted{everyone}"
+            )),
+            _ => {}
+        }
+    }
+    Ok(rate)
 }
 
 /// What every run does first: connects to the replicas to watch and tries the

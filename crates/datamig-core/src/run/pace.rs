@@ -41,7 +41,7 @@ impl Rate {
         let bad = || {
             format!(
                 "`{input}` is not a rate; write rows per second (2000, 2000/s), per minute \
-                 (120000/m) or per hour (500000/h), or batches with b (5b/s)"
+                 (120000/m) or per hour (500000/h), or batches with b (5b/s); `none` lifts a run's rate"
             )
         };
         let s = input.trim();
@@ -69,6 +69,47 @@ impl Rate {
     }
 }
 
+impl Rate {
+    /// The rate as [`Rate::parse`] reads it back (`2000/s`, `5b/m`): how a run
+    /// records it.
+    pub fn canonical(&self) -> String {
+        let per = match self.per.as_secs() {
+            60 => "m",
+            3600 => "h",
+            _ => "s",
+        };
+        let b = if self.unit == RateUnit::Batches {
+            "b"
+        } else {
+            ""
+        };
+        format!("{}{b}/{per}", self.amount)
+    }
+}
+
+/// What `--rate` says of a run's rate limit, which belongs to the run (it is
+/// recorded with it, and every process on the run keeps it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateChoice {
+    /// No `--rate`: the run's own rate (none for a new run).
+    #[default]
+    Keep,
+    /// `--rate R`: the run's rate from now on, for every process on it.
+    Set(Rate),
+    /// `--rate none`: lift the run's rate.
+    Lift,
+}
+
+impl RateChoice {
+    /// Parses `--rate`: a rate, or `none`.
+    pub fn parse(input: &str) -> Result<RateChoice, String> {
+        if input.trim().eq_ignore_ascii_case("none") {
+            return Ok(RateChoice::Lift);
+        }
+        Rate::parse(input).map(RateChoice::Set)
+    }
+}
+
 impl std::fmt::Display for Rate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let per = match self.per.as_secs() {
@@ -85,9 +126,10 @@ impl std::fmt::Display for Rate {
 }
 
 /// Holds a run to its rate. Before each batch the run takes the batch's rows
-/// (or one batch) from a GCRA limiter; the limiter starts empty, so the average
-/// over any stretch of the run stays at the rate instead of starting with a
-/// burst. Shared by every worker of a run.
+/// (or one batch) from a GCRA limiter; the limiter starts empty, and holds at
+/// most one batch's worth of credit, so that the run is never more than one
+/// batch ahead of the rate — right after a long wait (a throttle, a pause) too:
+/// a wait banks no credit. Shared by every worker of a run.
 pub struct Limiter {
     limiter: DefaultDirectRateLimiter,
     rate: Rate,
@@ -97,13 +139,15 @@ pub struct Limiter {
 impl Limiter {
     /// A limiter for `rate` whose batches are at most `max_batch` rows.
     pub fn new(rate: Rate, max_batch: u64) -> Limiter {
-        // The burst must hold the largest request (one batch), and be at least
-        // one period's worth so that a slow batch does not lose its share.
+        // The burst holds the largest request (one batch) and no more: a burst of
+        // a period's worth let a run that had waited 3 s commit five batches
+        // within 30 ms. A run slower than its rate loses nothing by it: it
+        // never waits then.
         let largest = match rate.unit {
             RateUnit::Rows => u32::try_from(max_batch).unwrap_or(u32::MAX),
             RateUnit::Batches => 1,
         };
-        let burst = NonZeroU32::new(largest.max(rate.amount).max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(largest.max(1)).unwrap_or(NonZeroU32::MIN);
         let period = rate.per / rate.amount;
         let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
@@ -316,6 +360,16 @@ mod tests {
             wait > Duration::from_millis(50) && wait <= Duration::from_millis(100),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn a_wait_banks_no_credit() {
+        let l = Limiter::new(Rate::parse("1000").unwrap(), 100);
+        // A long wait: far more than a second's worth of rows is "owed".
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(l.wait_for(100), None, "one batch may go at once");
+        let wait = l.wait_for(100).expect("the second must wait its turn");
+        assert!(wait > Duration::from_millis(50), "{wait:?}");
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct RunRecord {
     pub request_by: Option<String>,
     /// A file's length that goes with the checkpoint (CSV sources and archives).
     pub file_offset: Option<i64>,
+    /// The run's rate limit, as `--rate` takes it (`2000/s`), if it has one.
+    pub rate: Option<String>,
 }
 
 /// What `datamig pause|resume|cancel` asks of a running run.
@@ -116,15 +118,26 @@ impl Request {
     }
 }
 
-fn columns(conn: &Conn) -> String {
-    format!(
+/// The columns [`parse`] reads; those later versions added read as NULL from
+/// a table an earlier version made (until a run completes it), so that reading
+/// the runs never needs a change to the database.
+async fn columns(conn: &mut Conn) -> sqlx::Result<String> {
+    let mut added = Vec::new();
+    for column in ["request", "request_by", "file_offset", "rate"] {
+        added.push(if conn.column_exists("datamig_runs", column).await? {
+            column.to_string()
+        } else {
+            "NULL".to_string()
+        });
+    }
+    Ok(format!(
         "id, job, args, state, position, rows_done, rows_changed, rows_rejected, batches_done, total_rows, batch_size, \
-         elapsed_ms, max_batch_ms, bookkeeping_ms, {}, {}, {}, owner, last_error, verification, \
-         request, request_by, file_offset",
+         elapsed_ms, max_batch_ms, bookkeeping_ms, {}, {}, {}, owner, last_error, verification, {}",
         conn.timestamp_text("started_at"),
         conn.timestamp_text("updated_at"),
         conn.timestamp_text("finished_at"),
-    )
+        added.join(", ")
+    ))
 }
 
 fn parse(row: Vec<Value>) -> Result<RunRecord> {
@@ -168,6 +181,7 @@ fn parse(row: Vec<Value>) -> Result<RunRecord> {
         request: next().into_string().as_deref().and_then(Request::parse),
         request_by: next().into_string(),
         file_offset: next().as_i64(),
+        rate: next().into_string(),
     })
 }
 
@@ -188,10 +202,10 @@ pub async fn list(conn: &mut Conn, job: Option<&str>, limit: i64) -> Result<Vec<
         Some(j) => ("WHERE job = ?", vec![Value::from(j)]),
         None => ("", vec![]),
     };
-    let sql = format!(
-        "SELECT {} FROM datamig_runs {filter} ORDER BY id DESC LIMIT {limit}",
-        columns(conn)
-    );
+    let columns = columns(conn)
+        .await
+        .map_err(failed("cannot read datamig_runs"))?;
+    let sql = format!("SELECT {columns} FROM datamig_runs {filter} ORDER BY id DESC LIMIT {limit}");
     let rows = conn
         .fetch(&sql, &params)
         .await
@@ -545,6 +559,25 @@ pub async fn record_batches(
         conn.execute(&sql, &params).await?;
     }
     Ok(())
+}
+
+/// Records the run's rate limit (`None`: it has none).
+pub async fn set_rate(conn: &mut Conn, id: i64, rate: Option<&str>) -> Result<()> {
+    conn.execute(
+        "UPDATE datamig_runs SET rate = ? WHERE id = ?",
+        &[rate.into(), id.into()],
+    )
+    .await
+    .map(drop)
+    .map_err(failed("cannot record the run's rate"))
+}
+
+/// The run's rate limit as recorded now.
+pub async fn rate(conn: &mut Conn, id: i64) -> sqlx::Result<Option<String>> {
+    let row = conn
+        .fetch_one("SELECT rate FROM datamig_runs WHERE id = ?", &[id.into()])
+        .await?;
+    Ok(row.into_iter().next().and_then(Value::into_string))
 }
 
 /// Removes the history records of a single-cursor run's batches after `batch`

@@ -497,6 +497,7 @@ async fn work(
     let plan = Arc::new(plan);
     let started = Instant::now();
     let record = joined.record.as_ref();
+    let rate = super::settle_rate(conn, run_id, record, opts.rate, true, obs).await?;
     // Wall-clock time of the run: before this process joined, and since.
     let elapsed_before = record.map_or(0, |r| r.elapsed_ms);
     let totals = partition::totals(conn, run_id)
@@ -536,9 +537,7 @@ async fn work(
         lease_ms: ms(lease),
         gate: gate_rx,
         events: events_tx,
-        limiter: std::sync::RwLock::new(
-            opts.rate.map(|r| Arc::new(pace::Limiter::new(r, largest))),
-        ),
+        limiter: std::sync::RwLock::new(rate.map(|r| Arc::new(pace::Limiter::new(r, largest)))),
         url: conn.url().clone(),
     });
     let me = format!("{} #{:04x}", who_am_i(), rand::random::<u16>());
@@ -576,6 +575,7 @@ async fn work(
         gate: gate_tx,
         shared: &shared,
         largest_batch: largest,
+        rate,
         share: 1.0,
         poller: steer::Poller::new(opts.network_timeout.max(Duration::from_secs(1))),
         owners: &owners,
@@ -732,6 +732,9 @@ struct Control<'a> {
     shared: &'a Shared,
     /// The largest batch a worker may ask the rate limiter for.
     largest_batch: u64,
+    /// The run's rate limit, as last read from its record: a process that
+    /// joins with another `--rate` changes it for every process.
+    rate: Option<pace::Rate>,
     /// This process's share of the run's rate limit.
     share: f64,
     poller: steer::Poller,
@@ -1091,8 +1094,28 @@ impl Control<'_> {
     /// partitions at work, so that the rate holds for the run as a whole
     /// however many processes on however many hosts work on it.
     async fn share_rate(&mut self) {
-        let Some(rate) = self.opts.rate else { return };
         let run_id = self.progress.run_id;
+        if let Ok(recorded) = store::rate(self.conn, run_id).await {
+            let recorded = recorded.as_deref().and_then(|r| pace::Rate::parse(r).ok());
+            if recorded != self.rate {
+                self.rate = recorded;
+                self.share = f64::NAN; // differs from any share: the limiter is made anew
+                match recorded {
+                    Some(r) => tracing::info!(
+                        "the run's rate limit is {r} now (set by another process on it)"
+                    ),
+                    None => {
+                        tracing::info!("the run's rate limit was lifted (by another process on it)")
+                    }
+                }
+                if recorded.is_none() {
+                    if let Ok(mut l) = self.shared.limiter.write() {
+                        *l = None;
+                    }
+                }
+            }
+        }
+        let Some(rate) = self.rate else { return };
         let Ok((mine, all)) = partition::at_work(self.conn, run_id, self.owners).await else {
             return;
         };
