@@ -1294,3 +1294,52 @@ fn a_process_joining_without_rate_keeps_the_runs_rate(kind: Db) {
 crate::each_server! {
     a_process_joining_without_rate_keeps_the_runs_rate: a_process_joining_without_rate_keeps_the_runs_rate;
 }
+
+each_db! {
+    // A run whose process died showed as `running`, with `ok` verification
+    // lines (its baseline), and nothing said that no process held it.
+    fn status_tells_a_live_run_from_one_whose_process_is_gone(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 20_000);
+        let mut child = spawn(&p, &["run", "count_visits", "--batch", "200", "--arg", "pause_ms=3"]);
+        wait_for_progress(&p, &mut child, 1_000);
+        let live = p.run_fixtures(&["status", "count_visits"]);
+        assert_eq!(live.code, 0, "{live:?}");
+        assert!(live.stdout.contains("run 1: running, by "), "{live:?}");
+        child.kill().unwrap();
+        let _ = child.wait();
+        let dead = p.run_fixtures(&["status", "count_visits"]);
+        assert_eq!(dead.code, 0, "{dead:?}");
+        assert!(
+            dead.stdout.contains("run 1: running, but no process works on it (it was killed or lost its connection); `datamig run count_visits` resumes it"),
+            "{dead:?}"
+        );
+        assert!(!dead.stdout.contains("verification:"), "a baseline is no verdict: {dead:?}");
+        assert!(dead.stdout.contains("checks before the run (its baseline"), "{dead:?}");
+        let json: serde_json::Value = serde_json::from_str(&p.run_fixtures(&["status", "count_visits", "--json"]).stdout).unwrap();
+        assert_eq!(json[0]["at_work"], serde_json::Value::Null, "{json}");
+        assert!(json[0]["state_text"].as_str().unwrap().contains("no process works on it"), "{json}");
+        // An unknown job is refused, as `run` refuses it.
+        let unknown = p.run_fixtures(&["status", "nosuchjob"]);
+        assert_eq!(unknown.code, 2, "{unknown:?}");
+        assert!(unknown.stderr.contains("unknown job `nosuchjob`"), "{unknown:?}");
+    }
+
+    // `status` said 7618 rows/s where the run's summary said 378788: it left
+    // out the time the run waited. Both, named for what they are.
+    fn status_reports_the_runs_speed_as_its_summary_does_and_inside_batches(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 2_000);
+        let run = p.run_fixtures(&["run", "count_visits", "--batch", "100", "--sleep", "50ms", "--json"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let summary = summary(&run);
+        let seen = 2000.0 / (summary["elapsed_ms"].as_f64().unwrap() / 1000.0);
+        let json: serde_json::Value = serde_json::from_str(&p.run_fixtures(&["status", "count_visits", "--json"]).stdout).unwrap();
+        let overall = json[0]["rows_per_second"].as_f64().unwrap();
+        assert!((overall / seen - 1.0).abs() < 0.25, "status {overall:.0} rows/s, the summary {seen:.0}: {json}");
+        let inside = json[0]["rows_per_second_in_batches"].as_f64().unwrap();
+        assert!(inside > overall * 2.0, "inside batches {inside:.0}, over the run {overall:.0}: {json}");
+        let text = p.run_fixtures(&["status", "count_visits"]).stdout;
+        assert!(text.contains("(waits and pauses included)") && text.contains("inside its batches"), "{text}");
+    }
+}

@@ -25,7 +25,7 @@ pub async fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             json,
             limit,
             batches,
-        } => status::run(&cli.global, job.as_deref(), json, limit, batches).await,
+        } => status::run(&cli.global, registry, job.as_deref(), json, limit, batches).await,
         Command::Verify { job, args } => run::verify(&cli.global, registry, &job, &args).await,
         Command::Pause { job } => steer::run(&cli.global, registry, &job, Action::Pause).await,
         Command::Resume { job } => steer::run(&cli.global, registry, &job, Action::Resume).await,

@@ -1,5 +1,7 @@
 //! `datamig status [<job>] [--json]`: runs with state, progress, rate, cursor, times.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use datamig_core::run::{partition, store, CheckResult, RunRecord, RunState};
 use serde_json::json;
@@ -16,13 +18,35 @@ fn age_secs(timestamp: &str) -> Option<i64> {
     Some((chrono::Utc::now().naive_utc() - t).num_seconds())
 }
 
-fn state_text(r: &RunRecord) -> String {
-    match (r.state, age_secs(&r.updated_at)) {
-        (RunState::Running, Some(age)) if age > STALE_SECS => {
-            format!("running? (no checkpoint for {age}s: the process may be gone; running the job again resumes it)")
-        }
+/// The run's state as a user needs it: an unfinished run says whether a
+/// process works on it (`at_work`: who, as the job lock or the partitions'
+/// leases say), and how to go on when none does.
+fn state_text(r: &RunRecord, at_work: Option<&Option<String>>) -> String {
+    match (r.state, at_work) {
+        (RunState::Running, Some(None)) => format!(
+            "running, but no process works on it (it was killed or lost its connection); `datamig run {}` \
+             resumes it",
+            r.job
+        ),
+        (RunState::Running, Some(Some(who))) => format!("running, by {who}"),
+        (RunState::Paused, Some(Some(who))) => format!("paused, its process waiting ({who})"),
+        (RunState::Paused, Some(None)) => format!(
+            "paused, with no process waiting: `datamig resume {}` releases it, then `datamig run {}` resumes it",
+            r.job, r.job
+        ),
+        (RunState::Running, None) => match age_secs(&r.updated_at) {
+            Some(age) if age > STALE_SECS => format!(
+                "running? (no checkpoint for {age}s: the process may be gone; running the job again resumes it)"
+            ),
+            _ => "running".into(),
+        },
         (state, _) => state.to_string(),
     }
+}
+
+/// The first word of a state's text, for the table.
+fn short_state(text: &str) -> &str {
+    text.split([' ', ',']).next().unwrap_or_default()
 }
 
 fn percent(r: &RunRecord) -> Option<f64> {
@@ -32,13 +56,20 @@ fn percent(r: &RunRecord) -> Option<f64> {
         .map(|t| r.rows_done as f64 * 100.0 / t as f64)
 }
 
-fn rate(r: &RunRecord) -> f64 {
+/// Rows a second over `ms`.
+fn per_second(rows: i64, ms: i64) -> f64 {
     #[allow(clippy::cast_precision_loss)] // a rate for humans
-    if r.elapsed_ms > 0 {
-        r.rows_done as f64 * 1000.0 / r.elapsed_ms as f64
+    if ms > 0 {
+        rows as f64 * 1000.0 / ms as f64
     } else {
         0.0
     }
+}
+
+/// The run's speed as its summary has it: over the time its processes spent
+/// on it, waits (throttles, the rate limit, pauses, `--sleep`) included.
+fn rate(r: &RunRecord) -> f64 {
+    per_second(r.rows_done, r.elapsed_ms)
 }
 
 /// The cursor as a user reads it: `4180000`, `(eu, 17)`.
@@ -70,6 +101,7 @@ fn at_text(at_ms: i64) -> String {
 
 pub async fn run(
     global: &GlobalOpts,
+    registry: &datamig_core::job::Registry,
     job: Option<&str>,
     json: bool,
     limit: i64,
@@ -81,9 +113,25 @@ pub async fn run(
         )
         .into());
     }
+    if let Some(name) = job {
+        // An unknown job is refused as `run` refuses it (a typo said "no runs yet").
+        super::run::find(registry, name)?;
+    }
     let settings = settings(global)?;
     with_conn(global, &settings, async |conn| {
         let runs = store::list(conn, job, limit).await?;
+        // Whether a process works on each job's newest unfinished run.
+        let mut at_work = std::collections::HashMap::new();
+        for r in &runs {
+            if matches!(r.state, RunState::Running | RunState::Paused) && !at_work.contains_key(&r.job) {
+                at_work.insert(r.job.clone(), (r.id, datamig_core::run::at_work(conn, &r.job, r).await?));
+            }
+        }
+        let working = |r: &RunRecord| at_work.get(&r.job).filter(|(id, _)| *id == r.id).map(|(_, w)| w);
+        let batch_ms = match runs.first() {
+            Some(r) if job.is_some() => store::batch_ms(conn, r.id).await?,
+            _ => None,
+        };
         let history = match (batches, runs.first()) {
             (Some(n), Some(r)) => store::batches(conn, r.id, n).await?,
             _ => Vec::new(),
@@ -102,6 +150,8 @@ pub async fn run(
                         "state": r.state.as_str(), "rows_done": r.rows_done, "total_rows": r.total_rows,
                         "percent": percent(r), "rows_changed": r.rows_changed, "rows_rejected": r.rows_rejected,
                         "batches_done": r.batches_done, "batch_size": r.batch_size, "rows_per_second": rate(r),
+                        "state_text": state_text(r, working(r)),
+                        "at_work": working(r).cloned(),
                         "elapsed_ms": r.elapsed_ms, "max_batch_ms": r.max_batch_ms, "bookkeeping_ms": r.bookkeeping_ms,
                         "position": r.position.as_deref().and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()),
                         "started_at": r.started_at, "updated_at": r.updated_at, "finished_at": r.finished_at,
@@ -111,6 +161,11 @@ pub async fn run(
                     })
                 })
                 .collect();
+            if let (Some(ms), Some(first)) = (batch_ms, items.first_mut()) {
+                // Inside its batches only: no waits, no time between batches.
+                first["batch_ms"] = ms.into();
+                first["rows_per_second_in_batches"] = per_second(runs[0].rows_done, ms).into();
+            }
             if let (Some(_), Some(first)) = (batches, items.first_mut()) {
                 first["batches"] = serde_json::to_value(&history)?;
             }
@@ -132,8 +187,8 @@ pub async fn run(
             "RUN", "JOB", "STATE", "DONE", "ROWS", "ROWS/S", "AT", "UPDATED"
         ));
         for r in &runs {
-            let state = state_text(r);
-            let short_state = state.split(' ').next().unwrap_or_default();
+            let state = state_text(r, working(r));
+            let short_state = short_state(&state);
             line(&format!(
                 "{:>5}  {:<24}  {:<11}  {:>7}  {:>12}  {:>9.0}  {:<14}  {:<20}  {}",
                 r.id,
@@ -149,7 +204,7 @@ pub async fn run(
         }
         if let (Some(_), Some(r)) = (job, runs.first()) {
             line("");
-            line(&format!("run {}: {}", r.id, state_text(r)));
+            line(&format!("run {}: {}", r.id, state_text(r, working(r))));
             line(&format!("  arguments   {}", r.args));
             line(&format!("  started     {} by {}", r.started_at, r.owner.as_deref().unwrap_or("?")));
             if let Some(f) = &r.finished_at {
@@ -164,6 +219,18 @@ pub async fn run(
                 r.batches_done,
                 r.batch_size
             ));
+            let mut speed = format!(
+                "  speed       {:.0} rows/s over {:.1}s (waits and pauses included)",
+                rate(r),
+                Duration::from_millis(u64::try_from(r.elapsed_ms).unwrap_or(0)).as_secs_f64()
+            );
+            if let Some(ms) = batch_ms {
+                speed.push_str(&format!("; {:.0} rows/s inside its batches ({:.1}s)", per_second(r.rows_done, ms), Duration::from_millis(u64::try_from(ms).unwrap_or(0)).as_secs_f64()));
+            }
+            line(&speed);
+            if let Some(rate) = &r.rate {
+                line(&format!("  rate limit  {rate} (the run's own: every process on it keeps to it)"));
+            }
             if !parts.is_empty() {
                 let done = parts.iter().filter(|p| p.done).count();
                 let at_work: Vec<&partition::PartitionRecord> = parts.iter().filter(|p| !p.done && p.leased).collect();
@@ -196,7 +263,15 @@ pub async fn run(
                 ));
             }
             if let Some(checks) = r.verification.as_deref().and_then(|v| serde_json::from_str::<Vec<CheckResult>>(v).ok()) {
-                super::run::print_checks(&checks);
+                if r.state == RunState::Completed {
+                    super::run::print_checks(&checks);
+                } else {
+                    // Until the run completes these are its baseline, not a verdict.
+                    line("checks before the run (its baseline; they are run again at its end):");
+                    for c in &checks {
+                        line(&format!("  {:<30}  {:>10}  expect {}", c.name, c.before.map_or("-".into(), |v| v.to_string()), c.expect));
+                    }
+                }
             }
             if batches.is_some() {
                 line(&format!("last {} batches of run {}:", history.len(), r.id));

@@ -270,10 +270,18 @@ impl Driver for Sqlite {
 
     async fn lock_holder(c: &mut SqliteConn, name: &str) -> Option<String> {
         let mut text = String::new();
-        File::open(c.lock_path(name)?)
-            .ok()?
-            .read_to_string(&mut text)
-            .ok()?;
+        let mut file = File::open(c.lock_path(name)?).ok()?;
+        // A holder that died (SIGKILL) left its name in the file, but the OS
+        // released its lock: only a file that is locked has a holder.
+        match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                return None;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(_)) => return None,
+        }
+        file.read_to_string(&mut text).ok()?;
         (!text.is_empty()).then_some(text)
     }
 

@@ -516,6 +516,10 @@ pub(crate) struct Batches<'p> {
     /// The partition batches work in, for a partitioned run: each checkpoints
     /// into it, and none goes past its upper bound.
     claim: Option<Claim>,
+    /// When this process's last batch committed (or its batches began): a
+    /// batch's checkpoint adds the time since to the run's time, its waits
+    /// before it included, so that the run's speed is the one a user sees.
+    since: Instant,
 }
 
 /// What is read ahead of a batch's transaction.
@@ -593,6 +597,7 @@ impl<'p> Batches<'p> {
             dry,
             archive: None,
             claim: None,
+            since: Instant::now(),
         }
     }
 
@@ -631,13 +636,15 @@ impl<'p> Batches<'p> {
             self.run_id,
             work,
             size,
+            self.since,
             self.dry,
             self.archive.as_ref(),
             self.claim.as_ref(),
         )
         .await?;
-        if let (Batch::Done(done), Some(a)) = (&batch, &mut self.archive) {
-            if let Some(o) = done.file_offset {
+        if let Batch::Done(done) = &batch {
+            self.since = Instant::now();
+            if let (Some(a), Some(o)) = (&mut self.archive, done.file_offset) {
                 a.committed = o;
             }
         }
@@ -836,6 +843,7 @@ async fn run(
     run_id: i64,
     work: Work<'_>,
     size: Size,
+    since: Instant,
     dry: bool,
     archive: Option<&Archive>,
     claim: Option<&Claim>,
@@ -849,7 +857,7 @@ async fn run(
     }
     crate::crash::reached(crate::crash::Point::BeforeWrite);
     let result = body(
-        conn, plan, prep, run_id, work, size, started, dry, archive, claim,
+        conn, plan, prep, run_id, work, size, since, dry, archive, claim,
     )
     .await;
     match result {
@@ -978,7 +986,7 @@ async fn body(
     run_id: i64,
     work: Work<'_>,
     size: Size,
-    started: Instant,
+    since: Instant,
     dry: bool,
     archive: Option<&Archive>,
     claim: Option<&Claim>,
@@ -1098,7 +1106,7 @@ async fn body(
             (bound.last.clone(), counts, bound.scanned)
         }
     };
-    counts.elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+    counts.elapsed_ms = i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX);
     if dry {
         return Ok(Batch::Done(Done {
             cursor,

@@ -421,6 +421,24 @@ pub(crate) fn job_lock_name(job: &str) -> String {
     format!("job.{job}")
 }
 
+/// Who works on an unfinished run of `job` now: the process holding the job
+/// lock (one cursor), or the workers whose partition leases are current (a
+/// partitioned run); `None` when nobody does — its process is gone.
+pub async fn at_work(conn: &mut Conn, job: &str, run: &RunRecord) -> Result<Option<String>> {
+    let parts = partition::list(conn, run.id).await?;
+    if !parts.is_empty() {
+        let mut owners: Vec<String> = parts
+            .iter()
+            .filter(|p| p.leased && !p.done)
+            .filter_map(|p| p.owner.clone())
+            .collect();
+        owners.sort();
+        owners.dedup();
+        return Ok((!owners.is_empty()).then(|| owners.join(", ")));
+    }
+    Ok(conn.lock_holder(&job_lock_name(job)).await)
+}
+
 /// How long a new run waits for the lock of a run whose process has died.
 const DEAD_HOLDER_GRACE: Duration = Duration::from_secs(30);
 

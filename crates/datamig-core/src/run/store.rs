@@ -561,6 +561,32 @@ pub async fn record_batches(
     Ok(())
 }
 
+/// The time the run's recorded batches took in all (their transactions, no
+/// waits), if its history has any.
+pub async fn batch_ms(conn: &mut Conn, run_id: i64) -> Result<Option<i64>> {
+    if !conn
+        .table_exists("datamig_batches")
+        .await
+        .map_err(failed("cannot read datamig_batches"))?
+    {
+        return Ok(None);
+    }
+    // A sum is a decimal on PostgreSQL and MariaDB: cast to an integer.
+    let int = if conn.backend() == crate::config::Backend::MySql {
+        "SIGNED"
+    } else {
+        "BIGINT"
+    };
+    let row = conn
+        .fetch_one(
+            &format!("SELECT CAST(sum(ms) AS {int}) FROM datamig_batches WHERE run_id = ?"),
+            &[run_id.into()],
+        )
+        .await
+        .map_err(failed("cannot read datamig_batches"))?;
+    Ok(row.first().and_then(Value::as_i64))
+}
+
 /// Records the run's rate limit (`None`: it has none).
 pub async fn set_rate(conn: &mut Conn, id: i64, rate: Option<&str>) -> Result<()> {
     conn.execute(
