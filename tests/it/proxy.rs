@@ -20,6 +20,8 @@ pub struct Proxy {
     pub port: u16,
     links: Arc<Mutex<Vec<Link>>>,
     latency_ms: Arc<AtomicU64>,
+    /// New connections are accepted and then answered with silence.
+    silent: Arc<AtomicBool>,
     /// Faults injected, for the test's report.
     pub faults: AtomicU64,
 }
@@ -31,8 +33,13 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let links: Arc<Mutex<Vec<Link>>> = Arc::default();
         let latency_ms = Arc::new(AtomicU64::new(0));
-        let (upstream, accepted, latency) =
-            (upstream.to_string(), links.clone(), latency_ms.clone());
+        let silent = Arc::new(AtomicBool::new(false));
+        let (upstream, accepted, latency, quiet) = (
+            upstream.to_string(),
+            links.clone(),
+            latency_ms.clone(),
+            silent.clone(),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -42,7 +49,7 @@ impl Proxy {
                 };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                let dead = Arc::new(AtomicBool::new(false));
+                let dead = Arc::new(AtomicBool::new(quiet.load(Ordering::SeqCst)));
                 for (from, to) in [(&client, &server), (&server, &client)] {
                     let (from, to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
                     let (dead, latency) = (dead.clone(), latency.clone());
@@ -59,6 +66,7 @@ impl Proxy {
             port,
             links,
             latency_ms,
+            silent,
             faults: AtomicU64::new(0),
         }
     }
@@ -76,6 +84,12 @@ impl Proxy {
             let _ = link.server.shutdown(Shutdown::Both);
         }
         self.faults.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// From now on, accepts new connections and forwards nothing on them (a
+    /// server that takes the TCP connection and never answers).
+    pub fn silence_new_connections(&self) {
+        self.silent.store(true, Ordering::SeqCst);
     }
 
     /// Stops forwarding on every open connection, keeping the sockets open:

@@ -888,3 +888,54 @@ fn partitioned_runners_killed_at_random(kind: Db) {
 each_server! {
     partitioned_runners_killed_at_random: partitioned_runners_killed_at_random;
 }
+
+/// `--connect-timeout` reached only a command's first connection: the reader,
+/// the workers and every reconnect waited the default 10 s for a server that
+/// takes the TCP connection and never answers, while the message told users to
+/// raise `--connect-timeout`. Through a proxy that goes silent for new
+/// connections, a run with `--connect-timeout 1s --max-retries 3` gives up
+/// after about three seconds of connecting, not thirty.
+fn connect_timeout_reaches_every_connection(kind: Db, workers: &[&str]) {
+    let p = Project::new(kind);
+    visits(&p, 50_000);
+    let upstream = {
+        let u = crate::support::url_parts(&p.db.url);
+        format!("{}:{}", u.host_str().unwrap(), u.port().unwrap())
+    };
+    let proxy = crate::proxy::Proxy::start(&upstream);
+    let url = through(&p, &proxy);
+    let args: Vec<&str> = [
+        "--connect-timeout",
+        "1s",
+        "run",
+        "count_visits",
+        "--batch",
+        "100",
+        "--arg",
+        "pause_ms=5",
+        "--max-retries",
+        "3",
+    ]
+    .iter()
+    .chain(workers)
+    .copied()
+    .collect();
+    let mut child = spawn_through(&p, &url, &args);
+    wait_for_progress(&p, &mut child, 500);
+    proxy.silence_new_connections();
+    let cut = Instant::now();
+    proxy.reset_all();
+    let run = ended(child, "the run did not give up on a silent server");
+    let took = cut.elapsed();
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("no answer within 1s"), "{run:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "the reconnects took {took:?}: {run:?}"
+    );
+}
+
+each_server! {
+    connect_timeout_reaches_every_reconnect: |kind| connect_timeout_reaches_every_connection(kind, &[]);
+    connect_timeout_reaches_every_workers_connection: |kind| connect_timeout_reaches_every_connection(kind, &["--workers", "2"]);
+}

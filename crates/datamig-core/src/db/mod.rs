@@ -485,6 +485,9 @@ enum Inner {
 pub struct Conn {
     inner: Inner,
     url: DatabaseUrl,
+    /// How it was opened: every other connection a command opens (a reader,
+    /// workers, a reconnect) is opened the same way, through [`Conn::reopen`].
+    opts: ConnectOptions,
 }
 
 macro_rules! dispatch {
@@ -534,16 +537,34 @@ impl Conn {
         let inner = tokio::time::timeout(opts.timeout, attempt)
             .await
             .map_err(|_| {
+                let t = opts.timeout;
+                let within = if t.subsec_millis() == 0 {
+                    format!("{}s", t.as_secs())
+                } else {
+                    format!("{}ms", t.as_millis())
+                };
                 fail(format!(
-                    "no answer within {}s; is the server running and reachable? (--connect-timeout raises the limit)",
-                    opts.timeout.as_secs()
+                    "no answer within {within}; is the server running and reachable? (--connect-timeout raises the limit)"
                 ))
             })?
             .map_err(|e| fail(connect_reason(url, &e)))?;
         Ok(Conn {
             inner,
             url: url.clone(),
+            opts: opts.clone(),
         })
+    }
+
+    /// Another connection to the same database, opened as this one was (the
+    /// command line's `--connect-timeout` and all): the one connection factory
+    /// of a command.
+    pub async fn reopen(&self) -> Result<Conn> {
+        Conn::connect(&self.url, &self.opts).await
+    }
+
+    /// How this connection was opened.
+    pub fn connect_options(&self) -> &ConnectOptions {
+        &self.opts
     }
 
     pub fn url(&self) -> &DatabaseUrl {

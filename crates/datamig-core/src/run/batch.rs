@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use super::cursor;
 use super::partition::{self, Claim};
 use super::store::{self, BatchCounts};
-use crate::db::{db_message, BulkUpdate, Conn, ConnectOptions, Guard, Row, Value};
+use crate::db::{db_message, BulkUpdate, Conn, Guard, Row, Value};
 use crate::job::{Filter, Outcome, Plan, Source, SourceRow, Step, Transform};
 use crate::{Error, Result};
 
@@ -687,13 +687,10 @@ impl<'p> Batches<'p> {
         rows: i64,
     ) -> Result<Option<Done>> {
         if self.reads_ahead && self.reader.is_none() && self.in_flight.is_none() {
-            let url = conn.url().clone();
-            let mut reader = Conn::connect(&url, &ConnectOptions::default())
-                .await
-                .map_err(|e| Error::Transient {
-                    message: format!("cannot open the reader connection: {e}"),
-                    kind: crate::db::Transient::ConnectionLost,
-                })?;
+            let mut reader = conn.reopen().await.map_err(|e| Error::Transient {
+                message: format!("cannot open the reader connection: {e}"),
+                kind: crate::db::Transient::ConnectionLost,
+            })?;
             self.limits.apply(&mut reader).await?;
             self.reader = Some(reader);
         }

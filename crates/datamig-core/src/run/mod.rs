@@ -41,7 +41,7 @@ use serde::Serialize;
 
 pub use store::{RunRecord, RunState};
 
-use crate::db::{db_message, Conn, ConnectOptions, Transient, Value};
+use crate::db::{db_message, Conn, Transient, Value};
 use crate::job::{Check, DynJob, ParsedArgs, Plan, PlanContext, Source, Step};
 use crate::{migrate, Error, Result};
 
@@ -1184,7 +1184,7 @@ async fn prepare_run(
 ) -> Result<(throttle::Throttle, batch::Limits)> {
     let throttle = throttle::Throttle::new(
         opts.throttle.clone(),
-        &ConnectOptions::default(),
+        &conn.connect_options().clone(),
         opts.network_timeout,
         conn,
     )
@@ -1816,12 +1816,10 @@ async fn alive(conn: &mut Conn) -> bool {
 /// and the job lock again (it ended with the old session). Another process
 /// that took the job meanwhile wins, and this run stops.
 async fn reconnect(conn: &mut Conn, lock: &str, limits: &batch::Limits) -> Result<()> {
-    let fresh = Conn::connect(conn.url(), &ConnectOptions::default())
-        .await
-        .map_err(|e| Error::Transient {
-            message: e.to_string(),
-            kind: Transient::ConnectionLost,
-        })?;
+    let fresh = conn.reopen().await.map_err(|e| Error::Transient {
+        message: e.to_string(),
+        kind: Transient::ConnectionLost,
+    })?;
     // Dropped, not closed: a graceful close waits for a server that may never
     // answer (a blackholed socket hung the run here).
     drop(std::mem::replace(conn, fresh));

@@ -122,7 +122,9 @@ struct Shared {
     /// The rate limit, shared by this process's workers: this process's share
     /// of the run's rate, by its part of the workers at work on the run.
     limiter: std::sync::RwLock<Option<Arc<pace::Limiter>>>,
+    /// Where and how the run's connections are opened (`--connect-timeout`).
     url: crate::config::DatabaseUrl,
+    connect: ConnectOptions,
 }
 
 /// Whether this run goes partitioned, and with how many workers here: asked
@@ -539,6 +541,7 @@ async fn work(
         events: events_tx,
         limiter: std::sync::RwLock::new(rate.map(|r| Arc::new(pace::Limiter::new(r, largest)))),
         url: conn.url().clone(),
+        connect: conn.connect_options().clone(),
     });
     let me = format!("{} #{:04x}", who_am_i(), rand::random::<u16>());
     let owners: Vec<String> = (1..=workers).map(|i| format!("{me} w{i}")).collect();
@@ -1079,7 +1082,7 @@ impl Control<'_> {
     /// Opens a new control connection in place of the old one (dropped, not
     /// closed: a graceful close waits on a silent server).
     async fn replace_connection(&mut self) {
-        match control_connection(&self.shared.url, self.opts).await {
+        match control_connection(&self.shared.url, &self.shared.connect, self.opts).await {
             Ok(fresh) => {
                 drop(std::mem::replace(self.conn, fresh));
                 tracing::info!("reconnected the control connection");
@@ -1153,8 +1156,12 @@ impl Control<'_> {
 
 /// A connection for the control loop: lock waits bounded, statements not
 /// (the checks at the end may rightly take long).
-async fn control_connection(url: &crate::config::DatabaseUrl, opts: &Options) -> Result<Conn> {
-    let mut conn = Conn::connect(url, &ConnectOptions::default()).await?;
+async fn control_connection(
+    url: &crate::config::DatabaseUrl,
+    connect: &ConnectOptions,
+    opts: &Options,
+) -> Result<Conn> {
+    let mut conn = Conn::connect(url, connect).await?;
     super::unbatched_limits(opts).apply(&mut conn).await?;
     Ok(conn)
 }
@@ -1325,7 +1332,7 @@ async fn worker(shared: &Shared, worker: usize, owner: &str) -> Result<WorkerEnd
 }
 
 async fn connect(shared: &Shared) -> Result<Conn> {
-    let mut conn = Conn::connect(&shared.url, &ConnectOptions::default())
+    let mut conn = Conn::connect(&shared.url, &shared.connect)
         .await
         .map_err(|e| Error::Transient {
             message: e.to_string(),
