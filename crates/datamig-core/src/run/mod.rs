@@ -1284,8 +1284,9 @@ pub async fn dry_run(
             job.name()
         )));
     }
+    // Each dry batch rolls its own transaction back, on every path; a ROLLBACK
+    // here drew PostgreSQL's "there is no transaction in progress" warning.
     let result = dry_run_locked(conn, job, args, &plan, opts, batches).await;
-    let _ = conn.rollback().await;
     if let Err(e) = conn.unlock(&lock).await {
         tracing::warn!("could not release the job lock cleanly ({e})");
     }
