@@ -598,11 +598,13 @@ each_server! {
     a_replica_that_is_not_one_is_refused: a_replica_that_is_not_one_is_refused;
 }
 
-/// The PostgreSQL standby `.ci/run` keeps on 127.0.0.1:5433, streaming from the
+/// The PostgreSQL standby `tests/replicas.sh` keeps on 127.0.0.1:5433, streaming from the
 /// test server: the same databases, read-only.
 fn standby_server() -> String {
-    std::env::var("DATAMIG_TEST_STANDBY_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/test".into())
+    std::env::var("DATAMIG_TEST_STANDBY_URL").unwrap_or_else(|_| {
+        crate::support::ensure_replicas();
+        "postgres://postgres@127.0.0.1:5433/test".into()
+    })
 }
 
 /// The test database on a replica (`url`), once replication has brought it
@@ -620,7 +622,7 @@ fn copy_on_replica(url: &str, rows: i64) -> crate::support::TestDb {
         std::thread::sleep(Duration::from_millis(100));
     }
     let shown = crate::support::url_parts(url);
-    panic!("the replica at {shown} did not copy the test database within 10 s; `bash .ci/run` makes it");
+    panic!("the replica at {shown} did not copy the test database within 10 s (tests/replicas.sh makes it)");
 }
 
 /// Resumes the standby's replay when the test ends, whatever happens in it.
@@ -718,10 +720,15 @@ fn throttled_by_a_lagging_standby_postgres() {
     assert_eq!(runs, 2);
 }
 
-/// The MariaDB pair `.ci/run` keeps for this test: a primary with its binary log
+/// The MariaDB pair `tests/replicas.sh` keeps for this test: a primary with its binary log
 /// on 127.0.0.1:3307, and its replica on 3308.
 fn mariadb_pair() -> (String, String) {
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let var = |name: &str, default: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            crate::support::ensure_replicas();
+            default.into()
+        })
+    };
     (
         var(
             "DATAMIG_TEST_MYSQL_PRIMARY_URL",

@@ -591,3 +591,34 @@ pub fn hold_lock<T>(db: &TestDb, name: &str, f: impl FnOnce() -> T) -> T {
         }),
     }
 }
+
+/// Makes the replicas the replica-lag tests watch, if they are missing
+/// (`tests/replicas.sh`: a PostgreSQL standby on 5433, a MariaDB primary and
+/// replica on 3307 and 3308), once per test process; the script itself waits
+/// for another process making them. So the README's test command passes on a
+/// fresh machine, with nothing run before it.
+pub fn ensure_replicas() {
+    static MADE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let made = MADE.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/replicas.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed ({}): {}{}",
+                script.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = made {
+        panic!("the replicas for this test could not be made: {e}");
+    }
+}
