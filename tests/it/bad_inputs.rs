@@ -175,7 +175,7 @@ each_db! {
             (&["run", "count_visits", "--batch", "lots"], 2, "invalid digit"),
             (&["run", "count_visits", "--arg", "bogus=1"], 2, "unknown field `bogus`"),
             (&["run", "count_visits", "--arg", "pause_ms"], 2, "`pause_ms` is not KEY=VALUE"),
-            (&["run", "count_visits", "--arg", "pause_ms=soon"], 2, "invalid --arg for job count_visits"),
+            (&["run", "count_visits", "--arg", "pause_ms=soon"], 2, "invalid --arg pause_ms=soon for job count_visits: not a whole number"),
             (&["run", "count_visits", "--arg", "pause_ms=1", "--arg", "pause_ms=2"], 2, "--arg pause_ms is given twice"),
             (&["run", "count_visits_sql", "--arg", "x=1"], 2, "it takes no arguments"),
             (&["run", "purge_expired_sessions", "--arg", "older_than=1d; DROP TABLE visits"], 2, "is not a duration"),

@@ -643,3 +643,69 @@ fn a_sqlite_row_that_is_not_utf8_is_rejected_and_the_transform_goes_on() {
         "41FF40782E79"
     );
 }
+
+/// datamig's SQLite lock files (`<database>.datamig-schema.lock`,
+/// `-bookkeeping.lock`, `-job.<job>.lock`) stayed behind after every command.
+#[test]
+fn sqlite_lock_files_are_removed_when_released() {
+    let p = Project::new(Db::Sqlite);
+    p.copy_project_migrations();
+    p.ok(&["schema", "upgrade"]);
+    p.ok(&["run", "seed_demo_users", "--arg", "rows=500"]);
+    p.ok(&["run", "backfill_emails"]);
+    let db = std::path::PathBuf::from(p.db.url.trim_start_matches("sqlite:"));
+    let dir = db.parent().unwrap();
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".datamig-"))
+        .collect();
+    assert!(left.is_empty(), "lock files left behind: {left:?}");
+}
+
+/// `--max-active` and `--max-transaction-age` watch a server's sessions: on
+/// SQLite they were accepted and did nothing.
+#[test]
+fn sqlite_refuses_the_throttles_that_watch_a_servers_sessions() {
+    let p = Project::new(Db::Sqlite);
+    visits(&p, 100);
+    for flag in [
+        &["--max-active", "4"][..],
+        &["--max-transaction-age", "1m"],
+        &[
+            "--max-replica-lag",
+            "10s",
+            "--replica",
+            "postgres://r@127.0.0.1/x",
+        ],
+    ] {
+        let args: Vec<&str> = ["run", "count_visits"]
+            .iter()
+            .chain(flag)
+            .copied()
+            .collect();
+        let run = p.run_fixtures(&args);
+        assert_eq!(run.code, 2, "{flag:?}: {run:?}");
+        assert!(
+            run.stderr.contains(&format!(
+                "{} watches a server's sessions or replicas, which SQLite does not have",
+                flag[0]
+            )),
+            "{run:?}"
+        );
+    }
+    assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits > 0"), 0);
+    // In datamig.toml (shared with the server environments), a warning, and the run goes on.
+    std::fs::write(
+        p.path().join("datamig.toml"),
+        "[throttle]\nmax_active = 4\n",
+    )
+    .unwrap();
+    let run = p.run_fixtures(&["run", "count_visits"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("datamig.toml's throttle setting max_active does nothing on SQLite"),
+        "{run:?}"
+    );
+}

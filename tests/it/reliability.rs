@@ -788,7 +788,7 @@ each_db! {
             (s(&["run", "count_visits", "--batch-min", "500", "--batch-max", "10", "--target-batch-time", "1s"]), 2, "--batch-min"),
             (s(&["status", "--limit", "0"]), 2, "0 is not in 1..=10000"),
             // Hostile --arg values and names.
-            (s(&["run", "count_visits", "--arg", "pause_ms=1; DROP TABLE visits"]), 2, "invalid --arg for job count_visits"),
+            (s(&["run", "count_visits", "--arg", "pause_ms=1; DROP TABLE visits"]), 2, "invalid --arg pause_ms=1; DROP TABLE visits for job count_visits"),
             (s(&["run", "count_visits", "--arg", "x'); DROP TABLE visits; --=1"]), 2, "unknown field"),
             (s(&["run", "count_visits", "--arg", "pause_ms=99999999999999999999999"]), 2, "invalid --arg"),
             (s(&["run", "purge_expired_sessions", "--arg", "older_than=30d' OR '1'='1"]), 2, "is not a duration"),

@@ -36,7 +36,7 @@ pub struct GlobalOpts {
     pub env: Option<String>,
 
     /// How long to wait for the database to answer a connection.
-    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
 
     /// Log format on stderr; RUST_LOG sets the level.

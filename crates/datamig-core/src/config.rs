@@ -642,12 +642,37 @@ fn profile_url(
 
 fn load_config_file(dir: &Path) -> Result<ConfigFile> {
     let path = dir.join(CONFIG_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{CONFIG_FILE} is invalid: {}", e.message()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
-        Err(e) => Err(Error::io("cannot read", path, e)),
-    }
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::Config(format!(
+            "{CONFIG_FILE} is not UTF-8 text (an invalid byte at offset {}); save it as UTF-8",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        // One line, with where: toml's message runs over several.
+        let at = e.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {column}")
+        });
+        let message: Vec<&str> = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        Error::Config(format!(
+            "{CONFIG_FILE} is invalid{}: {}",
+            at.unwrap_or_default(),
+            message.join("; ")
+        ))
+    })
 }
 
 fn read_dotenv(dir: &Path) -> Result<BTreeMap<String, String>> {
@@ -659,8 +684,23 @@ fn read_dotenv(dir: &Path) -> Result<BTreeMap<String, String>> {
         .map_err(|e| Error::Config(format!(".env cannot be read: {e}")))?;
     let mut vars = BTreeMap::new();
     for item in iter {
-        let (k, v) = item.map_err(|_| {
-            Error::Config(".env has a malformed line; each line must be KEY=value".into())
+        let (k, v) = item.map_err(|e| {
+            // The line itself is not shown: it may hold a password.
+            let line = match &e {
+                dotenvy::Error::LineParse(text, _) => std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|file| {
+                        let first = text.lines().next().unwrap_or_default().trim().to_string();
+                        file.lines()
+                            .position(|l| !first.is_empty() && l.contains(&first))
+                    })
+                    .map(|i| format!(" (line {})", i + 1)),
+                _ => None,
+            };
+            Error::Config(format!(
+                ".env has a malformed line{}; each line must be KEY=value",
+                line.unwrap_or_default()
+            ))
         })?;
         vars.insert(k, v);
     }
@@ -735,7 +775,7 @@ mod tests {
 /// Parses `90s`, `5m`, `1h30m`, `250ms` or a plain number of seconds.
 pub fn parse_duration(input: &str) -> std::result::Result<std::time::Duration, String> {
     let s = input.trim();
-    let bad = || format!("`{input}` is not a duration; write e.g. 30s, 5m, 1h30m or 250ms");
+    let bad = || format!("`{input}` is not a duration; write e.g. 250ms, 30s, 5m, 1h30m or 30d");
     if s.is_empty() {
         return Err(bad());
     }

@@ -380,7 +380,20 @@ impl<J: Job> DynJob for J {
         let encoded = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(pairs)
             .finish();
-        let args: J::Args = serde_urlencoded::from_str(&encoded).map_err(|e| {
+        // Through serde_path_to_error, so that a bad value names its argument
+        // (serde_urlencoded alone said "invalid digit found in string").
+        let deserializer =
+            serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(encoded.as_bytes()));
+        let args: J::Args = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            let what = match pairs.iter().find(|(k, _)| *k == field) {
+                Some((k, v)) => format!("invalid --arg {k}={v} for job {}", Job::name(self)),
+                None => format!("invalid --arg for job {}", Job::name(self)),
+            };
+            let e = e
+                .inner()
+                .to_string()
+                .replace("invalid digit found in string", "not a whole number");
             let takes = if self.arg_help().is_empty() {
                 "it takes no arguments".to_string()
             } else {
@@ -393,7 +406,7 @@ impl<J: Job> DynJob for J {
                         .join(", ")
                 )
             };
-            format!("invalid --arg for job {}: {e}; {takes}", Job::name(self))
+            format!("{what}: {e}; {takes}")
         })?;
         let canonical = serde_json::to_string(&args).map_err(|e| e.to_string())?;
         Ok(ParsedArgs {

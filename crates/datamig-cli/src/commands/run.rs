@@ -184,6 +184,34 @@ fn options(global: &GlobalOpts, cmd: &RunCmd, settings: &Settings) -> Result<Opt
             .map(|u| DatabaseUrl::parse(u))
             .collect::<Result<_, _>>()?;
     }
+    // On SQLite the server throttles have nothing to watch: a flag is refused
+    // (in the core), a datamig.toml setting (shared with the server
+    // environments) is left out with a warning.
+    let sqlite = settings.database_url.backend() == datamig_core::config::Backend::Sqlite;
+    let mut from_file = from_file.clone();
+    if sqlite {
+        for (key, set) in [
+            ("max_active", from_file.max_active.take().is_some()),
+            (
+                "max_transaction_age",
+                from_file.max_transaction_age.take().is_some(),
+            ),
+            (
+                "max_replica_lag",
+                from_file.max_replica_lag.take().is_some(),
+            ),
+        ] {
+            if set {
+                crate::output::note(&format!(
+                    "warning: datamig.toml's throttle setting {key} does nothing on SQLite (no sessions or \
+                     replicas to watch); it is left out"
+                ));
+            }
+        }
+        if !from_file.replicas.is_empty() && cmd.replicas.is_empty() {
+            replicas.clear();
+        }
+    }
     let probe = cmd.probe.clone().or_else(|| from_file.probe.clone());
     let probe_max = cmd.probe_max.or(from_file.probe_max);
     opts.throttle = ThrottleLimits {

@@ -29,6 +29,21 @@ pub(crate) struct SqliteConn {
     locks: std::collections::HashMap<String, File>,
 }
 
+/// Whether the open `file` is the one `path` names now.
+#[cfg(unix)]
+fn same_file(file: &File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &File, path: &std::path::Path) -> bool {
+    path.exists()
+}
+
 impl SqliteConn {
     fn lock_path(&self, name: &str) -> Option<PathBuf> {
         let mut s = self.path.clone()?.into_os_string();
@@ -233,36 +248,51 @@ impl Driver for Sqlite {
         let Some(path) = c.lock_path(name) else {
             return Ok(true);
         };
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("cannot open the lock file", &path, e))?;
-        match file.try_lock() {
-            Ok(()) => {
-                // Say who holds it, for the runner that has to wait.
-                let holder = format!(
-                    "{} since {}",
-                    super::who_am_i(),
-                    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
-                );
-                let _ = file
-                    .set_len(0)
-                    .and_then(|()| file.rewind())
-                    .and_then(|()| file.write_all(holder.as_bytes()));
-                c.locks.insert(name.to_string(), file);
-                Ok(true)
+        // The holder removes the file when it lets go (see `unlock`): a process
+        // that opened it before that and then got its lock holds a lock on a
+        // file that is gone, so the lock counts only when the path still names
+        // the file locked. Else it opens the path again.
+        for _ in 0..100 {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io("cannot open the lock file", &path, e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("cannot lock", &path, e))
+                }
             }
-            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &path, e)),
+            if !same_file(&file, &path) {
+                continue;
+            }
+            // Say who holds it, for the runner that has to wait.
+            let holder = format!(
+                "{} since {}",
+                super::who_am_i(),
+                chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+            );
+            let _ = file
+                .set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| file.write_all(holder.as_bytes()));
+            c.locks.insert(name.to_string(), file);
+            return Ok(true);
         }
+        Ok(false)
     }
 
     async fn unlock(c: &mut SqliteConn, name: &str) -> Result<()> {
         if let Some(file) = c.locks.remove(name) {
-            let _ = file.set_len(0);
+            // Removed while still locked, so that no lock file stays behind
+            // (`try_lock` tells a removed file from the one at the path).
+            if let Some(path) = c.lock_path(name) {
+                let _ = std::fs::remove_file(path);
+            }
             let _ = file.unlock();
         }
         Ok(())

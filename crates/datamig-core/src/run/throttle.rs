@@ -76,6 +76,26 @@ impl Throttle {
         network_timeout: Duration,
         conn: &mut Conn,
     ) -> Result<Throttle> {
+        // SQLite has one writer and no sessions to count or long transactions
+        // of others to see: those throttles would never hold a run back.
+        if conn.backend() == crate::config::Backend::Sqlite {
+            for (flag, given) in [
+                ("--max-active", limits.max_active.is_some()),
+                (
+                    "--max-transaction-age",
+                    limits.max_transaction_age.is_some(),
+                ),
+                ("--max-replica-lag", limits.max_replica_lag.is_some()),
+            ] {
+                if given {
+                    return Err(Error::Usage(format!(
+                        "{flag} watches a server's sessions or replicas, which SQLite does not have (one \
+                         process writes at a time): it would never hold the run back; drop it (from \
+                         datamig.toml's [throttle] too), or use --probe or --rate"
+                    )));
+                }
+            }
+        }
         if let Some((sql, _)) = &limits.probe {
             if let Err(e) = conn.execute(sql, &[]).await {
                 return Err(Error::Usage(format!(
