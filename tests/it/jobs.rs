@@ -709,3 +709,33 @@ fn sqlite_refuses_the_throttles_that_watch_a_servers_sessions() {
         "{run:?}"
     );
 }
+
+each_db! {
+    // Run numbers were shared across jobs, so a project's first backfill was
+    // "run 2" (the seed was run 1).
+    fn runs_are_numbered_per_job(kind: Db) {
+        let p = Project::new(kind);
+        p.copy_project_migrations();
+        p.ok(&["schema", "upgrade"]);
+        let seed = p.ok(&["run", "seed_demo_users", "--arg", "rows=300"]);
+        assert!(seed.stderr.contains("starting run 1 of seed_demo_users"), "{seed:?}");
+        let backfill = p.ok(&["run", "backfill_emails", "--json"]);
+        assert!(backfill.stderr.contains("starting run 1 of backfill_emails"), "{backfill:?}");
+        let summary: serde_json::Value = serde_json::from_str(backfill.stdout.trim()).unwrap();
+        assert_eq!(summary["run_number"], 1, "{summary}");
+        assert_eq!(summary["run_id"], 2, "the row's id stays what datamig's tables refer to: {summary}");
+        let again = p.ok(&["run", "backfill_emails"]);
+        assert!(again.stderr.contains("starting run 2 of backfill_emails"), "{again:?}");
+        assert!(again.stdout.contains("completed run 2 of backfill_emails"), "{again:?}");
+        let status = p.ok(&["status", "backfill_emails"]).stdout;
+        assert!(status.contains("run 2: completed"), "{status}");
+        // `datamig jobs` lines its descriptions up.
+        let jobs = p.ok(&["jobs"]).stdout;
+        let starts: Vec<usize> = jobs
+            .lines()
+            .filter(|l| !l.starts_with(' '))
+            .map(|l| l.find("  ").unwrap() + l[l.find("  ").unwrap()..].len() - l[l.find("  ").unwrap()..].trim_start().len())
+            .collect();
+        assert!(starts.windows(2).all(|w| w[0] == w[1]), "{jobs}");
+    }
+}

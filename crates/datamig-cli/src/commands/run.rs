@@ -411,7 +411,7 @@ impl<'a> Summary<'a> {
         };
         let mut text = format!(
             "{verb} run {} of {}: {} rows in {} batches ({} changed, {} rejected){}; {} rows this time in {:.1}s, {:.0} rows/s",
-            r.run_id,
+            r.run_number,
             self.job,
             r.rows_done,
             r.batches,
@@ -432,7 +432,7 @@ impl<'a> Summary<'a> {
                 .unwrap_or_else(|| "the rest left".into());
             text.push_str(&format!(
                 "; {reason} reached at a batch boundary, {left}: the next `datamig run {}` continues run {}",
-                self.job, r.run_id
+                self.job, r.run_number
             ));
         }
         text
@@ -458,7 +458,7 @@ impl<'a> Summary<'a> {
     fn json(&self) -> serde_json::Value {
         let r = self.report;
         serde_json::json!({
-            "run_id": r.run_id, "job": self.job, "resumed": r.resumed,
+            "run_id": r.run_id, "run_number": r.run_number, "job": self.job, "resumed": r.resumed,
             "state": if r.stopped.is_some() { "interrupted" } else { "completed" },
             "stopped": r.stopped, "rows_left": r.rows_left,
             "rows_done": r.rows_done, "rows_changed": r.rows_changed,

@@ -146,7 +146,7 @@ pub async fn run(
                 .iter()
                 .map(|r| {
                     json!({
-                        "id": r.id, "job": r.job, "args": serde_json::from_str::<serde_json::Value>(&r.args).unwrap_or_default(),
+                        "id": r.id, "number": r.number, "job": r.job, "args": serde_json::from_str::<serde_json::Value>(&r.args).unwrap_or_default(),
                         "state": r.state.as_str(), "rows_done": r.rows_done, "total_rows": r.total_rows,
                         "percent": percent(r), "rows_changed": r.rows_changed, "rows_rejected": r.rows_rejected,
                         "batches_done": r.batches_done, "batch_size": r.batch_size, "rows_per_second": rate(r),
@@ -191,7 +191,7 @@ pub async fn run(
             let short_state = short_state(&state);
             line(&format!(
                 "{:>5}  {:<24}  {:<11}  {:>7}  {:>12}  {:>9.0}  {:<14}  {:<20}  {}",
-                r.id,
+                r.number,
                 r.job,
                 short_state,
                 percent(r).map_or("-".into(), |p| format!("{p:.1}%")),
@@ -204,7 +204,7 @@ pub async fn run(
         }
         if let (Some(_), Some(r)) = (job, runs.first()) {
             line("");
-            line(&format!("run {}: {}", r.id, state_text(r, working(r))));
+            line(&format!("run {}: {}", r.number, state_text(r, working(r))));
             line(&format!("  arguments   {}", r.args));
             line(&format!("  started     {} by {}", r.started_at, r.owner.as_deref().unwrap_or("?")));
             if let Some(f) = &r.finished_at {
@@ -274,7 +274,7 @@ pub async fn run(
                 }
             }
             if batches.is_some() {
-                line(&format!("last {} batches of run {}:", history.len(), r.id));
+                line(&format!("last {} batches of run {}:", history.len(), r.number));
                 line(&format!(
                     "  {:>9}  {:>7}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}  {:>7}  COMMITTED",
                     "PARTITION", "BATCH", "ROWS", "CHANGED", "REJECTED", "MS", "WAITED MS", "RETRIES"

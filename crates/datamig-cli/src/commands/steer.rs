@@ -26,7 +26,7 @@ pub async fn run(
         .as_deref()
         .map(|p| format!(" at {}", p.trim_matches(['[', ']'])))
         .unwrap_or_default();
-    let id = done.run_id;
+    let id = done.run_number;
     line(&match (action, done.live, done.answered) {
         (_, true, false) => format!(
             "asked run {id} of {job} to {}; its process has not answered within {}s (it acts between batches; \

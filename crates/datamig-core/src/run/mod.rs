@@ -172,6 +172,8 @@ pub const ANALYZE_MIN_ROWS: i64 = 1000;
 #[derive(Debug, Clone)]
 pub struct Progress {
     pub run_id: i64,
+    /// Which run of its job this is: how messages name it.
+    pub run_number: i64,
     pub rows_done: i64,
     pub total: Option<i64>,
     pub batches: i64,
@@ -255,6 +257,8 @@ impl BatchTimes {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub run_id: i64,
+    /// Which run of its job this is (1 for its first): how messages name it.
+    pub run_number: i64,
     pub resumed: bool,
     pub rows_done: i64,
     pub rows_changed: i64,
@@ -515,7 +519,7 @@ pub async fn run(
                 };
                 format!(
                     "run {} by {owner} (last checkpoint {}{paused})",
-                    r.id, r.updated_at
+                    r.number, r.updated_at
                 )
             }
             _ => conn
@@ -565,7 +569,7 @@ async fn run_locked(
                 "run {} of {} has {} rejected rows, more than --max-errors {max} allows; nothing was \
                  changed. Fix the data (`datamig status {}` lists the rows) and raise --max-errors, \
                  or start over with --restart",
-                r.id,
+                r.number,
                 job.name(),
                 r.rows_rejected,
                 job.name()
@@ -605,7 +609,7 @@ async fn run_locked(
         }
     };
 
-    let (run_id, baseline) = match &record {
+    let (run_id, run_no, baseline) = match &record {
         Some(r) => {
             store::resume(conn, r.id, batch_size, total).await?;
             let at = cursor.as_deref().map_or("the start".to_string(), |c| {
@@ -617,26 +621,27 @@ async fn run_locked(
             tracing::Span::current().record("run_id", r.id);
             obs.message(&format!(
                 "resuming run {} of {} at {at}{pct}",
-                r.id,
+                r.number,
                 job.name()
             ));
-            (r.id, stored_checks(r))
+            (r.id, r.number, stored_checks(r))
         }
         None => {
             let baseline = run_checks(conn, &plan.checks, &[]).await?;
             let json = serde_json::to_string(&baseline).unwrap_or_default();
-            let id =
+            let (id, number) =
                 store::insert(conn, job.name(), &args.canonical, batch_size, total, &json).await?;
             let of = total.map(|t| format!(" over {t} rows")).unwrap_or_default();
             tracing::Span::current().record("run_id", id);
-            obs.message(&format!("starting run {id} of {}{of}", job.name()));
-            (id, baseline)
+            obs.message(&format!("starting run {number} of {}{of}", job.name()));
+            (id, number, baseline)
         }
     };
 
     let started = Instant::now();
     let mut progress = Progress {
         run_id,
+        run_number: run_no,
         rows_done: rows_before,
         total,
         batches: record.as_ref().map_or(0, |r| r.batches_done),
@@ -735,7 +740,7 @@ async fn run_locked(
                 }
                 obs.finished(&progress);
                 break Err(Error::Cancelled(format!(
-                    "run {run_id} of {} was {why} after {} batches, at {}; every finished batch is \
+                    "run {run_no} of {} was {why} after {} batches, at {}; every finished batch is \
                      committed. Running the job again starts a new run",
                     job.name(),
                     progress.batches,
@@ -851,7 +856,7 @@ async fn run_locked(
                         let _ = end_run(conn, &progress, RunState::Failed, Some(&why)).await;
                         obs.finished(&progress);
                         break Err(Error::ErrorBudget(format!(
-                            "run {run_id} of {} stopped after {} batches, at {}: {why}. Every finished \
+                            "run {run_no} of {} stopped after {} batches, at {}: {why}. Every finished \
                              batch is committed; `datamig status {}` lists the rejected rows. Fix the \
                              data or raise --max-errors, then resume with: {}",
                             job.name(),
@@ -947,7 +952,7 @@ async fn run_locked(
                             }
                             Err(why) => {
                                 break Err(Error::CorruptCheckpoint(format!(
-                                    "run {run_id} of {}: the checkpoint is unreadable after a retry ({why})",
+                                    "run {run_no} of {}: the checkpoint is unreadable after a retry ({why})",
                                     job.name()
                                 )))
                             }
@@ -958,7 +963,7 @@ async fn run_locked(
                     // for its start is made durable before its first batch.
                     Ok(_) => {
                         break Err(Error::CorruptCheckpoint(format!(
-                            "run {run_id} of {} is no longer in datamig_runs after the connection was lost; \
+                            "run {run_no} of {} is no longer in datamig_runs after the connection was lost; \
                              nothing after its last checkpoint is known. Run the job again",
                             job.name()
                         )))
@@ -978,7 +983,7 @@ async fn run_locked(
                 let _ = end_run(conn, &progress, RunState::Failed, Some(&e.to_string())).await;
                 obs.finished(&progress);
                 break Err(Error::JobFailed(format!(
-                    "run {run_id} of {} failed at batch {} (at {}): {e}. The {} batches before it are \
+                    "run {run_no} of {} failed at batch {} (at {}): {e}. The {} batches before it are \
                      committed; fix the cause and resume with: {}",
                     job.name(),
                     progress.batches + 1,
@@ -1010,6 +1015,7 @@ async fn run_locked(
     obs.finished(&progress);
     let mut report = Report {
         run_id,
+        run_number: run_no,
         resumed,
         rows_done: progress.rows_done,
         rows_changed: progress.rows_changed,
@@ -1120,7 +1126,7 @@ fn verified(job: &dyn DynJob, report: &Report) -> Result<()> {
     match failed_checks(&report.checks) {
         Some(bad) => Err(Error::VerificationFailed(format!(
             "run {} of {} completed, but {bad}",
-            report.run_id,
+            report.run_number,
             job.name()
         ))),
         None => Ok(()),
@@ -1422,7 +1428,7 @@ async fn find_run(
                     Error::CorruptCheckpoint(format!(
                         "run {} of {} has a corrupt checkpoint in datamig_runs.position ({why}); \
                          nothing was changed. Fix that row, or start over with --restart",
-                        r.id,
+                        r.number,
                         job.name()
                     ))
                 })?),
@@ -1451,7 +1457,7 @@ async fn find_run_record(
             store::set_state(conn, r.id, RunState::Cancelled, Some("abandoned by --restart")).await?;
             obs.message(&format!(
                 "abandoned unfinished run {} of {}; starting over",
-                r.id,
+                r.number,
                 job.name()
             ));
             Ok(None)
@@ -1459,7 +1465,7 @@ async fn find_run_record(
         Some(r) if r.state == RunState::Paused => Err(Error::Paused(format!(
             "run {} of {} is paused (by {}); `datamig resume {}` releases it, then run this again \
              (or --restart abandons it)",
-            r.id,
+            r.number,
             job.name(),
             r.request_by.as_deref().unwrap_or("someone"),
             job.name()
@@ -1467,7 +1473,7 @@ async fn find_run_record(
         Some(r) if r.args != args.canonical => Err(Error::Usage(format!(
             "run {} of {} is unfinished with other arguments ({}); run it with those arguments to resume it, \
              or pass --restart to abandon it",
-            r.id,
+            r.number,
             job.name(),
             r.args
         ))),
@@ -1723,7 +1729,7 @@ async fn interrupted(
     };
     Error::Interrupted(format!(
         "interrupted run {} of {} after {} batches, at {}{pct}; every finished batch is committed. {how}",
-        progress.run_id,
+        progress.run_number,
         job.name(),
         progress.batches,
         at(plan, &progress.position),

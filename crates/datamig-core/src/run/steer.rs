@@ -26,6 +26,8 @@ pub enum Action {
 #[derive(Debug, Clone)]
 pub struct Steered {
     pub run_id: i64,
+    /// Which run of its job it is: how messages name it.
+    pub run_number: i64,
     /// The run's state afterwards (as far as the command saw it).
     pub state: RunState,
     /// Whether a live process was asked (and answered within the wait).
@@ -71,13 +73,13 @@ pub async fn steer(conn: &mut Conn, job: &str, action: Action) -> Result<Steered
         (Action::Resume, RunState::Running) => {
             return Err(Error::Usage(format!(
                 "run {} of {job} is running, not paused; nothing to resume",
-                run.id
+                run.number
             )))
         }
         (Action::Pause, RunState::Paused) => {
             return Err(Error::Usage(format!(
                 "run {} of {job} is paused already; `datamig resume {job}` lets it go on",
-                run.id
+                run.number
             )))
         }
         _ => {}
@@ -102,13 +104,14 @@ pub async fn steer(conn: &mut Conn, job: &str, action: Action) -> Result<Steered
             // Another command's cancel, or the run's last batch, came first.
             return Err(Error::Usage(format!(
                 "run {} of {job} ended {ended} before its process could {verb}; `datamig status {job}` shows it",
-                run.id
+                run.number
             )));
         }
         if state == Some(wanted) && pending.is_none() {
             let now = store::latest(conn, job).await?;
             return Ok(Steered {
                 run_id: run.id,
+                run_number: run.number,
                 state: wanted,
                 live: true,
                 answered: true,
@@ -119,6 +122,7 @@ pub async fn steer(conn: &mut Conn, job: &str, action: Action) -> Result<Steered
     }
     Ok(Steered {
         run_id: run.id,
+        run_number: run.number,
         state: run.state,
         live: true,
         answered: false,
@@ -136,13 +140,13 @@ async fn steer_record(
         (Action::Pause, RunState::Paused) => {
             return Err(Error::Usage(format!(
                 "run {} of {job} is paused already; `datamig resume {job}` releases it",
-                run.id
+                run.number
             )))
         }
         (Action::Resume, s) if s != RunState::Paused => {
             return Err(Error::Usage(format!(
                 "run {} of {job} is {s}, not paused; `datamig run {job}` resumes it",
-                run.id
+                run.number
             )))
         }
         (Action::Pause, _) => RunState::Paused,
@@ -157,6 +161,7 @@ async fn steer_record(
     store::set_state(conn, run.id, state, note.as_deref()).await?;
     Ok(Steered {
         run_id: run.id,
+        run_number: run.number,
         state,
         live: false,
         answered: false,

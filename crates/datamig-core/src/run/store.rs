@@ -59,7 +59,11 @@ impl std::fmt::Display for RunState {
 /// One row of `datamig_runs`.
 #[derive(Debug, Clone)]
 pub struct RunRecord {
+    /// The row's id, shared by the runs of every job (what datamig's tables
+    /// refer to).
     pub id: i64,
+    /// Which run of its job this is (1 for its first): how messages name it.
+    pub number: i64,
     pub job: String,
     pub args: String,
     pub state: RunState,
@@ -118,6 +122,10 @@ impl Request {
     }
 }
 
+/// Which run of its job a row is: counted, not stored, so that every run has
+/// its number whichever version of datamig recorded it.
+const NUMBER: &str = "(SELECT count(*) FROM datamig_runs r2 WHERE r2.job = datamig_runs.job AND r2.id <= datamig_runs.id)";
+
 /// The columns [`parse`] reads; those later versions added read as NULL from
 /// a table an earlier version made (until a run completes it), so that reading
 /// the runs never needs a change to the database.
@@ -132,7 +140,7 @@ async fn columns(conn: &mut Conn) -> sqlx::Result<String> {
     }
     Ok(format!(
         "id, job, args, state, position, rows_done, rows_changed, rows_rejected, batches_done, total_rows, batch_size, \
-         elapsed_ms, max_batch_ms, bookkeeping_ms, {}, {}, {}, owner, last_error, verification, {}",
+         elapsed_ms, max_batch_ms, bookkeeping_ms, {}, {}, {}, owner, last_error, verification, {}, {NUMBER}",
         conn.timestamp_text("started_at"),
         conn.timestamp_text("updated_at"),
         conn.timestamp_text("finished_at"),
@@ -141,24 +149,27 @@ async fn columns(conn: &mut Conn) -> sqlx::Result<String> {
 }
 
 fn parse(row: Vec<Value>) -> Result<RunRecord> {
-    let mut it = row.into_iter();
-    let mut next = || it.next().unwrap_or(Value::Null);
     let corrupt = |what: &str| {
         Error::CorruptCheckpoint(format!(
             "datamig_runs has a malformed {what}; fix or delete that row"
         ))
     };
+    let number = row.last().and_then(Value::as_i64);
+    let mut it = row.into_iter();
+    let mut next = || it.next().unwrap_or(Value::Null);
     let id = next().as_i64().ok_or_else(|| corrupt("id"))?;
+    let number = number.unwrap_or(id);
     let job = next().into_string().ok_or_else(|| corrupt("job"))?;
     let args = next().into_string().ok_or_else(|| corrupt("args"))?;
     let state_text = next().into_string().unwrap_or_default();
     let state = RunState::parse(&state_text).ok_or_else(|| {
         Error::CorruptCheckpoint(format!(
-            "run {id} of {job} has an unknown state `{state_text}`; restart the job with --restart"
+            "run {number} of {job} has an unknown state `{state_text}`; restart the job with --restart"
         ))
     })?;
     Ok(RunRecord {
         id,
+        number,
         job,
         args,
         state,
@@ -217,7 +228,8 @@ pub async fn latest(conn: &mut Conn, job: &str) -> Result<Option<RunRecord>> {
     Ok(list(conn, Some(job), 1).await?.into_iter().next())
 }
 
-/// Inserts a new run in state `running` and returns its id. The job lock is held,
+/// Inserts a new run in state `running` and returns its id and its number
+/// among its job's runs. The job lock is held,
 /// so no other runner inserts a run of this job meanwhile.
 pub async fn insert(
     conn: &mut Conn,
@@ -226,7 +238,7 @@ pub async fn insert(
     batch_size: i64,
     total: Option<i64>,
     baseline: &str,
-) -> Result<i64> {
+) -> Result<(i64, i64)> {
     // The baseline goes in with the run: a run without one would compare its
     // `unchanged` checks with nothing.
     let now = conn.now_sql();
@@ -252,9 +264,18 @@ pub async fn insert(
         )
         .await
         .map_err(failed("cannot record the run"))?;
-    row.first()
+    let id = row
+        .first()
         .and_then(Value::as_i64)
-        .ok_or_else(|| Error::db("cannot record the run", "no id"))
+        .ok_or_else(|| Error::db("cannot record the run", "no id"))?;
+    let row = conn
+        .fetch_one(
+            "SELECT count(*) FROM datamig_runs WHERE job = ? AND id <= ?",
+            &[job.into(), id.into()],
+        )
+        .await
+        .map_err(failed("cannot record the run"))?;
+    Ok((id, row.first().and_then(Value::as_i64).unwrap_or(id)))
 }
 
 /// Takes a run over for this process: state `running`, new batch size and

@@ -165,7 +165,7 @@ pub(super) async fn workers_for(
             if partition::exists(conn, r.id).await? {
                 obs.message(&format!(
                     "run {} of {} is partitioned: joining it with one worker (--workers N for more)",
-                    r.id,
+                    r.number,
                     job.name()
                 ));
                 Ok(Some(1))
@@ -283,6 +283,8 @@ async fn lock_briefly(conn: &mut Conn, job: &dyn DynJob, lock: &str) -> Result<(
 /// The run this process works on, found or created under the job lock.
 struct Joined {
     run_id: i64,
+    /// Which run of its job it is: how messages name it.
+    number: i64,
     resumed: bool,
     baseline: Vec<CheckResult>,
     total: Option<i64>,
@@ -293,6 +295,7 @@ impl Joined {
     fn resuming(r: RunRecord) -> Joined {
         Joined {
             run_id: r.id,
+            number: r.number,
             resumed: true,
             baseline: super::stored_checks(&r),
             total: r.total_rows,
@@ -327,7 +330,7 @@ async fn join(
             tracing::Span::current().record("run_id", r.id);
             obs.message(&format!(
                 "joining run {} of {} with {workers} worker(s): {} of {} partitions done{}",
-                r.id,
+                r.number,
                 job.name(),
                 t.done,
                 t.partitions,
@@ -350,7 +353,7 @@ async fn join(
                         Error::CorruptCheckpoint(format!(
                             "run {} of {} has a checkpoint that is not one integer key ({text}); run it \
                              without --workers, or start over with --restart",
-                            r.id,
+                            r.number,
                             job.name()
                         ))
                     })?,
@@ -378,7 +381,7 @@ async fn join(
             tracing::Span::current().record("run_id", r.id);
             obs.message(&format!(
                 "going on with run {} of {} in {} partitions after {} done in one worker",
-                r.id,
+                r.number,
                 job.name(),
                 ranges.len(),
                 r.rows_done
@@ -407,13 +410,14 @@ async fn join(
             let begin = |e: sqlx::Error| crate::db::error("cannot record the run", &e);
             conn.begin().await.map_err(begin)?;
             let created = async {
-                let id = store::insert(conn, job.name(), &args.canonical, batch_size, total, &json)
-                    .await?;
+                let (id, number) =
+                    store::insert(conn, job.name(), &args.canonical, batch_size, total, &json)
+                        .await?;
                 partition::create(conn, id, &ranges, None).await?;
-                Ok::<_, Error>(id)
+                Ok::<_, Error>((id, number))
             }
             .await;
-            let id = match created {
+            let (id, number) = match created {
                 Ok(id) => {
                     conn.commit().await.map_err(begin)?;
                     conn.flush_commits().await.map_err(begin)?;
@@ -427,12 +431,13 @@ async fn join(
             let of = total.map(|t| format!(" over {t} rows")).unwrap_or_default();
             tracing::Span::current().record("run_id", id);
             obs.message(&format!(
-                "starting run {id} of {}{of} in {} partitions, {workers} worker(s) here",
+                "starting run {number} of {}{of} in {} partitions, {workers} worker(s) here",
                 job.name(),
                 ranges.len()
             ));
             Ok(Joined {
                 run_id: id,
+                number,
                 resumed: false,
                 baseline,
                 total,
@@ -507,6 +512,7 @@ async fn work(
         .map_err(|e| crate::db::error("cannot read datamig_partitions", &e))?;
     let progress = Progress {
         run_id,
+        run_number: joined.number,
         rows_done: totals.rows_done,
         total: joined.total,
         batches: totals.batches_done,
@@ -640,6 +646,7 @@ async fn work(
     obs.finished(&progress);
     let mut report = Report {
         run_id,
+        run_number: joined.number,
         resumed: joined.resumed,
         rows_done: progress.rows_done,
         rows_changed: progress.rows_changed,
@@ -658,29 +665,30 @@ async fn work(
         completed_here: false,
     };
     let others_at_work = totals.leased > 0;
+    let number = joined.number;
     let resume = &opts.resume_command;
     let name = job.name();
     match (stopped, error) {
         (Some(Stopped::Failed(_)), Some(e)) | (None, Some(e)) => {
             let _ = end_run(conn, &progress, RunState::Failed, Some(&e.to_string())).await;
             Err(Error::JobFailed(format!(
-                "run {run_id} of {name} failed: {e}. Every committed batch is kept (the other runners of \
+                "run {number} of {name} failed: {e}. Every committed batch is kept (the other runners of \
                  the run stop too); fix the cause and resume with: {resume}"
             )))
         }
         (Some(Stopped::Failed(why)), None) => {
             let _ = end_run(conn, &progress, RunState::Failed, Some(&why)).await;
-            Err(Error::JobFailed(format!("run {run_id} of {name} failed: {why}")))
+            Err(Error::JobFailed(format!("run {number} of {name} failed: {why}")))
         }
         (Some(Stopped::Cancelled(why)), _) => Err(Error::Cancelled(format!(
-            "run {run_id} of {name} was {why} with {}; every finished batch is committed. Running the job \
+            "run {number} of {name} was {why} with {}; every finished batch is committed. Running the job \
              again starts a new run",
             partitions_text(&totals)
         ))),
         (Some(Stopped::ErrorBudget(why)), _) => {
             let _ = end_run(conn, &progress, RunState::Failed, Some(&why)).await;
             Err(Error::ErrorBudget(format!(
-                "run {run_id} of {name} stopped: {why}. Every finished batch is committed; `datamig status {name}` \
+                "run {number} of {name} stopped: {why}. Every finished batch is committed; `datamig status {name}` \
                  lists the rejected rows. Fix the data or raise --max-errors, then resume with: {resume}"
             )))
         }
@@ -698,7 +706,7 @@ async fn work(
                 format!("Resume with: {resume}")
             };
             Err(Error::Interrupted(format!(
-                "interrupted run {run_id} of {name} with {}{}; every finished batch is committed. {how}",
+                "interrupted run {number} of {name} with {}{}; every finished batch is committed. {how}",
                 partitions_text(&totals),
                 percent(totals.rows_done, joined.total)
                     .map(|p| format!(" ({p:.1}%)"))
@@ -1172,16 +1180,16 @@ async fn ended_elsewhere(conn: &mut Conn, job: &dyn DynJob, run_id: i64) -> Resu
         .await?
         .into_iter()
         .find(|r| r.id == run_id);
-    let (state, why) = r
-        .map(|r| (r.state, r.last_error.unwrap_or_default()))
-        .unwrap_or((RunState::Cancelled, "deleted".into()));
+    let (state, why, number) = r
+        .map(|r| (r.state, r.last_error.unwrap_or_default(), r.number))
+        .unwrap_or((RunState::Cancelled, "deleted".into(), run_id));
     let name = job.name();
     match state {
         RunState::Cancelled => Err(Error::Cancelled(format!(
-            "run {run_id} of {name} was {why}; every finished batch is committed. Running the job again starts a new run"
+            "run {number} of {name} was {why}; every finished batch is committed. Running the job again starts a new run"
         ))),
         s => Err(Error::JobFailed(format!(
-            "run {run_id} of {name} is {s} ({why}), set by another process at work on it; `datamig status {name}` shows it"
+            "run {number} of {name} is {s} ({why}), set by another process at work on it; `datamig status {name}` shows it"
         ))),
     }
 }
@@ -1199,15 +1207,15 @@ async fn finish(
     mut report: Report,
     obs: &mut dyn Observer,
 ) -> Result<Report> {
-    let run_id = joined.run_id;
     let lock = super::job_lock(job);
     let started = Instant::now();
     loop {
         while !conn.try_lock(&lock).await? {
             if started.elapsed() > LOCK_WAIT * 10 {
                 return Err(Error::AlreadyRunning(format!(
-                    "every partition of run {run_id} is done, but another process has held the job lock for \
+                    "every partition of run {} is done, but another process has held the job lock for \
                      {}s while completing it; `datamig status {}` shows it",
+                    joined.number,
                     started.elapsed().as_secs(),
                     job.name()
                 )));
