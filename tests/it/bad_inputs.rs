@@ -347,3 +347,29 @@ each_db! {
         assert!(!p.db.table_exists("users"), "nothing was applied");
     }
 }
+
+each_db! {
+    // A datamig.toml that is not UTF-8 exited 1 (the README says 3); a TOML
+    // syntax error took two lines and a .env error named no line;
+    // `--connect-timeout 0s` exited 4 where `--max-runtime 0s` exits 2.
+    fn bad_settings_files_and_a_zero_connect_timeout_are_one_line_with_their_code(kind: Db) {
+        let p = Project::new(kind);
+        simple(&p);
+        let toml = p.path().join("datamig.toml");
+        std::fs::write(&toml, b"\xff\xfe").unwrap();
+        let run = p.run(&["schema", "upgrade"]);
+        assert_refused(&p, &run, 3, "datamig.toml is not UTF-8 text");
+        std::fs::write(&toml, "default_env = \"x\"\n[env.x\ndatabase_url = 1\n").unwrap();
+        let run = p.run(&["schema", "upgrade"]);
+        assert_refused(&p, &run, 3, "datamig.toml is invalid at line 2, column 7");
+        std::fs::remove_file(&toml).unwrap();
+        std::fs::write(p.path().join(".env"), "A=1\nB C=secretpw\n").unwrap();
+        let run = p.run(&["schema", "upgrade"]);
+        assert_refused(&p, &run, 3, ".env has a malformed line (line 2)");
+        std::fs::remove_file(p.path().join(".env")).unwrap();
+        let run = p.run(&["--connect-timeout", "0s", "schema", "upgrade"]);
+        assert_refused(&p, &run, 2, "`0s` is zero");
+        let run = p.run(&["--connect-timeout", "0s", "schema", "status"]);
+        assert_eq!(run.code, 2, "{run:?}");
+    }
+}
