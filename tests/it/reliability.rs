@@ -750,9 +750,37 @@ each_db! {
         let binary = file("binary.csv", &[0xff, 0xfe, 0x00, 0x01, 0x02]);
         let empty = file("empty.csv", b"");
         let read_only = read_only_url(&p);
+        let fifo = dir.join("archive.fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let fifo = format!("archive={}", fifo.display());
+        // A URL parameter the driver refuses, beside one whose value is a secret.
+        let bad_param = {
+            let mut u = crate::support::url_parts(&p.db.url);
+            u.set_query(Some(if kind == Db::Sqlite { "passwd=secretpw" } else { "x=secretpw&sslmode=bogus" }));
+            u.to_string()
+        };
+        let bad_param_says = if kind == Db::Sqlite { "parameter `passwd`, which SQLite does not take" } else { "`sslmode` is not one of" };
+        let up = dir.join("migrations").join(
+            std::fs::read_dir(dir.join("migrations")).unwrap().map(|e| e.unwrap().file_name()).find(|n| n.to_string_lossy().ends_with(".up.sql")).unwrap(),
+        );
+        let up = up.display().to_string();
+        let database = if kind == Db::Sqlite { p.db.url.trim_start_matches("sqlite:").to_string() } else { dir.join("datamig.toml").display().to_string() };
+        let database_says = if kind == Db::Sqlite { "the SQLite database itself" } else { "datamig.toml" };
 
         // (arguments, expected code, what the line must say)
         let cases: Vec<(Vec<String>, i32, &str)> = vec![
+            // Output paths and special files (each refused before anything runs).
+            (s(&["run", "count_visits", "--rejects-file", &database]), 2, database_says),
+            (s(&["run", "count_visits", "--rejects-file", &up]), 2, "the migrations directory"),
+            (s(&["run", "count_visits", "--rejects-file", &dir.display().to_string()]), 2, "that is a directory"),
+            (s(&["run", "count_visits", "--rejects-file", "/proc/datamig-rejects.csv"]), 2, "does not take new files"),
+            (s(&["run", "purge_expired_sessions", "--arg", &fifo]), 2, "not a regular file"),
+            (s(&["run", "purge_expired_sessions", "--arg", "archive=/dev/null"]), 2, "not a regular file"),
+            // Hostile connection parameters.
+            (s(&["--database-url", &bad_param, "schema", "status"]), 3, bad_param_says),
+            (s(&["--connect-timeout", "0s", "schema", "status"]), 2, "`0s` is zero"),
+            (s(&["status", "no_such_job"]), 2, "unknown job `no_such_job`"),
+            (s(&["run", "seed_demo_users", "--arg", "rows=abc"]), 2, "invalid --arg rows=abc"),
             // Unknown names.
             (s(&["run", "no_such_job"]), 2, "unknown job `no_such_job`"),
             (s(&["verify", "no_such_job"]), 2, "unknown job `no_such_job`"),
@@ -805,7 +833,7 @@ each_db! {
             (s(&["--database-url", &read_only, "run", "count_visits"]), 19, "The database user may not do this"),
         ];
         let tried = cases.len();
-        assert!(tried >= 40, "{tried} cases");
+        assert!(tried >= 54, "{tried} cases");
         for (args, code, says) in cases {
             let before = fingerprint(&p);
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -938,4 +966,131 @@ fn connect_timeout_reaches_every_connection(kind: Db, workers: &[&str]) {
 each_server! {
     connect_timeout_reaches_every_reconnect: |kind| connect_timeout_reaches_every_connection(kind, &[]);
     connect_timeout_reaches_every_workers_connection: |kind| connect_timeout_reaches_every_connection(kind, &["--workers", "2"]);
+}
+
+/// SQL that takes a few seconds, on each database (SQLite counts instead).
+fn slow_sql(kind: Db) -> &'static str {
+    match kind {
+        Db::Postgres => "SELECT pg_sleep(6);\n",
+        Db::MySql => "DO SLEEP(6);\n",
+        Db::Sqlite => {
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 40000000) SELECT count(*) FROM c;\n"
+        }
+    }
+}
+
+/// Sends SIGTERM to `child` after `after`, and waits for it to end (failing
+/// the test if it has not within 20 s): what it printed, and how long it took
+/// to end after the signal.
+fn terminated(child: std::process::Child, after: Duration) -> (Run, Duration) {
+    terminated_when(child, || {
+        std::thread::sleep(after);
+        true
+    })
+}
+
+/// As [`terminated`], once `ready` says so (it is asked until it does, for 60 s).
+fn terminated_when(mut child: std::process::Child, ready: impl Fn() -> bool) -> (Run, Duration) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < deadline, "never ready for the signal");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it ended before the signal"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let sent = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if sent.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!(
+                "SIGTERM went unanswered: {:?}",
+                to_run(child.wait_with_output().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = sent.elapsed();
+    (to_run(child.wait_with_output().unwrap()), took)
+}
+
+each_db! {
+    // Signals during every command (RELIABILITY.md): SIGTERM in the middle of
+    // a migration, a downgrade, a schema test, a run and the checks ends the
+    // process promptly, leaves nothing half-done, and the next command works.
+    fn sigterm_during_every_command_ends_it_and_leaves_nothing_half_done(kind: Db) {
+        let p = Project::new(kind);
+        let started = Instant::now();
+        p.migration(20261201000001, "create_t", "CREATE TABLE t (id INT);\n", "DROP TABLE t;\n");
+        p.ok(&["schema", "upgrade"]);
+        // A migration of data changes alone: every database rolls it back.
+        p.migration(20261201000002, "insert_t", &format!("INSERT INTO t VALUES (1);\n{}", slow_sql(kind)), "DELETE FROM t;\n");
+        let spawn_cmd = |args: &[&str]| {
+            p.fixtures(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut said = Vec::new();
+        let (run, took) = terminated(spawn_cmd(&["schema", "upgrade"]), Duration::from_millis(700));
+        assert!(!run.all().contains("panicked"), "{run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM t"), 0, "half a migration stayed: {run:?}");
+        assert_eq!(p.applied_versions(), vec![20261201000001], "{run:?}");
+        said.push(format!("upgrade {took:?}"));
+        // The schema lock went with the process: the next upgrade applies it once.
+        p.migration(20261201000002, "insert_t", "INSERT INTO t VALUES (1);\n", "DELETE FROM t;\n");
+        p.ok(&["schema", "upgrade"]);
+        assert_eq!(p.db.scalar("SELECT count(*) FROM t"), 1);
+        // A downgrade whose down is slow.
+        p.migration(20261201000002, "insert_t", "INSERT INTO t VALUES (1);\n", &format!("DELETE FROM t;\n{}", slow_sql(kind)));
+        p.ok(&["schema", "repair"]); // the edited down does not change the up's checksum; nothing to do
+        let (run, took) = terminated(spawn_cmd(&["schema", "downgrade", "-1"]), Duration::from_millis(700));
+        assert!(!run.all().contains("panicked"), "{run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM t"), 1, "half a downgrade stayed: {run:?}");
+        assert_eq!(p.applied_versions(), vec![20261201000001, 20261201000002], "{run:?}");
+        said.push(format!("downgrade {took:?}"));
+        // schema test: its scratch database is dropped (exit 130).
+        let (run, took) = terminated(spawn_cmd(&["schema", "test"]), Duration::from_millis(700));
+        assert_eq!(run.code, 130, "{run:?}");
+        said.push(format!("schema test {took:?}"));
+        // A run: the batch in flight commits, exit 130, and it resumes.
+        visits(&p, 20_000);
+        let (run, took) = terminated(spawn_cmd(&["run", "count_visits", "--batch", "200", "--arg", "pause_ms=5"]), Duration::from_millis(700));
+        assert_eq!(run.code, 130, "{run:?}");
+        said.push(format!("run {took:?}"));
+        let done = p.run_fixtures(&["run", "count_visits", "--batch", "200", "--arg", "pause_ms=5"]);
+        assert_eq!(done.code, 0, "{done:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits = 1"), 20_000, "{done:?}");
+        // During its checks (slow on the servers): they are cut short, exit 130,
+        // and running the job again runs only them.
+        if kind != Db::Sqlite {
+            p.db.exec("UPDATE visits SET hits = 0");
+            let args = ["run", "count_visits", "--batch", "5000", "--arg", "check_ms=5000"];
+            // Once every row is done: the run is at its checks.
+            let (run, took) = terminated_when(spawn_cmd(&args), || {
+                p.db.scalar("SELECT count(*) FROM visits WHERE hits = 0") == 0
+            });
+            assert_eq!(run.code, 130, "{run:?}");
+            assert!(run.stderr.contains("during its checks, after its last batch"), "{run:?}");
+            assert!(took < Duration::from_secs(3), "the checks went on for {took:?} after SIGTERM");
+            said.push(format!("checks {took:?}"));
+            let checked = p.run_fixtures(&args);
+            assert_eq!(checked.code, 0, "{checked:?}");
+            assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits = 1"), 20_000, "{checked:?}");
+        }
+        println!(
+            "reliability: signals {}: SIGTERM during an upgrade, a downgrade, a schema test, a run{}; each ended \
+             (after {}), nothing half-done, the next command worked ({:.1}s)",
+            name(kind),
+            if kind == Db::Sqlite { "" } else { " and its checks" },
+            said.join(", "),
+            started.elapsed().as_secs_f64()
+        );
+    }
 }

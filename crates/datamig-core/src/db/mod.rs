@@ -1294,6 +1294,20 @@ impl Scratch {
     /// Drops the scratch database.
     pub async fn drop_now(mut self) -> Result<()> {
         if let Some(mut admin) = self.admin.take() {
+            // A statement still running there (a test cut short mid-migration)
+            // would hold DROP DATABASE back on MariaDB until it ends: end it.
+            if admin.backend() == Backend::MySql {
+                let ids = admin
+                    .fetch(
+                        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+                        &[self.name.as_str().into()],
+                    )
+                    .await
+                    .unwrap_or_default();
+                for id in ids.iter().filter_map(|r| r.first().and_then(Value::as_i64)) {
+                    let _ = admin.script(&format!("KILL {id}")).await;
+                }
+            }
             let force = if admin.backend() == Backend::Postgres {
                 " WITH (FORCE)"
             } else {

@@ -498,17 +498,24 @@ pub async fn run(
     let lock = job_lock(job);
     let mut waited = Duration::ZERO;
     while !conn.try_lock(&lock).await? {
-        let holder = match store::latest(conn, job.name()).await.ok().flatten() {
+        let latest = store::latest(conn, job.name()).await.ok().flatten();
+        // A run whose process ended on this machine a moment ago (killed, or
+        // stopped during a check the server still runs): the server drops its
+        // lock once it notices the closed connection, or the statement ends.
+        // Wait for that rather than refuse a resume typed right after.
+        if latest
+            .as_ref()
+            .and_then(|r| r.owner.as_deref())
+            .is_some_and(died_here)
+            && waited < DEAD_HOLDER_GRACE
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += Duration::from_millis(100);
+            continue;
+        }
+        let holder = match latest {
             Some(r) if matches!(r.state, RunState::Running | RunState::Paused) => {
                 let owner = r.owner.unwrap_or_default();
-                // A run killed on this machine a moment ago: the server drops its
-                // lock once it notices the closed connection. Wait for that rather
-                // than refuse a resume typed right after the kill.
-                if died_here(&owner) && waited < DEAD_HOLDER_GRACE {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    waited += Duration::from_millis(100);
-                    continue;
-                }
                 let paused = if r.state == RunState::Paused {
                     format!(
                         ", paused by {}",
@@ -627,7 +634,18 @@ async fn run_locked(
             (r.id, r.number, stored_checks(r))
         }
         None => {
-            let baseline = run_checks(conn, &plan.checks, &[]).await?;
+            // A signal during the baseline (a slow check) stops the command
+            // before the run exists.
+            let baseline = tokio::select! {
+                checks = run_checks(conn, &plan.checks, &[]) => checks?,
+                () = stopped(stop) => {
+                    return Err(Error::Interrupted(format!(
+                        "interrupted while the checks of {} took their baseline, before its run began; \
+                         nothing was changed",
+                        job.name()
+                    )))
+                }
+            };
             let json = serde_json::to_string(&baseline).unwrap_or_default();
             let (id, number) =
                 store::insert(conn, job.name(), &args.canonical, batch_size, total, &json).await?;
@@ -1049,10 +1067,18 @@ async fn run_locked(
         &progress,
         &baseline,
         &mut report,
+        stop,
         obs,
     )
     .await?;
     Ok(report)
+}
+
+/// Completes when `stop` is set (a signal), looking every 50 ms.
+async fn stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Ends a run whose every batch is done: runs the checks against the baseline,
@@ -1067,6 +1093,7 @@ async fn complete(
     progress: &Progress,
     baseline: &[CheckResult],
     report: &mut Report,
+    stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<()> {
     // The checks and the run's end are read-only or overwrite what they set, so
@@ -1084,8 +1111,27 @@ async fn complete(
             .await?;
             end_run(conn, progress, RunState::Completed, None).await?;
             Ok::<_, Error>(checks)
-        }
-        .await;
+        };
+        // A signal cuts the checks short (they may take minutes over a large
+        // table): every batch is done, and running the job again runs only them.
+        let ended = tokio::select! {
+            ended = ended => ended,
+            () = stopped(stop) => {
+                // The connection was cut off mid-query: the run is recorded
+                // on a new one.
+                let fresh = conn.reopen().await?;
+                drop(std::mem::replace(conn, fresh));
+                end_run(conn, progress, RunState::Interrupted, None).await?;
+                obs.finished(progress);
+                return Err(Error::Interrupted(format!(
+                    "interrupted run {} of {} during its checks, after its last batch; every batch is \
+                     committed, and running the job again runs only the checks. Resume with: {}",
+                    progress.run_number,
+                    job.name(),
+                    opts.resume_command
+                )));
+            }
+        };
         let e = match ended {
             Ok(checks) => break checks,
             Err(e) => e,

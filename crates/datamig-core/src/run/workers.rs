@@ -722,7 +722,7 @@ async fn work(
             Ok(report)
         }
         (None, None) if ends.iter().all(|e| matches!(e, WorkerEnd::AllDone)) => {
-            finish(conn, job, &plan, opts, joined, &progress, report, obs).await
+            finish(conn, job, &plan, opts, joined, &progress, report, stop, obs).await
         }
         (None, None) => ended_elsewhere(conn, job, run_id).await,
     }
@@ -1205,6 +1205,7 @@ async fn finish(
     joined: &Joined,
     progress: &Progress,
     mut report: Report,
+    stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<Report> {
     let lock = super::job_lock(job);
@@ -1222,7 +1223,18 @@ async fn finish(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let result = finish_locked(conn, job, plan, opts, joined, progress, &mut report, obs).await;
+        let result = finish_locked(
+            conn,
+            job,
+            plan,
+            opts,
+            joined,
+            progress,
+            &mut report,
+            stop,
+            obs,
+        )
+        .await;
         let _ = conn.unlock(&lock).await;
         match result {
             // The connection was lost while completing, and another process
@@ -1242,6 +1254,7 @@ async fn finish_locked(
     joined: &Joined,
     progress: &Progress,
     report: &mut Report,
+    stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<()> {
     let run_id = joined.run_id;
@@ -1265,6 +1278,7 @@ async fn finish_locked(
         progress,
         &joined.baseline,
         report,
+        stop,
         obs,
     )
     .await
