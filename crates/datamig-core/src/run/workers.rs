@@ -960,7 +960,15 @@ impl Control<'_> {
         }
         if self.beat.elapsed() >= BEAT.min(self.lease / 3) {
             self.beat = Instant::now();
-            self.heartbeat().await;
+            // Bounded as a whole: on a connection gone silent it would wait forever.
+            let limit = self.history_limit;
+            if tokio::time::timeout(limit, self.heartbeat()).await.is_err() {
+                tracing::warn!(
+                    "the control connection did not answer the heartbeat within {:.1}s; replacing it",
+                    limit.as_secs_f64()
+                );
+                self.replace_connection().await;
+            }
         }
     }
 
@@ -1106,7 +1114,10 @@ impl Control<'_> {
     /// however many processes on however many hosts work on it.
     async fn share_rate(&mut self) {
         let run_id = self.progress.run_id;
-        if let Ok(recorded) = store::rate(self.conn, run_id).await {
+        // Bounded, as every look on the control connection is: a silent one
+        // is replaced elsewhere, and the rate read again next time.
+        let read = tokio::time::timeout(self.history_limit, store::rate(self.conn, run_id)).await;
+        if let Ok(Ok(recorded)) = read {
             let recorded = recorded.as_deref().and_then(|r| pace::Rate::parse(r).ok());
             if recorded != self.rate {
                 self.rate = recorded;
