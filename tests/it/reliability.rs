@@ -6,7 +6,7 @@
 //! run (1M rows, 50 random kills, 100 rounds of 8 upgrade runners):
 //!
 //! ```text
-//! DATAMIG_RELIABILITY=long cargo test --release --test it reliability:: -- --nocapture
+//! DATAMIG_RELIABILITY=long cargo test --release --test it -- reliability:: crash:: --nocapture
 //! ```
 //!
 //! Each test prints one `reliability:` line with what it did, for RELIABILITY.md.
