@@ -211,15 +211,20 @@ pub(crate) async fn claim(
     lease_ms: i64,
 ) -> Result<Option<Claim>> {
     let now = conn.epoch_ms_sql();
+    // A worker claims only when it holds no partition, so one recorded as its
+    // own is one it lost track of: a server crash took back the finish (or the
+    // batches) it had committed asynchronously. Its lease is still renewed by
+    // this process's heartbeat, so no other worker would ever take it: it takes
+    // it back (else the run waits for it forever).
     let select = format!(
         "SELECT {CLAIM_COLUMNS} FROM datamig_partitions WHERE run_id = ? AND done = 0 \
-         AND (owner IS NULL OR lease_until < {now}) ORDER BY part LIMIT 1 FOR UPDATE SKIP LOCKED"
+         AND (owner IS NULL OR lease_until < {now} OR owner = ?) ORDER BY part LIMIT 1 FOR UPDATE SKIP LOCKED"
     );
     let context = "cannot claim a partition";
     conn.begin_read_committed().await.map_err(failed(context))?;
     let claimed = async {
         let Some(row) = conn
-            .fetch(&select, &[run_id.into()])
+            .fetch(&select, &[run_id.into(), owner.into()])
             .await?
             .into_iter()
             .next()
