@@ -921,8 +921,8 @@ each_server! {
 /// the workers and every reconnect waited the default 10 s for a server that
 /// takes the TCP connection and never answers, while the message told users to
 /// raise `--connect-timeout`. Through a proxy that goes silent for new
-/// connections, a run with `--connect-timeout 1s --max-retries 3` gives up
-/// after about three seconds of connecting, not thirty.
+/// connections, a run with `--connect-timeout 1s --max-retries 3` says every
+/// connection it tried waited 1 s, and gives up in seconds, not minutes.
 fn connect_timeout_reaches_every_connection(kind: Db, workers: &[&str]) {
     let p = Project::new(kind);
     visits(&p, 50_000);
@@ -956,9 +956,12 @@ fn connect_timeout_reaches_every_connection(kind: Db, workers: &[&str]) {
     let run = ended(child, "the run did not give up on a silent server");
     let took = cut.elapsed();
     assert_ne!(run.code, 0, "{run:?}");
+    // Every connection it opened waited 1 s, none the default 10 s (the old
+    // code's reader and reconnects did); the time is loose, for a loaded machine.
     assert!(run.stderr.contains("no answer within 1s"), "{run:?}");
+    assert!(!run.stderr.contains("no answer within 10s"), "{run:?}");
     assert!(
-        took < Duration::from_secs(20),
+        took < Duration::from_secs(60),
         "the reconnects took {took:?}: {run:?}"
     );
 }

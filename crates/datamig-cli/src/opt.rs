@@ -35,7 +35,8 @@ pub struct GlobalOpts {
     #[arg(long, global = true, value_name = "NAME")]
     pub env: Option<String>,
 
-    /// How long to wait for the database to answer a connection.
+    /// How long to wait for the database to answer a connection: every
+    /// connection the command opens (readers, workers, reconnects).
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
 
@@ -224,7 +225,9 @@ pub struct RunCmd {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..), help_heading = "Errors")]
     pub max_errors: Option<i64>,
     /// Also write the run's rejected rows (key, reason) to this CSV file when the
-    /// invocation ends (they are always in datamig_rejects).
+    /// invocation ends (they are always in datamig_rejects). Checked before the
+    /// run starts: it may not be the database, its journal or locks, a migration,
+    /// datamig.toml, .env or the job's own files, nor a directory or a FIFO.
     #[arg(long, value_name = "FILE", help_heading = "Errors")]
     pub rejects_file: Option<std::path::PathBuf>,
     /// Refresh the planner's statistics of the tables the job changed: when it
