@@ -79,10 +79,7 @@ pub enum Error {
     /// deadlock, a lost connection. The run retries it; once the retries are
     /// spent it fails as [`Error::JobFailed`].
     #[error("{message}")]
-    Transient {
-        message: String,
-        kind: crate::db::Transient,
-    },
+    Transient { message: String, kind: Transient },
 
     /// A partitioned run's batch found its partition taken over or split, or
     /// the run stopped: it rolled back, and its worker finds out which (never
@@ -165,5 +162,29 @@ impl Error {
             context: context.into(),
             message: err.to_string(),
         }
+    }
+}
+
+/// Why a statement failed in a way that trying again can fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transient {
+    /// It waited longer than the lock timeout for a row or table lock.
+    LockTimeout,
+    /// It ran longer than the statement timeout.
+    StatementTimeout,
+    /// The server chose it as a deadlock's victim, or a serialization failure.
+    Deadlock,
+    /// The connection was lost: killed from the server, a restart, the network.
+    ConnectionLost,
+}
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transient::LockTimeout => "lock timeout",
+            Transient::StatementTimeout => "statement timeout",
+            Transient::Deadlock => "deadlock",
+            Transient::ConnectionLost => "connection lost",
+        })
     }
 }

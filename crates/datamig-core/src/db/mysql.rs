@@ -123,6 +123,14 @@ fn decode_all(rows: &[MySqlRow]) -> sqlx::Result<Vec<Row>> {
 
 impl Driver for MySql {
     type Connection = MySqlConnection;
+    const TABLE_EXISTS_SQL: &'static str = "SELECT count(*) FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_name = ?";
+    const COLUMN_EXISTS_SQL: &'static str = "SELECT count(*) FROM information_schema.columns \
+         WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?";
+    // REPEATABLE READ, the default, takes gap locks on the rows a locking read passes.
+    const READ_COMMITTED: Option<&'static str> =
+        Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED");
+    const INTEGER_CAST: Option<&'static str> = Some("SIGNED");
 
     const TRANSACTIONAL_DDL: bool = false;
     const BEGIN: &'static str = "BEGIN";
@@ -549,7 +557,7 @@ impl Driver for MySql {
         Ok(out)
     }
 
-    async fn health(c: &mut MySqlConnection) -> sqlx::Result<crate::run::throttle::Health> {
+    async fn health(c: &mut MySqlConnection) -> sqlx::Result<super::Health> {
         // Sessions running a statement, as Threads_running counts them, without
         // this one (MariaDB cannot tell this process's reader from others).
         let sql = "SELECT
@@ -563,9 +571,9 @@ impl Driver for MySql {
             .into_iter()
             .next()
             .unwrap_or_default();
-        Ok(crate::run::throttle::Health {
+        Ok(super::Health {
             active_sessions: row.first().and_then(Value::as_i64).unwrap_or(0),
-            oldest_transaction: crate::run::throttle::seconds(row.get(1)),
+            oldest_transaction: super::seconds(row.get(1)),
             // A primary does not know how far its replicas are: --replica names them.
             replica_lag: None,
         })

@@ -231,6 +231,11 @@ fn uuid_text(
 
 impl Driver for Postgres {
     type Connection = PgConnection;
+    const TABLE_EXISTS_SQL: &'static str = "SELECT count(*) FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_name = ?";
+    const COLUMN_EXISTS_SQL: &'static str = "SELECT count(*) FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = ? AND column_name = ?";
+    const NUMBERED_PLACEHOLDERS: bool = true;
 
     const TRANSACTIONAL_DDL: bool = true;
     const BEGIN: &'static str = "BEGIN";
@@ -689,7 +694,7 @@ impl Driver for Postgres {
         Ok(out)
     }
 
-    async fn health(c: &mut PgConnection) -> sqlx::Result<crate::run::throttle::Health> {
+    async fn health(c: &mut PgConnection) -> sqlx::Result<super::Health> {
         // This process's sessions share its application_name: its writer, its reader.
         // replay_lag is the lag measured when the standby last replayed new WAL; it
         // stays at that figure for a while after the standby has caught up, so a
@@ -708,10 +713,10 @@ impl Driver for Postgres {
             .into_iter()
             .next()
             .unwrap_or_default();
-        Ok(crate::run::throttle::Health {
+        Ok(super::Health {
             active_sessions: row.first().and_then(Value::as_i64).unwrap_or(0),
-            oldest_transaction: crate::run::throttle::seconds(row.get(1)),
-            replica_lag: crate::run::throttle::seconds(row.get(2)),
+            oldest_transaction: super::seconds(row.get(1)),
+            replica_lag: super::seconds(row.get(2)),
         })
     }
 
@@ -729,7 +734,7 @@ impl Driver for Postgres {
             .next()
             .unwrap_or_default();
         match row.first() {
-            Some(Value::Bool(true)) => Ok(crate::run::throttle::seconds(row.get(1))),
+            Some(Value::Bool(true)) => Ok(super::seconds(row.get(1))),
             _ => Err(sqlx::Error::Protocol(
                 "not a standby (pg_is_in_recovery() is false)".into(),
             )),

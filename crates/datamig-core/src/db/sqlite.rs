@@ -83,6 +83,12 @@ fn decode(row: &SqliteRow) -> sqlx::Result<Row> {
 
 impl Driver for Sqlite {
     type Connection = SqliteConn;
+    const TABLE_EXISTS_SQL: &'static str =
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?";
+    const COLUMN_EXISTS_SQL: &'static str =
+        "SELECT count(*) FROM pragma_table_info(?) WHERE name = ?";
+    const INTEGER_CAST: Option<&'static str> = None;
+    const SINGLE_WRITER: bool = true;
 
     const TRANSACTIONAL_DDL: bool = true;
     // IMMEDIATE takes the write lock at once, so two writers never deadlock on upgrade.
@@ -440,9 +446,9 @@ impl Driver for Sqlite {
             .collect())
     }
 
-    async fn health(_c: &mut SqliteConn) -> sqlx::Result<crate::run::throttle::Health> {
+    async fn health(_c: &mut SqliteConn) -> sqlx::Result<super::Health> {
         // An embedded database has no other sessions to count and no replicas.
-        Ok(crate::run::throttle::Health::default())
+        Ok(super::Health::default())
     }
 
     async fn replica_lag(_c: &mut SqliteConn) -> sqlx::Result<Option<std::time::Duration>> {

@@ -598,7 +598,7 @@ struct Failure {
 }
 
 impl Failure {
-    fn of(conn: &Conn, message: String, statements_done: usize, e: &sqlx::Error) -> Failure {
+    fn of(message: String, statements_done: usize, e: &sqlx::Error) -> Failure {
         let mut message = message;
         // PostgreSQL refuses some statements inside a transaction block
         // (CREATE INDEX CONCURRENTLY, VACUUM, ALTER TYPE … ADD VALUE before 12).
@@ -611,7 +611,7 @@ impl Failure {
         Failure {
             message,
             statements_done,
-            transient: conn.transient(e),
+            transient: crate::db::Transient::of(e),
         }
     }
 }
@@ -635,7 +635,7 @@ async fn run_sql(
     if in_transaction && conn.transactional_ddl() {
         return conn.script(sql).await.map_err(|e| {
             let message = db_message(&e);
-            Failure::of(conn, message, 0, &e)
+            Failure::of(message, 0, &e)
         });
     }
     let statements = split::split(sql, flavor(conn.backend()));
@@ -651,7 +651,7 @@ async fn run_sql(
                 statement.line,
                 db_message(&e)
             );
-            return Err(Failure::of(conn, message, changed, &e));
+            return Err(Failure::of(message, changed, &e));
         }
         if !matches!(
             first_word(&statement.sql).as_str(),

@@ -488,10 +488,10 @@ impl Limits {
     pub async fn apply(&self, conn: &mut Conn) -> Result<()> {
         conn.prepare_for_batches()
             .await
-            .map_err(|e| failed(conn, "cannot prepare the session for batches", &e))?;
+            .map_err(|e| failed("cannot prepare the session for batches", &e))?;
         conn.set_timeouts(self.lock_timeout, self.statement_timeout, self.deadline())
             .await
-            .map_err(|e| failed(conn, "cannot set the batch timeouts", &e))
+            .map_err(|e| failed("cannot set the batch timeouts", &e))
     }
 }
 
@@ -850,7 +850,7 @@ async fn run(
     if !opening {
         conn.begin()
             .await
-            .map_err(|e| failed(conn, "cannot begin the batch", &e))?;
+            .map_err(|e| failed("cannot begin the batch", &e))?;
     }
     crate::crash::reached(crate::crash::Point::BeforeWrite);
     let result = body(
@@ -861,7 +861,7 @@ async fn run(
         Ok(Batch::Done(mut done)) if dry => {
             conn.rollback()
                 .await
-                .map_err(|e| failed(conn, "the dry run's rollback failed", &e))?;
+                .map_err(|e| failed("the dry run's rollback failed", &e))?;
             done.transaction = started.elapsed();
             Ok(Batch::Done(done))
         }
@@ -872,7 +872,7 @@ async fn run(
                 None => conn
                     .commit()
                     .await
-                    .map_err(|e| failed(conn, "the batch's commit failed", &e))?,
+                    .map_err(|e| failed("the batch's commit failed", &e))?,
                 Some(checkpoint) => {
                     let sent = Instant::now();
                     let moved = match conn.script_rows(&format!("{checkpoint}; COMMIT")).await {
@@ -884,7 +884,7 @@ async fn run(
                             } else if let (true, Some(claim)) = (partition::refused(&e), claim) {
                                 partition::lost(claim)
                             } else {
-                                failed(conn, "the checkpoint and commit failed", &e)
+                                failed("the checkpoint and commit failed", &e)
                             });
                         }
                     };
@@ -967,9 +967,9 @@ async fn commit_floor(conn: &mut Conn) -> Duration {
 }
 
 /// A batch's database error: [`Error::Transient`] when trying again can pass.
-fn failed(conn: &Conn, what: &str, e: &sqlx::Error) -> Error {
+fn failed(what: &str, e: &sqlx::Error) -> Error {
     let message = format!("{what}: {}", db_message(e));
-    match conn.transient(e) {
+    match crate::db::Transient::of(e) {
         Some(kind) => Error::Transient { message, kind },
         None => Error::JobFailed(message),
     }
@@ -1030,7 +1030,7 @@ async fn body(
             } else {
                 conn.execute(&sql, &[]).await
             }
-            .map_err(|e| failed(conn, "the batch's statement failed", &e))?;
+            .map_err(|e| failed("the batch's statement failed", &e))?;
             let rows = hi - lo + 1;
             (
                 vec![Value::Int(hi)],
@@ -1057,7 +1057,7 @@ async fn body(
             if !read.rejects.is_empty() && !dry {
                 store::reject(conn, run_id, &read.rejects)
                     .await
-                    .map_err(|e| failed(conn, "recording rejected records failed", &e))?;
+                    .map_err(|e| failed("recording rejected records failed", &e))?;
             }
             (
                 read.next.cursor(),
@@ -1134,7 +1134,7 @@ async fn body(
     let checkpoint_started = Instant::now();
     let moved = store::checkpoint(conn, run_id, &position, &counts, offset)
         .await
-        .map_err(|e| failed(conn, "the checkpoint failed", &e))?;
+        .map_err(|e| failed("the checkpoint failed", &e))?;
     let bookkeeping = checkpoint_started.elapsed();
     if !moved {
         return Err(no_longer_running(run_id));
@@ -1181,7 +1181,7 @@ async fn partition_checkpoint(
     let started = Instant::now();
     let moved = partition::checkpoint(conn, claim, position, &done.counts)
         .await
-        .map_err(|e| failed(conn, "the checkpoint failed", &e))?;
+        .map_err(|e| failed("the checkpoint failed", &e))?;
     done.bookkeeping = started.elapsed();
     if !moved {
         return Err(partition::lost(claim));
@@ -1222,7 +1222,7 @@ async fn bound(
     let rows = conn
         .fetch(&sql, &params)
         .await
-        .map_err(|e| failed(conn, "reading the batch's bounds failed", &e))?;
+        .map_err(|e| failed("reading the batch's bounds failed", &e))?;
     let (last, matched) = split_count(rows.into_iter().next());
     if matched >= size.rows {
         return Ok(Some(Bound {
@@ -1271,7 +1271,7 @@ async fn last_key(
     let rows = conn
         .fetch(&sql, &params)
         .await
-        .map_err(|e| failed(conn, "reading the batch's bounds failed", &e))?;
+        .map_err(|e| failed("reading the batch's bounds failed", &e))?;
     let (last, count) = split_count(rows.into_iter().next());
     Ok((count > 0 && last.iter().all(|v| !v.is_null())).then_some((last, count)))
 }
@@ -1346,7 +1346,7 @@ async fn insert(conn: &mut Conn, table: &str, columns: &[String], rows: &[Row]) 
         inserted += conn
             .execute(&sql, &params)
             .await
-            .map_err(|e| failed(conn, "inserting the batch failed", &e))?;
+            .map_err(|e| failed("inserting the batch failed", &e))?;
     }
     Ok(to_i64(inserted))
 }
@@ -1393,7 +1393,7 @@ async fn key_range(
         let deleted = conn
             .execute(&format!("DELETE FROM {table} WHERE {range}"), &params)
             .await
-            .map_err(|e| failed(conn, "the batch's delete failed", &e))?;
+            .map_err(|e| failed("the batch's delete failed", &e))?;
         if deleted != u64::try_from(rows.len()).unwrap_or(u64::MAX) {
             return Err(Error::JobFailed(format!(
                 "the batch archived {} rows but its delete matched {deleted}; it was rolled back",
@@ -1427,7 +1427,7 @@ async fn key_range(
     } else {
         conn.execute(&sql, &params).await
     }
-    .map_err(|e| failed(conn, "the batch's statement failed", &e))?;
+    .map_err(|e| failed("the batch's statement failed", &e))?;
     Ok((
         BatchCounts {
             rows: bound.scanned.matched,
@@ -1576,7 +1576,7 @@ async fn read_rows(
 async fn fetch_rows(conn: &mut Conn, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
     conn.fetch(sql, params)
         .await
-        .map_err(|e| failed(conn, "reading the batch failed", &e))
+        .map_err(|e| failed("reading the batch failed", &e))
 }
 
 impl Read {
@@ -1687,7 +1687,7 @@ async fn write(
         let written = conn
             .bulk_update(&spec, &applied.updates)
             .await
-            .map_err(|e| failed(conn, "writing the batch failed", &e))?;
+            .map_err(|e| failed("writing the batch failed", &e))?;
         if guarded && written != u64::try_from(applied.updates.len()).unwrap_or(u64::MAX) {
             return Ok(false);
         }
@@ -1695,7 +1695,7 @@ async fn write(
     if !applied.rejects.is_empty() && !dry {
         store::reject(conn, run_id, &applied.rejects)
             .await
-            .map_err(|e| failed(conn, "recording rejected rows failed", &e))?;
+            .map_err(|e| failed("recording rejected rows failed", &e))?;
     }
     Ok(true)
 }

@@ -21,8 +21,7 @@
 //! (a dead runner's partition is taken over once it runs out); exactly-once
 //! rests on the row lock and the guard.
 
-use crate::config::Backend;
-use crate::db::{Conn, Transient, Value};
+use crate::db::{Conn, Value};
 use crate::{Error, Result};
 
 use super::store::BatchCounts;
@@ -69,32 +68,7 @@ pub(crate) struct Totals {
 /// deadlock, a lost connection) where trying again can pass, so that the
 /// worker tries again rather than failing the run.
 fn failed(context: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
-    move |e| {
-        let backend = match &e {
-            sqlx::Error::Database(db)
-                if db
-                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-                    .is_some() =>
-            {
-                Backend::Postgres
-            }
-            sqlx::Error::Database(db)
-                if db
-                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                    .is_some() =>
-            {
-                Backend::MySql
-            }
-            _ => Backend::Sqlite,
-        };
-        match Transient::of(backend, &e) {
-            Some(kind) => Error::Transient {
-                message: format!("{context}: {}", crate::db::db_message(&e)),
-                kind,
-            },
-            None => crate::db::error(context, &e),
-        }
-    }
+    move |e| crate::db::failure(context, &e)
 }
 
 /// Splits `(lo, hi]` (`lo`: the key before the first, `hi`: the last) into
@@ -476,11 +450,7 @@ pub(crate) async fn heartbeat(
 /// The run's figures over all its partitions.
 pub(crate) async fn totals(conn: &mut Conn, run_id: i64) -> sqlx::Result<Totals> {
     // A sum is NUMERIC on PostgreSQL and DECIMAL on MariaDB: cast back to an integer.
-    let int = |e: &str| match conn.backend() {
-        Backend::Postgres => format!("CAST(coalesce({e}, 0) AS BIGINT)"),
-        Backend::MySql => format!("CAST(coalesce({e}, 0) AS SIGNED)"),
-        Backend::Sqlite => format!("coalesce({e}, 0)"),
-    };
+    let int = |e: &str| conn.integer(&format!("coalesce({e}, 0)"));
     let leased = format!(
         "sum(CASE WHEN done = 0 AND owner IS NOT NULL AND lease_until >= {} THEN 1 ELSE 0 END)",
         conn.epoch_ms_sql()

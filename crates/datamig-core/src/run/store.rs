@@ -593,14 +593,10 @@ pub async fn batch_ms(conn: &mut Conn, run_id: i64) -> Result<Option<i64>> {
         return Ok(None);
     }
     // A sum is a decimal on PostgreSQL and MariaDB: cast to an integer.
-    let int = if conn.backend() == crate::config::Backend::MySql {
-        "SIGNED"
-    } else {
-        "BIGINT"
-    };
+    let sum = conn.integer("sum(ms)");
     let row = conn
         .fetch_one(
-            &format!("SELECT CAST(sum(ms) AS {int}) FROM datamig_batches WHERE run_id = ?"),
+            &format!("SELECT {sum} FROM datamig_batches WHERE run_id = ?"),
             &[run_id.into()],
         )
         .await

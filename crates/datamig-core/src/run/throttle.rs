@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::DatabaseUrl;
-use crate::db::{db_message, Conn, ConnectOptions, Transient, Value};
+use crate::db::{db_message, Conn, ConnectOptions, Transient};
 use crate::{Error, Result};
 
 /// The thresholds (each optional) and what to probe.
@@ -78,7 +78,7 @@ impl Throttle {
     ) -> Result<Throttle> {
         // SQLite has one writer and no sessions to count or long transactions
         // of others to see: those throttles would never hold a run back.
-        if conn.backend() == crate::config::Backend::Sqlite {
+        if conn.single_writer() {
             for (flag, given) in [
                 ("--max-active", limits.max_active.is_some()),
                 (
@@ -161,7 +161,7 @@ impl Throttle {
         if l.max_active.is_some() || l.max_transaction_age.is_some() || l.max_replica_lag.is_some()
         {
             let health = tokio::time::timeout(limit, conn.health()).await;
-            let health = answered(conn, "the database's load", limit, health)?;
+            let health = answered("the database's load", limit, health)?;
             if let Some(max) = l.max_active {
                 if health.active_sessions > max {
                     why.push(format!(
@@ -218,7 +218,7 @@ impl Throttle {
             let started = Instant::now();
             // Its rows do not matter (and `pg_sleep` returns void): only its time.
             let ran = tokio::time::timeout(limit, conn.execute(sql, &[])).await;
-            answered(conn, "the probe query", limit, ran)?;
+            answered("the probe query", limit, ran)?;
             let took = started.elapsed();
             if took > *max {
                 why.push(format!(
@@ -242,14 +242,13 @@ impl Throttle {
 /// connection is [`Error::Transient`] (the run replaces the connection); any
 /// other error stops the run.
 fn answered<T>(
-    conn: &Conn,
     what: &str,
     limit: Duration,
     result: std::result::Result<sqlx::Result<T>, tokio::time::error::Elapsed>,
 ) -> Result<T> {
     match result {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(match conn.transient(&e) {
+        Ok(Err(e)) => Err(match Transient::of(&e) {
             Some(kind) => Error::Transient {
                 message: format!("cannot check {what}: {}", db_message(&e)),
                 kind,
@@ -295,23 +294,4 @@ async fn replica_lag(
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
-}
-
-/// What [`Conn::health`] reads: the numbers the checks compare.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Health {
-    pub active_sessions: i64,
-    pub oldest_transaction: Option<Duration>,
-    /// The furthest behind of the standbys a primary streams to (PostgreSQL).
-    pub replica_lag: Option<Duration>,
-}
-
-/// Seconds as a [`Value`] from a catalogue query, as a duration.
-pub(crate) fn seconds(v: Option<&Value>) -> Option<Duration> {
-    let secs = match v? {
-        Value::Int(i) => Some(*i as f64),
-        Value::Float(f) => Some(*f),
-        other => other.as_str().and_then(|s| s.parse::<f64>().ok()),
-    }?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }

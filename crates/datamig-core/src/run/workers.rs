@@ -28,7 +28,6 @@ use super::{
     backoff, end_run, find_run_record, history, millis, ms, pace, percent, run_checks, steer,
     throttle, BatchTimes, CheckResult, CountMode, Observer, Options, Progress, Report,
 };
-use crate::config::Backend;
 use crate::db::{db_message, who_am_i, Conn, ConnectOptions, Transient, Value};
 use crate::job::{DynJob, ParsedArgs, Plan, Source, Step};
 use crate::{Error, Result};
@@ -136,7 +135,7 @@ pub(super) async fn workers_for(
     opts: &Options,
     obs: &mut dyn Observer,
 ) -> Result<Option<usize>> {
-    if conn.backend() == Backend::Sqlite {
+    if conn.single_writer() {
         if opts.workers.is_some_and(|n| n > 1) {
             obs.message(
                 "SQLite has a single writer: the run goes on in one worker (--workers needs PostgreSQL or MariaDB)",

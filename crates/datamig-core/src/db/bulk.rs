@@ -1,0 +1,36 @@
+//! What a bulk write of a batch's new values needs to know: [`BulkUpdate`],
+//! and the [`Guard`] of a write whose rows were read outside its transaction.
+
+use super::Value;
+
+/// A bulk write of new values, keyed by the source key, bounded to the batch's
+/// key range (so the planner uses the index: see BENCHMARKS.md).
+#[derive(Debug, Clone)]
+pub struct BulkUpdate {
+    pub table: String,
+    pub keys: Vec<String>,
+    pub sets: Vec<String>,
+    /// SQL types of `keys` then `sets`, where the driver casts (PostgreSQL).
+    pub types: Vec<String>,
+    /// The first key column's lowest and highest value in the batch.
+    pub lo: Value,
+    pub hi: Value,
+    /// Write a row only if it is as it was read; see [`Guard`].
+    pub guard: Option<Guard>,
+}
+
+/// For a write whose rows were read outside its transaction (overlapped with the
+/// previous batch's write): each row carries, after its keys and new values, the
+/// values [`Conn::guard_select`] read with it, and is written only if the row is
+/// unchanged since and still matches the source filter. The caller compares the
+/// rows written with the rows given and redoes the batch under row locks when
+/// they differ.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// The source columns the transform read.
+    pub columns: Vec<String>,
+    /// Their SQL types, from [`Conn::column_types`].
+    pub types: Vec<String>,
+    /// The source filter (`?` placeholders) and its parameters.
+    pub filter: Option<(String, Vec<Value>)>,
+}
