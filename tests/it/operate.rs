@@ -436,8 +436,15 @@ each_db! {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // Slow for 3 s: the probe is also tried once before the run starts.
-        std::thread::sleep(Duration::from_secs(3));
+        // The probe is tried once before the run starts; then, once the run is
+        // recorded, it is slow for longer than one probe takes (SQLite's count
+        // takes seconds in a debug build): the first look before any batch is slow.
+        let begun = std::time::Instant::now();
+        while !(p.db.table_exists("datamig_runs") && p.db.scalar("SELECT count(*) FROM datamig_runs") > 0) {
+            assert!(begun.elapsed() < Duration::from_secs(60), "the run never began");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(5));
         assert_eq!(rows_done(&p), 0, "no batch while the probe is slow");
         p.db.exec(&format!("UPDATE probe_delay SET n = {fast}"));
         let run = to_run(child.wait_with_output().unwrap());

@@ -1,12 +1,11 @@
 //! The run's history: one record per committed batch (size, time, rows changed,
 //! time waited for throttles before it, retries), kept in `datamig_batches` for
-//! `datamig status <job> --batches`. Records are buffered and written in one
-//! statement at most every [`History::EVERY`] (or [`History::MAX`] records),
-//! outside the batches' transactions: the history never lengthens a batch's
-//! locks, and a crash loses at most its last second, never a batch's data or its
-//! checkpoint.
+//! `datamig status <job> --batches`. Records are buffered and written by the
+//! run's control on its own connection, once a second, outside the batches'
+//! transactions: the history never lengthens a batch's locks, and a crash
+//! loses at most its last second, never a batch's data or its checkpoint.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::store::{self, BatchRecord};
 use crate::db::Conn;
@@ -14,24 +13,16 @@ use crate::db::Conn;
 pub(crate) struct History {
     run_id: i64,
     pending: Vec<BatchRecord>,
-    flushed: Instant,
-    /// The run's wait total when the last batch committed.
-    waited_until_last: Duration,
     /// Records past this batch are to be removed from the table: their batches
     /// were lost with the server and are being done again.
     rewound_to: Option<i64>,
 }
 
 impl History {
-    pub const EVERY: Duration = Duration::from_secs(1);
-    pub const MAX: usize = 200;
-
-    pub fn new(run_id: i64, waited: Duration) -> History {
+    pub fn new(run_id: i64) -> History {
         History {
             run_id,
             pending: Vec::new(),
-            flushed: Instant::now(),
-            waited_until_last: waited,
             rewound_to: None,
         }
     }
@@ -44,48 +35,15 @@ impl History {
         self.rewound_to = Some(self.rewound_to.map_or(batch, |b| b.min(batch)));
     }
 
-    /// Notes a committed batch: `waited` is the run's total wait so far, and
-    /// `retries` how often the batch failed before it committed.
-    pub fn committed(
-        &mut self,
-        batch: i64,
-        counts: &store::BatchCounts,
-        transaction: Duration,
-        waited: Duration,
-        retries: u32,
-    ) {
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        self.push(BatchRecord {
-            batch,
-            partition: None,
-            rows: counts.rows,
-            changed: counts.changed,
-            rejected: counts.rejected,
-            ms: ms(transaction),
-            waited_ms: ms(waited.saturating_sub(self.waited_until_last)),
-            retries: i64::from(retries),
-            at_ms: chrono::Utc::now().timestamp_millis(),
-        });
-        self.waited_until_last = waited;
-    }
-
-    /// Notes a committed batch as recorded (a partitioned run's workers report their own waits).
+    /// Notes a committed batch, as its worker reported it.
     pub fn push(&mut self, record: BatchRecord) {
         self.pending.push(record);
-    }
-
-    /// Writes the buffered records if it is time to.
-    pub async fn flush_if_due(&mut self, conn: &mut Conn, limit: Duration) {
-        if self.pending.len() >= Self::MAX || self.flushed.elapsed() >= Self::EVERY {
-            self.flush(conn, limit).await;
-        }
     }
 
     /// Writes the buffered records, within `limit` (a dead connection must not
     /// hold the run up). A failure is a warning: the history is a record of the
     /// run, not part of its work, and those records are dropped.
     pub async fn flush(&mut self, conn: &mut Conn, limit: Duration) {
-        self.flushed = Instant::now();
         if let Some(batch) = self.rewound_to {
             match tokio::time::timeout(limit, store::forget_batches(conn, self.run_id, batch)).await
             {

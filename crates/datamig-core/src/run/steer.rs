@@ -196,11 +196,6 @@ impl Poller {
         Poller { last: None, limit }
     }
 
-    /// How long a look may go unanswered.
-    pub fn limit(&self) -> Duration {
-        self.limit
-    }
-
     /// Makes the next [`Poller::poll`] look, however recent the last look (after
     /// a new connection: a request may have gone unanswered on the old one).
     pub fn look_next_time(&mut self) {

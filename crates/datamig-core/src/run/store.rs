@@ -200,6 +200,14 @@ fn failed(context: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
     move |e| crate::db::error(context, &e)
 }
 
+/// Run `id` of `job`, among its latest runs.
+pub async fn find(conn: &mut Conn, job: &str, id: i64) -> Result<Option<RunRecord>> {
+    Ok(list(conn, Some(job), 50)
+        .await?
+        .into_iter()
+        .find(|r| r.id == id))
+}
+
 /// The runs of a job (or of all jobs), newest first.
 pub async fn list(conn: &mut Conn, job: Option<&str>, limit: i64) -> Result<Vec<RunRecord>> {
     if !conn

@@ -1,6 +1,7 @@
-//! Health throttling: before a batch, the run checks that the database is not
-//! under stress, and waits while it is. What is checked, and how, differs by
-//! database ([`crate::db::Health`]); the thresholds are the user's.
+//! Health throttling: the run's control checks, before the first batch and
+//! every 200 ms, that the database is not under stress, and holds the batches
+//! while it is. What is checked, and how, differs by database
+//! ([`crate::db::Health`]); the thresholds are the user's.
 //!
 //! - sessions running a statement (PostgreSQL active backends, MariaDB
 //!   `Threads_running`), not counting the run's own;
@@ -149,8 +150,11 @@ impl Throttle {
                 return Ok(self.waiting.clone());
             }
         }
+        // Counted from the end of a check: a slow probe is not run back to
+        // back (on SQLite, a reader that never lets go starves the writers).
+        let checked = self.reasons(conn).await;
         self.last_check = Some(Instant::now());
-        self.waiting = self.reasons(conn).await?;
+        self.waiting = checked?;
         Ok(self.waiting.clone())
     }
 
@@ -238,7 +242,7 @@ impl Throttle {
     }
 }
 
-/// A check's result on the run's connection: silence past `limit` or a lost
+/// A check's result on the run's control connection: silence past `limit` or a lost
 /// connection is [`Error::Transient`] (the run replaces the connection); any
 /// other error stops the run.
 fn answered<T>(

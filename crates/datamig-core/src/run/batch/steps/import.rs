@@ -1,0 +1,72 @@
+//! An import step: the next records of a CSV file after the cursor (its
+//! record count, byte offset and line), inserted into the job's table; records
+//! that do not parse are rejected with their line.
+
+use std::path::Path;
+
+use super::super::{failed, Size};
+use super::{to_i64, Acted};
+use crate::db::{Conn, Row, Value};
+use crate::job::Import;
+use crate::run::batch::Scanned;
+use crate::run::store::{self, BatchCounts};
+use crate::Result;
+
+/// The batch of `size.rows` records of `path` after `after`.
+pub(crate) async fn batch(
+    conn: &mut Conn,
+    run_id: i64,
+    path: &Path,
+    import: &dyn Import,
+    after: Option<&[Value]>,
+    size: Size,
+    dry: bool,
+) -> Result<Option<Acted>> {
+    let at = crate::run::csv_source::At::from_cursor(after)?;
+    let Some(read) = crate::run::csv_source::read(path, at, size.rows, import)? else {
+        return Ok(None);
+    };
+    let changed = insert(conn, &import.table(), &import.columns(), &read.rows).await?;
+    if !read.rejects.is_empty() && !dry {
+        store::reject(conn, run_id, &read.rejects)
+            .await
+            .map_err(|e| failed("recording rejected records failed", &e))?;
+    }
+    Ok(Some(Acted {
+        cursor: read.next.cursor(),
+        counts: BatchCounts {
+            rows: read.records,
+            changed,
+            rejected: to_i64(read.rejects.len()),
+            elapsed_ms: 0,
+        },
+        scanned: Scanned {
+            matched: read.records,
+            ran_out: None,
+        },
+        file_offset: None,
+    }))
+}
+
+/// Inserts an import's rows, in statements of at most 30,000 values (below the
+/// parameter limits of all three databases). Returns the rows inserted.
+async fn insert(conn: &mut Conn, table: &str, columns: &[String], rows: &[Row]) -> Result<i64> {
+    let width = columns.len().max(1);
+    let names: Vec<String> = columns.iter().map(|c| conn.quote_ident(c)).collect();
+    let tuple = format!("({})", vec!["?"; width].join(", "));
+    let mut inserted = 0_u64;
+    for chunk in rows.chunks((30_000 / width).max(1)) {
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES {}",
+            conn.quote_ident(table),
+            names.join(", "),
+            vec![tuple.as_str(); chunk.len()].join(", ")
+        );
+        let params: Vec<Value> = chunk.iter().flatten().cloned().collect();
+        inserted += conn
+            .execute(&sql, &params)
+            .await
+            .map_err(|e| failed("inserting the batch failed", &e))?;
+    }
+    Ok(to_i64(inserted))
+}
