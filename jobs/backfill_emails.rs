@@ -5,10 +5,7 @@
 
 use std::sync::Arc;
 
-use datamig_core::db::Value;
-use datamig_core::job::{
-    Check, Expect, Job, Outcome, Plan, PlanContext, Source, SourceRow, Step, Transform,
-};
+use datamig_core::prelude::*;
 
 use crate::NoArgs;
 

@@ -3,7 +3,7 @@
 //! done batch by batch over the primary key. It trusts SQL's trim and lower and
 //! validates nothing: prefer `backfill_emails` unless every address is known good.
 
-use datamig_core::job::{Check, Expect, Job, Plan, PlanContext, Source, Step};
+use datamig_core::prelude::*;
 
 use crate::NoArgs;
 

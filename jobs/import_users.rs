@@ -8,8 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use datamig_core::db::Value;
-use datamig_core::job::{Check, CsvRecord, Expect, Import, Job, Plan, PlanContext, Source, Step};
+use datamig_core::prelude::*;
 
 pub struct ImportUsers;
 

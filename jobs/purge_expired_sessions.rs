@@ -5,7 +5,7 @@
 //! deleting them: the file holds every deleted session exactly once.
 
 use chrono::Timelike;
-use datamig_core::job::{Check, DurationArg, Expect, Job, Plan, PlanContext, Source, Step};
+use datamig_core::prelude::*;
 
 pub struct PurgeExpiredSessions;
 

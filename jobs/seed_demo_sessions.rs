@@ -1,8 +1,7 @@
 //! `seed_demo_sessions`: inserts demo sessions spread over the last 60 days (in
 //! UTC), for trying `purge_expired_sessions`.
 
-use datamig_core::config::Backend;
-use datamig_core::job::{Check, Expect, Job, Plan, PlanContext, Source, Statistics, Step};
+use datamig_core::prelude::*;
 
 use crate::seed_demo_users::{insert_ignore, numbers, on_conflict_ignore};
 

@@ -2,8 +2,7 @@
 //! checkpointed batches over the id range (so it, too, resumes). Every
 //! `invalid_every`-th address is not an address, so the backfill has rows to reject.
 
-use datamig_core::config::Backend;
-use datamig_core::job::{Check, Expect, Job, Plan, PlanContext, Source, Statistics, Step};
+use datamig_core::prelude::*;
 
 pub struct SeedDemoUsers;
 

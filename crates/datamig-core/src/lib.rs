@@ -9,6 +9,7 @@
 //! - [`job`] holds the data-job API and the explicit registry a project builds.
 //! - [`output`] keeps the files datamig writes clear of the ones it must not
 //!   overwrite.
+//! - [`prelude`] is what a job file imports.
 //! - [`run`] runs a job: keyset batches, each committed with its checkpoint,
 //!   resumable after any interruption, verified at the end.
 //!
@@ -22,6 +23,7 @@ mod error;
 pub mod job;
 pub mod migrate;
 pub mod output;
+pub mod prelude;
 pub mod run;
 
 pub use error::{Error, Result};
