@@ -430,7 +430,7 @@ each_db! {
             Db::Sqlite => ("3000000", "1", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < (SELECT n FROM probe_delay)) SELECT count(*) FROM c"),
         };
         p.db.exec(&format!("INSERT INTO probe_delay (n) VALUES ({slow})"));
-        let child = p
+        let mut child = p
             .fixtures(&["run", "count_visits", "--batch", "200", "--probe", probe, "--probe-max", "100ms", "--progress", "log", "--json"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -441,13 +441,19 @@ each_db! {
         // takes seconds in a debug build): the first look before any batch is slow.
         let begun = std::time::Instant::now();
         while !(p.db.table_exists("datamig_runs") && p.db.scalar("SELECT count(*) FROM datamig_runs") > 0) {
-            assert!(begun.elapsed() < Duration::from_secs(60), "the run never began");
+            if begun.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("the run never began");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_secs(5));
-        assert_eq!(rows_done(&p), 0, "no batch while the probe is slow");
+        let while_slow = rows_done(&p);
+        // Made fast before anything is asserted: a failed assertion must not
+        // leave the run waiting on a slow probe forever.
         p.db.exec(&format!("UPDATE probe_delay SET n = {fast}"));
         let run = to_run(child.wait_with_output().unwrap());
+        assert_eq!(while_slow, 0, "no batch while the probe is slow: {run:?}");
         assert_eq!(run.code, 0, "{run:?}");
         assert!(run.stderr.contains("waiting: the probe query took "), "{run:?}");
         assert!(run.stderr.contains("(--probe-max 100 ms)"), "{run:?}");
