@@ -321,6 +321,9 @@ async fn conclude(
     let last = layout.at(&progress.position);
     let how_far = layout.progress_text(totals, progress.batches, &progress.position);
     match (ended.stopped, ended.error) {
+        // The job lock went with a lost connection and another process holds
+        // it now: the run is that process's, and is left as it is.
+        (_, Some(e @ Error::AlreadyRunning(_))) => Err(e),
         (Some(Stopped::Failed(_)), Some(e)) | (None, Some(e)) => {
             let _ = end_run(conn, progress, RunState::Failed, Some(&e.to_string())).await;
             Err(Error::JobFailed(match layout {
