@@ -140,6 +140,7 @@ pub struct Filter {
 }
 
 /// What a job does with one batch. Its writes and the checkpoint commit together.
+#[derive(Clone)]
 pub enum Step {
     /// Read the batch's rows, compute new values in Rust, write them back with one
     /// bulk statement (never one per row).

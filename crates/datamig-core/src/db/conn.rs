@@ -158,12 +158,18 @@ impl Conn {
     /// rows it affected. A delete batch is three round trips (BEGIN, DELETE,
     /// checkpoint with COMMIT) without this, and two with it.
     pub async fn begin_with(&mut self, sql: &str, params: &[Value]) -> sqlx::Result<u64> {
-        let begin = dispatch_static!(self, D => D::BEGIN);
-        if let Some(text) = dispatch_static!(self, D => inline::<D>(sql, params)) {
-            return self.script_rows(&format!("{begin}; {text}")).await;
+        if let Some(script) = self.begin_script(sql, params) {
+            return self.script_rows(&script).await;
         }
         self.begin().await?;
         self.execute(sql, params).await
+    }
+
+    /// `BEGIN; <sql with its parameters inlined>`, where the driver can inline them.
+    fn begin_script(&self, sql: &str, params: &[Value]) -> Option<String> {
+        let begin = dispatch_static!(self, D => D::BEGIN);
+        let text = dispatch_static!(self, D => inline::<D>(sql, params))?;
+        Some(format!("{begin}; {text}"))
     }
 
     /// Whether [`Conn::begin_with`] saves a round trip on this connection.

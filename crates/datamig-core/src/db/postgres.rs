@@ -473,11 +473,15 @@ impl Driver for Postgres {
     }
 
     async fn script(c: &mut PgConnection, sql: &str) -> sqlx::Result<()> {
-        sqlx::raw_sql(sql).execute(c).await.map(drop)
+        sqlx::Executor::execute(&mut *c, sqlx::raw_sql(sql))
+            .await
+            .map(drop)
     }
 
     async fn script_rows(c: &mut PgConnection, sql: &str) -> sqlx::Result<u64> {
-        Ok(sqlx::raw_sql(sql).execute(c).await?.rows_affected())
+        Ok(sqlx::Executor::execute(&mut *c, sqlx::raw_sql(sql))
+            .await?
+            .rows_affected())
     }
 
     async fn close(c: PgConnection) {

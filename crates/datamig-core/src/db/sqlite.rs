@@ -236,12 +236,15 @@ impl Driver for Sqlite {
     }
 
     async fn script(c: &mut SqliteConn, sql: &str) -> sqlx::Result<()> {
-        sqlx::raw_sql(sql).execute(&mut c.conn).await.map(drop)
+        sqlx::Executor::execute(&mut c.conn, sqlx::raw_sql(sql))
+            .await
+            .map(drop)
     }
 
     async fn script_rows(c: &mut SqliteConn, sql: &str) -> sqlx::Result<u64> {
-        Ok(sqlx::raw_sql(sql)
-            .execute(&mut c.conn)
+        // Through `Executor` rather than `RawSql::execute`, whose generic
+        // executor made the futures awaiting this one fail their `Send` proof.
+        Ok(sqlx::Executor::execute(&mut c.conn, sqlx::raw_sql(sql))
             .await?
             .rows_affected())
     }

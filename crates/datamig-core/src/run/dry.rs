@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use super::{batch, csv_source, cursor, key_name, store, CountMode, Options};
-use crate::db::{db_message, Conn, Value};
+use super::{batch, cursor, shape, store, Options};
+use crate::db::{db_message, Conn};
 use crate::job::{DynJob, ParsedArgs, Plan, Source};
 use crate::{Error, Result};
 
@@ -85,11 +85,7 @@ async fn dry_run_locked(
     };
     limits.apply(conn).await?;
     let prep = batch::Prepared::new(conn, plan).await?;
-    let arity = match &plan.source {
-        Source::Table { key, .. } => key.len(),
-        Source::Range { .. } => 1,
-        Source::Csv { .. } => 3,
-    };
+    let arity = shape::arity(&plan.source);
     // Where the next real run would start.
     let mut cursor = match store::latest(conn, job.name()).await? {
         Some(r) if r.state.is_resumable() && r.args == args.canonical && !opts.restart => r
@@ -99,32 +95,9 @@ async fn dry_run_locked(
         _ => None,
     };
     let from = cursor.as_deref().map_or("the start".to_string(), |c| {
-        format!("{} {}", key_name(plan), cursor::display(c))
+        format!("{} {}", shape::key_name(&plan.source), cursor::display(c))
     });
-    let total = match (&plan.source, opts.count) {
-        (_, CountMode::None) => None,
-        (Source::Range { start, end }, _) => {
-            let done = cursor
-                .as_deref()
-                .and_then(|c| c.first())
-                .and_then(Value::as_i64)
-                .map_or(0, |c| c - start + 1);
-            Some(end - start + 1 - done)
-        }
-        (Source::Csv { path }, _) => Some(csv_source::count(
-            path,
-            csv_source::At::from_cursor(cursor.as_deref())?,
-        )?),
-        (Source::Table { .. }, CountMode::Estimate) => {
-            match prep.estimate(conn, cursor.as_deref()).await {
-                Some(n) => Some(n),
-                None => Some(prep.count(conn, cursor.as_deref()).await?),
-            }
-        }
-        (Source::Table { .. }, CountMode::Exact) => {
-            Some(prep.count(conn, cursor.as_deref()).await?)
-        }
-    };
+    let total = shape::remaining(conn, plan, &prep, opts.count, cursor.as_deref()).await?;
     let rows = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
     let mut dry = batch::Batches::dry(plan, prep, limits);
     let mut done = Vec::new();

@@ -13,7 +13,7 @@ use super::{
     Observer, Options, Progress, Report, ANALYZE_MIN_ROWS,
 };
 use crate::db::{db_message, Conn, Value};
-use crate::job::{Check, DynJob, Plan, Source, Step};
+use crate::job::{Check, DynJob, Plan};
 use crate::{Error, Result};
 
 /// How long a process waits for another's finish under the job lock.
@@ -196,15 +196,10 @@ async fn refresh_statistics(
     rows_changed: i64,
     obs: &mut dyn Observer,
 ) -> Vec<String> {
-    let tables: Vec<String> = match (job.statistics(), &plan.source) {
-        (crate::job::Statistics::Never, _) => Vec::new(),
-        (crate::job::Statistics::Tables(t), _) => t.iter().map(|t| t.to_string()).collect(),
-        (crate::job::Statistics::Source, Source::Table { table, .. }) => vec![table.clone()],
-        (crate::job::Statistics::Source, Source::Range { .. }) => Vec::new(),
-        (crate::job::Statistics::Source, Source::Csv { .. }) => match &plan.step {
-            Step::Import(import) => vec![import.table()],
-            _ => Vec::new(),
-        },
+    let tables: Vec<String> = match job.statistics() {
+        crate::job::Statistics::Never => Vec::new(),
+        crate::job::Statistics::Tables(t) => t.iter().map(|t| t.to_string()).collect(),
+        crate::job::Statistics::Source => super::shape::target(plan).into_iter().collect(),
     };
     let mut done = Vec::new();
     for table in tables {

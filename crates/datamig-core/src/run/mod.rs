@@ -40,6 +40,7 @@ mod layout;
 mod open;
 pub mod pace;
 pub mod partition;
+mod shape;
 mod shared;
 pub mod steer;
 pub mod store;
@@ -313,54 +314,7 @@ pub fn plan(conn: &Conn, job: &dyn DynJob, args: &ParsedArgs) -> Result<Plan> {
             },
         )
         .map_err(Error::Usage)?;
-    let bad = |m: String| {
-        Err(Error::Usage(format!(
-            "job {} is misdefined: {m}",
-            job.name()
-        )))
-    };
-    match (&plan.source, &plan.step) {
-        (Source::Table { key, .. }, _) if key.is_empty() => {
-            return bad("its source has no key columns".into())
-        }
-        (Source::Table { .. }, Step::Sql(sql)) if !sql.contains("{batch}") => {
-            return bad("its SQL step must contain {batch} where the batch's key range goes".into())
-        }
-        (Source::Table { .. }, Step::Sql(sql)) if sql.matches("{batch}").count() > 1 => {
-            return bad("its SQL step must contain {batch} once".into())
-        }
-        (Source::Table { .. }, Step::Sql(sql)) if sql.contains('?') => {
-            return bad("its SQL step may not hold `?`: put parameters in the source filter".into())
-        }
-        (Source::Range { .. }, Step::Sql(sql))
-            if !(sql.contains("{lo}") && sql.contains("{hi}")) =>
-        {
-            return bad("a range source's SQL step must contain {lo} and {hi}".into())
-        }
-        (Source::Range { .. }, Step::Transform(_) | Step::Delete | Step::Archive { .. }) => {
-            return bad("a range source takes a SQL step".into())
-        }
-        (Source::Csv { .. }, Step::Archive { .. }) => {
-            return bad("an archive step deletes from a table source".into())
-        }
-        (Source::Range { start, end }, _) if start > end => {
-            return bad(format!("its range {start}..={end} is empty"))
-        }
-        (Source::Csv { .. }, step) if !matches!(step, Step::Import(_)) => {
-            return bad("a CSV source takes an import step".into())
-        }
-        (Source::Table { .. } | Source::Range { .. }, Step::Import(_)) => {
-            return bad("an import step reads a CSV source".into())
-        }
-        (Source::Csv { path }, _) if !path.is_file() => {
-            return Err(Error::Usage(format!(
-                "job {}: there is no file {}; give the path of the CSV file to import",
-                job.name(),
-                path.display()
-            )))
-        }
-        _ => {}
-    }
+    shape::check(job.name(), &plan)?;
     Ok(plan)
 }
 
@@ -410,12 +364,7 @@ pub async fn check_schema(conn: &mut Conn, job: &dyn DynJob, plan: &Plan) -> Res
             )));
         }
     }
-    let target = match (&plan.source, &plan.step) {
-        (Source::Table { table, .. }, _) => Some(table.clone()),
-        (Source::Csv { .. }, Step::Import(import)) => Some(import.table()),
-        _ => None,
-    };
-    if let Some(table) = &target {
+    if let Some(table) = &shape::target(plan) {
         let bare = table.rsplit('.').next().unwrap_or(table);
         let exists = conn
             .table_exists(bare)
@@ -524,8 +473,8 @@ pub async fn run(
             }
             let layout = Layout::Whole {
                 lock,
-                arity: open::arity(&plan),
-                key: key_name(&plan),
+                arity: shape::arity(&plan.source),
+                key: shape::key_name(&plan.source),
             };
             (layout, 1)
         }
@@ -721,16 +670,6 @@ fn ms(d: Duration) -> i64 {
 
 fn millis(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
-/// `id`, or `(a, b)` for a composite key.
-fn key_name(plan: &Plan) -> String {
-    match &plan.source {
-        Source::Table { key, .. } if key.len() == 1 => key[0].clone(),
-        Source::Table { key, .. } => format!("({})", key.join(", ")),
-        Source::Range { .. } => "record".into(),
-        Source::Csv { .. } => "(records, byte, line)".into(),
-    }
 }
 
 fn percent(done: i64, total: Option<i64>) -> Option<f64> {

@@ -13,8 +13,8 @@ use super::partition::{self, Prefix};
 use super::store::{self, RunRecord, RunState};
 use super::worker::Start;
 use super::{
-    csv_source, cursor, pace, percent, run_checks, stopped, stored_checks, throttle,
-    unbatched_limits, CheckResult, CountMode, Observer, Options,
+    cursor, pace, percent, run_checks, shape, stopped, stored_checks, throttle, unbatched_limits,
+    CheckResult, Observer, Options,
 };
 use crate::db::{db_message, Conn, Value};
 use crate::job::{DynJob, ParsedArgs, Plan, Source, Step};
@@ -63,15 +63,6 @@ pub(super) async fn prepare(conn: &mut Conn, opts: &Options) -> Result<throttle:
     Ok(throttle)
 }
 
-/// How many values a checkpoint of `plan`'s source holds.
-pub(super) fn arity(plan: &Plan) -> usize {
-    match &plan.source {
-        Source::Table { key, .. } => key.len(),
-        Source::Range { .. } => 1,
-        Source::Csv { .. } => 3,
-    }
-}
-
 /// Opens the run for one worker over the whole key range, on the connection
 /// that holds the job lock.
 pub(super) async fn whole(
@@ -85,7 +76,7 @@ pub(super) async fn whole(
 ) -> Result<Opened> {
     let prep = Prepared::new(conn, plan).await?;
     let batch_size = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
-    let (record, cursor) = find_run(conn, job, args, opts, arity(plan), obs).await?;
+    let (record, cursor) = find_run(conn, job, args, opts, shape::arity(&plan.source), obs).await?;
     if let (Some(max), Some(r)) = (opts.max_errors, &record) {
         if r.rows_rejected > max {
             return Err(Error::ErrorBudget(format!(
@@ -114,25 +105,10 @@ pub(super) async fn whole(
     };
 
     let rows_before = record.as_ref().map_or(0, |r| r.rows_done);
-    let total = match (&plan.source, opts.count) {
-        (_, CountMode::None) => None,
-        (Source::Range { start, end }, _) => Some(end - start + 1),
-        (Source::Csv { path }, _) => {
-            let at = csv_source::At::from_cursor(cursor.as_deref())?;
-            Some(rows_before + csv_source::count(path, at)?)
-        }
-        (Source::Table { .. }, CountMode::Estimate) => {
-            match prep.estimate(conn, cursor.as_deref()).await {
-                Some(n) => Some(rows_before + n),
-                None => Some(rows_before + prep.count(conn, cursor.as_deref()).await?),
-            }
-        }
-        (Source::Table { .. }, CountMode::Exact) => {
-            Some(rows_before + prep.count(conn, cursor.as_deref()).await?)
-        }
-    };
+    let left = shape::remaining(conn, plan, &prep, opts.count, cursor.as_deref()).await?;
+    let total = left.map(|n| rows_before + n);
 
-    let key = super::key_name(plan);
+    let key = shape::key_name(&plan.source);
     let opened = match record {
         Some(r) => {
             store::resume(conn, r.id, batch_size, total).await?;
@@ -223,7 +199,7 @@ pub(super) async fn parts(
     workers: usize,
     obs: &mut dyn Observer,
 ) -> Result<Opened> {
-    key_of(job, plan)?;
+    shape::partition_key(job.name(), plan)?;
     let lock = super::job_lock(job);
     lock_briefly(conn, job, &lock).await?;
     let joined = async {
@@ -304,15 +280,7 @@ pub(super) async fn parts(
             }
             None => {
                 let prep = Prepared::new(conn, plan).await?;
-                let total = match (&plan.source, opts.count) {
-                    (_, CountMode::None) => None,
-                    (Source::Range { start, end }, _) => Some(end - start + 1),
-                    (_, CountMode::Estimate) => match prep.estimate(conn, None).await {
-                        Some(n) => Some(n),
-                        None => Some(prep.count(conn, None).await?),
-                    },
-                    (_, CountMode::Exact) => Some(prep.count(conn, None).await?),
-                };
+                let total = shape::remaining(conn, plan, &prep, opts.count, None).await?;
                 let baseline = run_checks(conn, &plan.checks, &[]).await?;
                 let json = serde_json::to_string(&baseline).unwrap_or_default();
                 let ranges = match span {
@@ -430,29 +398,9 @@ pub(super) async fn workers_for(
     }
 }
 
-/// The one integer key a partitioned run splits, or why the job cannot be.
-fn key_of(job: &dyn DynJob, plan: &Plan) -> Result<Option<(String, String)>> {
-    let refuse = |why: String| Err(Error::Usage(format!("job {}: {why}", job.name())));
-    match (&plan.source, &plan.step) {
-        (Source::Csv { .. }, _) => {
-            refuse("a CSV import reads one file in order and runs in one worker; drop --workers".into())
-        }
-        (_, Step::Archive { .. }) => refuse(
-            "an archive step appends to one file in key order and runs in one worker; drop --workers".into(),
-        ),
-        (Source::Table { key, .. }, _) if key.len() != 1 => refuse(format!(
-            "--workers cuts the key range into partitions, which needs a single integer key; the key is ({}). \
-             Run it without --workers: one cursor takes any key",
-            key.join(", ")
-        )),
-        (Source::Table { table, key, .. }, _) => Ok(Some((table.clone(), key[0].clone()))),
-        (Source::Range { .. }, _) => Ok(None),
-    }
-}
-
 /// The smallest and largest key: `(key before the first, last key)` for cutting.
 async fn key_span(conn: &mut Conn, job: &dyn DynJob, plan: &Plan) -> Result<Option<(i64, i64)>> {
-    match (&plan.source, key_of(job, plan)?) {
+    match (&plan.source, shape::partition_key(job.name(), plan)?) {
         (Source::Range { start, end }, _) => Ok(Some((start.saturating_sub(1), *end))),
         (_, Some((table, key))) => {
             let sql = format!(

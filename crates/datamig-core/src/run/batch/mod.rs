@@ -27,7 +27,7 @@
 //! ```
 
 mod read;
-mod steps;
+pub(crate) mod steps;
 mod txn;
 
 use std::sync::Arc;
@@ -45,8 +45,7 @@ use crate::{Error, Result};
 use read::{bound, queries, read_rows};
 pub(crate) use read::{Bound, Prepared};
 pub(crate) use steps::archive::Archive;
-use steps::transform::apply;
-use steps::transform::Applied;
+use steps::transform::{apply, Applied};
 pub(crate) use txn::failed;
 use txn::{run, Txn};
 
@@ -139,6 +138,7 @@ pub(crate) enum Batch {
 }
 
 /// What a batch's transaction does.
+#[derive(Clone, Copy)]
 pub(crate) enum Work<'a> {
     /// Read (under row locks, for a transform), act and checkpoint: the batch
     /// after `after`, or every key up to `upto` when redoing a range.

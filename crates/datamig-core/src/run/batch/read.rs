@@ -344,17 +344,11 @@ pub(crate) fn queries(
         }
     };
     let mut out = vec![finding];
-    if let (Step::Delete | Step::Archive { .. } | Step::Sql(_), Some(upto)) = (&plan.step, upto) {
+    if let Some(upto) = upto {
         let (range, params) = prep.conditions(conn, true, after, Some(upto));
-        let sql = match &plan.step {
-            Step::Delete | Step::Archive { .. } => format!(
-                "DELETE FROM {} WHERE {range}",
-                conn.quote_ident(&prep.table)
-            ),
-            Step::Sql(sql) => sql.replace("{batch}", &format!("({range})")),
-            Step::Transform(_) | Step::Import(_) => unreachable!("matched above"),
-        };
-        out.push((sql, params));
+        if let Some(sql) = super::steps::of(&plan.step).range_statement(conn, prep, &range) {
+            out.push((sql, params));
+        }
     }
     out
 }

@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::read::{bound, Prepared};
+use super::read::Prepared;
 use super::steps::archive::Archive;
-use super::steps::{import, key_range, range, transform, Acted};
+use super::steps::{self, Acted, Cx, Did, StepKind};
 use super::{Batch, Done, Size, Work};
 use crate::db::{db_message, Conn, Value};
-use crate::job::{Plan, Source, Step};
+use crate::job::Plan;
 use crate::run::cursor;
 use crate::run::partition::{self, Claim};
 use crate::run::store;
@@ -40,14 +40,16 @@ pub(crate) async fn run(conn: &mut Conn, t: &Txn<'_>, work: Work<'_>, size: Size
         ..
     } = *t;
     let started = Instant::now();
-    let opening = opens_with_statement(conn, plan, &work);
+    let step = steps::of(&plan.step);
+    // A batch whose first statement is its write sends it with its BEGIN.
+    let opening = conn.begins_with_statement() && step.opens_with_statement(&plan.source, &work);
     if !opening {
         conn.begin()
             .await
             .map_err(|e| failed("cannot begin the batch", &e))?;
     }
     crate::crash::reached(crate::crash::Point::BeforeWrite);
-    let result = body(conn, t, work, size).await;
+    let result = body(conn, t, step.as_ref(), work, size, opening).await;
     match result {
         Ok(Batch::Done(mut done)) if dry => {
             conn.rollback()
@@ -117,18 +119,6 @@ pub(crate) async fn run(conn: &mut Conn, t: &Txn<'_>, work: Work<'_>, size: Size
     }
 }
 
-/// Whether the batch's first statement is its write, sent with its BEGIN
-/// ([`Conn::begin_with`]): a SQL or delete step over a range known before the
-/// transaction.
-fn opens_with_statement(conn: &Conn, plan: &Plan, work: &Work<'_>) -> bool {
-    conn.begins_with_statement()
-        && matches!(
-            (work, &plan.source, &plan.step),
-            (Work::Bounded { .. }, _, Step::Delete | Step::Sql(_))
-                | (Work::Serial { .. }, Source::Range { .. }, Step::Sql(_))
-        )
-}
-
 fn no_longer_running(run_id: i64) -> Error {
     Error::JobFailed(format!(
         "run {run_id} is no longer running in datamig_runs (cancelled from elsewhere?); this batch was rolled back"
@@ -167,7 +157,14 @@ pub(crate) fn failed(what: &str, e: &sqlx::Error) -> Error {
 }
 
 /// The batch's step and checkpoint, inside its transaction.
-async fn body(conn: &mut Conn, t: &Txn<'_>, work: Work<'_>, size: Size) -> Result<Batch> {
+async fn body(
+    conn: &mut Conn,
+    t: &Txn<'_>,
+    step: &dyn StepKind,
+    work: Work<'_>,
+    size: Size,
+    opening: bool,
+) -> Result<Batch> {
     let Txn {
         plan,
         prep,
@@ -177,61 +174,28 @@ async fn body(conn: &mut Conn, t: &Txn<'_>, work: Work<'_>, size: Size) -> Resul
         archive,
         claim,
     } = *t;
-    let opening = opens_with_statement(conn, plan, &work);
-    // The one place a batch's work, source and step meet: each step's body
-    // is a file of its own under `steps/`.
-    let acted = match (work, &plan.source, &plan.step) {
-        (Work::Guarded(applied), _, _) => {
-            if !transform::write(conn, prep, run_id, applied, true, dry).await? {
-                return Ok(Batch::Changed);
-            }
-            Some(Acted {
-                cursor: applied.cursor.clone(),
-                counts: applied.counts.clone(),
-                scanned: applied.scanned,
-                file_offset: None,
-            })
-        }
-        (Work::Serial { after, .. }, Source::Range { start, end }, Step::Sql(sql)) => {
-            range::batch(conn, prep, sql, (*start, *end), after, size, opening).await?
-        }
-        (Work::Serial { .. }, Source::Range { .. }, _) => {
-            return Err(Error::Usage("a range source takes only a SQL step".into()))
-        }
-        (Work::Serial { after, .. }, Source::Csv { path }, Step::Import(import)) => {
-            import::batch(conn, run_id, path, import.as_ref(), after, size, dry).await?
-        }
-        (Work::Serial { .. }, Source::Csv { .. }, _)
-        | (Work::Serial { .. }, _, Step::Import(_)) => {
-            return Err(Error::Usage(
-                "an import step and a CSV source go together".into(),
-            ))
-        }
-        (Work::Serial { after, upto }, Source::Table { .. }, Step::Transform(t)) => {
-            transform::batch(conn, prep, run_id, t.as_ref(), (after, upto), size, dry).await?
-        }
-        (Work::Serial { after, .. }, Source::Table { .. }, step) => {
-            match bound(conn, prep, after, size).await? {
-                Some(bound) => Some(
-                    key_range::batch(conn, prep, step, after, &bound, archive, dry, opening)
-                        .await?,
-                ),
-                None => None,
-            }
-        }
-        (Work::Bounded { after, bound }, _, step) => {
-            Some(key_range::batch(conn, prep, step, after, bound, archive, dry, opening).await?)
-        }
+    let cx = Cx {
+        conn: &mut *conn,
+        prep,
+        source: &plan.source,
+        run_id,
+        work,
+        size,
+        archive,
+        dry,
+        opening,
     };
-    let Some(Acted {
+    let acted = match step.batch(cx).await? {
+        Did::Acted(acted) => acted,
+        Did::Nothing => return Ok(Batch::Empty),
+        Did::Changed => return Ok(Batch::Changed),
+    };
+    let Acted {
         cursor,
         mut counts,
         scanned,
         file_offset,
-    }) = acted
-    else {
-        return Ok(Batch::Empty);
-    };
+    } = acted;
     counts.elapsed_ms = i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX);
     let done = Done {
         cursor,

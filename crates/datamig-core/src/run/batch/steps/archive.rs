@@ -1,9 +1,115 @@
-//! The archive file of an archive step: each batch's rows are appended and
-//! synced before they are deleted, and the file is cut back to the run's
-//! checkpoint whenever a batch rolls back.
+//! An archive step: the batch's rows are read under row locks, appended to
+//! the archive file and synced, then deleted — the DELETE deletes exactly the
+//! rows written — and the file is cut back to the run's checkpoint whenever a
+//! batch rolls back.
 
-use crate::db::{Row, Value};
+use futures_util::future::BoxFuture;
+
+use super::super::read::{fetch_rows, Prepared};
+use super::super::{failed, Work};
+use super::delete::delete_statement;
+use super::{key_range, to_i64, unsupported, Acted, Cx, Did, StepKind};
+use crate::db::{Conn, Row, Value};
+use crate::job::Source;
+use crate::run::store::BatchCounts;
 use crate::{Error, Result};
+
+/// `Step::Archive`.
+pub(crate) struct ArchiveStep;
+
+const NAME: &str = "an archive step";
+
+impl StepKind for ArchiveStep {
+    fn refuses(&self, source: &Source) -> Option<String> {
+        match source {
+            Source::Table { .. } => None,
+            Source::Range { .. } => Some("a range source takes a SQL step".into()),
+            Source::Csv { .. } => Some("an archive step deletes from a table source".into()),
+        }
+    }
+
+    fn one_worker(&self) -> Option<&'static str> {
+        Some("an archive step appends to one file in key order and runs in one worker; drop --workers")
+    }
+
+    /// Its DELETE: the statement a dry run asks the planner about.
+    fn range_statement(&self, conn: &Conn, prep: &Prepared, range: &str) -> Option<String> {
+        Some(delete_statement(conn, prep, range))
+    }
+
+    fn batch<'a>(&'a self, cx: Cx<'a>) -> BoxFuture<'a, Result<Did>> {
+        Box::pin(batch(cx))
+    }
+}
+
+/// Archives and deletes the batch's key range; the archive's length with its
+/// rows is the batch's file offset.
+async fn batch(cx: Cx<'_>) -> Result<Did> {
+    let Cx {
+        conn,
+        prep,
+        work,
+        size,
+        archive,
+        dry,
+        ..
+    } = cx;
+    if matches!(work, Work::Guarded(_)) {
+        return Err(unsupported(NAME));
+    }
+    let Some(archive) = archive else {
+        return Err(Error::JobFailed(
+            "an archive step without its archive".into(),
+        ));
+    };
+    let Some((after, range)) = key_range::find(conn, prep, work, size, NAME).await? else {
+        return Ok(Did::Nothing);
+    };
+    let bound = range.bound();
+    let (range, params) = prep.conditions(conn, true, after, Some(&bound.last));
+    let table = conn.quote_ident(&prep.table);
+    // The rows, locked until the batch commits, then written and synced,
+    // then deleted: the DELETE deletes exactly the rows written.
+    archive.rewind()?;
+    let mut columns: Vec<String> = prep.keys.iter().map(|k| conn.quote_ident(k)).collect();
+    columns.extend(prep.columns.iter().map(|c| conn.quote_ident(c)));
+    let select = format!(
+        "SELECT {} FROM {table} WHERE {range} ORDER BY {}{}",
+        columns.join(", "),
+        prep.key_list(conn),
+        conn.for_update()
+    );
+    let rows = fetch_rows(conn, &select, &params).await?;
+    let written = if dry || rows.is_empty() {
+        None
+    } else {
+        Some(archive.append(&rows)?)
+    };
+    let deleted = conn
+        .execute(&delete_statement(conn, prep, &range), &params)
+        .await
+        .map_err(|e| failed("the batch's delete failed", &e))?;
+    if deleted != u64::try_from(rows.len()).unwrap_or(u64::MAX) {
+        return Err(Error::JobFailed(format!(
+            "the batch archived {} rows but its delete matched {deleted}; it was rolled back",
+            rows.len()
+        )));
+    }
+    Ok(Did::Acted(Acted {
+        cursor: bound.last.clone(),
+        counts: BatchCounts {
+            rows: bound.scanned.matched,
+            changed: to_i64(deleted),
+            ..Default::default()
+        },
+        scanned: bound.scanned,
+        file_offset: if dry {
+            None
+        } else {
+            Some(written.unwrap_or(archive.committed))
+        },
+    }))
+}
 
 /// The CSV file an archive step writes deleted rows to, and its length at the
 /// last committed checkpoint: anything after it belongs to a batch that did not

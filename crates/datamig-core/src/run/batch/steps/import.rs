@@ -4,16 +4,55 @@
 
 use std::path::Path;
 
-use super::super::{failed, Size};
-use super::{to_i64, Acted};
+use futures_util::future::BoxFuture;
+
+use super::super::{failed, Size, Work};
+use super::{to_i64, unsupported, Acted, Cx, Did, StepKind};
 use crate::db::{Conn, Row, Value};
-use crate::job::Import;
+use crate::job::{Import, Source};
 use crate::run::batch::Scanned;
 use crate::run::store::{self, BatchCounts};
 use crate::Result;
 
+/// `Step::Import`.
+pub(crate) struct ImportStep<'a>(pub &'a dyn Import);
+
+const NAME: &str = "an import step";
+
+impl StepKind for ImportStep<'_> {
+    fn refuses(&self, source: &Source) -> Option<String> {
+        match source {
+            Source::Csv { .. } => None,
+            Source::Table { .. } | Source::Range { .. } => {
+                Some("an import step reads a CSV source".into())
+            }
+        }
+    }
+
+    fn one_worker(&self) -> Option<&'static str> {
+        Some("a CSV import reads one file in order and runs in one worker; drop --workers")
+    }
+
+    fn changes(&self, _source: &Source) -> Option<String> {
+        Some(self.0.table())
+    }
+
+    fn batch<'a>(&'a self, cx: Cx<'a>) -> BoxFuture<'a, Result<Did>> {
+        Box::pin(async move {
+            let (Source::Csv { path }, Work::Serial { after, .. }) = (cx.source, &cx.work) else {
+                return Err(unsupported(NAME));
+            };
+            let after = *after;
+            let (conn, run_id, size, dry) = (cx.conn, cx.run_id, cx.size, cx.dry);
+            Ok(batch(conn, run_id, path, self.0, after, size, dry)
+                .await?
+                .into())
+        })
+    }
+}
+
 /// The batch of `size.rows` records of `path` after `after`.
-pub(crate) async fn batch(
+async fn batch(
     conn: &mut Conn,
     run_id: i64,
     path: &Path,

@@ -2,22 +2,66 @@
 //! reader connection and guarded), transformed, and written back in one
 //! statement; rows the transform rejects are recorded.
 
+use futures_util::future::BoxFuture;
 use rayon::prelude::*;
 
 use super::super::read::{read_rows, Prepared, Read};
-use super::super::{failed, Size};
-use super::{to_i64, Acted};
+use super::super::{failed, Size, Work};
+use super::{table_only, to_i64, unsupported, Acted, Cx, Did, StepKind};
 use crate::db::{BulkUpdate, Conn, Row, Value};
-use crate::job::{Outcome, SourceRow, Transform};
+use crate::job::{Outcome, Source, SourceRow, Transform};
 use crate::run::batch::Scanned;
 use crate::run::cursor;
 use crate::run::store::{self, BatchCounts};
 use crate::{Error, Result};
 
+/// `Step::Transform`.
+pub(crate) struct TransformStep<'a>(pub &'a dyn Transform);
+
+impl StepKind for TransformStep<'_> {
+    fn refuses(&self, source: &Source) -> Option<String> {
+        table_only(source)
+    }
+
+    fn batch<'a>(&'a self, cx: Cx<'a>) -> BoxFuture<'a, Result<Did>> {
+        Box::pin(async move {
+            let Cx {
+                conn,
+                prep,
+                run_id,
+                work,
+                size,
+                dry,
+                ..
+            } = cx;
+            match work {
+                // Rows read ahead, transformed there: written if unchanged since.
+                Work::Guarded(applied) => {
+                    if !write(conn, prep, run_id, applied, true, dry).await? {
+                        return Ok(Did::Changed);
+                    }
+                    Ok(Did::Acted(Acted {
+                        cursor: applied.cursor.clone(),
+                        counts: applied.counts.clone(),
+                        scanned: applied.scanned,
+                        file_offset: None,
+                    }))
+                }
+                Work::Serial { after, upto } => {
+                    Ok(batch(conn, prep, run_id, self.0, (after, upto), size, dry)
+                        .await?
+                        .into())
+                }
+                Work::Bounded { .. } => Err(unsupported("a transform step")),
+            }
+        })
+    }
+}
+
 /// The batch after `after` (up to `upto`, when redoing a range), read under
 /// row locks, transformed and written.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn batch(
+async fn batch(
     conn: &mut Conn,
     prep: &Prepared,
     run_id: i64,
