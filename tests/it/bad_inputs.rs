@@ -169,9 +169,9 @@ each_db! {
         p.db.fill_ids("visits", 100);
         let cases: &[(&[&str], i32, &str)] = &[
             (&["run", "nope"], 2, "unknown job `nope`; `datamig jobs` lists them"),
-            (&["run", "count_visits", "--batch", "0"], 2, "0 is not in 1..=1000000"),
+            (&["run", "count_visits", "--batch", "0"], 2, "--batch 0 is out of range; give between 1 and 1000000 rows"),
             (&["run", "count_visits", "--batch", "-5"], 2, "--batch"),
-            (&["run", "count_visits", "--batch", "99999999"], 2, "99999999 is not in 1..=1000000"),
+            (&["run", "count_visits", "--batch", "99999999"], 2, "--batch 99999999 is out of range"),
             (&["run", "count_visits", "--batch", "lots"], 2, "invalid digit"),
             (&["run", "count_visits", "--arg", "bogus=1"], 2, "unknown field `bogus`"),
             (&["run", "count_visits", "--arg", "pause_ms"], 2, "`pause_ms` is not KEY=VALUE"),

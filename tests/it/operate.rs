@@ -965,6 +965,27 @@ each_db! {
         let run = p.run_fixtures(&["run", "count_visits", "--restart", "--notify-command", "exit 3"]);
         assert_eq!(run.code, 0, "{run:?}");
         assert!(run.stderr.contains("warning: --notify-command failed (exit status: 3)"), "{run:?}");
+        // Failed halfway: the error line says where the run stands, and the
+        // outcome carries it as data.
+        p.db.exec("DROP TABLE visits");
+        p.db.exec("CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, hits INT NOT NULL DEFAULT 0, CHECK (id < 150 OR hits = 0))");
+        p.db.fill_ids("visits", 300);
+        let run = p.run_fixtures(&["run", "count_visits", "--batch", "100", "--notify-command", &notify]);
+        assert_eq!(run.code, 13, "{run:?}");
+        assert!(run.stderr.contains("run 3 of count_visits failed at batch 2 (at id 100): "), "{run:?}");
+        assert!(
+            run.stderr.contains("The 1 batches before it are committed; fix the cause and resume with: datamig run count_visits --batch 100"),
+            "{run:?}"
+        );
+        let json = read();
+        assert_eq!(json["state"], "failed", "{json}");
+        assert_eq!(json["exit_code"], 13, "{json}");
+        assert_eq!(json["run"]["run_number"], 3, "{json}");
+        assert_eq!(json["run"]["batches"], 1, "{json}");
+        assert_eq!(json["run"]["rows_done"], 100, "{json}");
+        assert_eq!(json["run"]["total"], 300, "{json}");
+        assert_eq!(json["run"]["checkpoint"], "id 100", "{json}");
+        assert!(json["run"]["resume"].as_str().unwrap().starts_with("datamig run count_visits --batch 100"), "{json}");
     }
 }
 

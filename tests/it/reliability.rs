@@ -795,7 +795,7 @@ each_db! {
             (s(&["--database-url", &secret_url(&no_such_db), "run", "count_visits"]), 4, ""),
             (s(&["--env", "staging", "schema", "status"]), 3, "unknown env `staging`"),
             // Absurd numbers.
-            (s(&["run", "count_visits", "--batch", "0"]), 2, "0 is not in 1..=1000000"),
+            (s(&["run", "count_visits", "--batch", "0"]), 2, "--batch 0 is out of range"),
             (s(&["run", "count_visits", "--batch", "1000000000000"]), 2, "--batch"),
             (s(&["run", "count_visits", "--batch", "-1"]), 2, "--batch"),
             (s(&["run", "count_visits", "--rate", "0"]), 2, "--rate"),

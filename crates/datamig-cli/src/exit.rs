@@ -1,6 +1,6 @@
 //! Exit codes: stable, documented in the README, one per kind of outcome.
 
-use datamig_core::Error;
+use datamig_core::{Error, Stop};
 
 /// Success.
 pub const OK: u8 = 0;
@@ -51,9 +51,14 @@ pub const INTERRUPTED: u8 = 130;
 
 /// The exit code for an error, by its kind.
 pub fn code_for(err: &anyhow::Error) -> u8 {
-    let Some(err) = err.downcast_ref::<Error>() else {
-        return FAILURE;
-    };
+    match err.downcast_ref::<Error>() {
+        Some(err) => code_for_error(err),
+        None => FAILURE,
+    }
+}
+
+/// The exit code for one of datamig's errors.
+fn code_for_error(err: &Error) -> u8 {
     match err {
         Error::Usage(_) => USAGE,
         Error::Config(_) => CONFIG,
@@ -73,6 +78,13 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         Error::Paused(_) => PAUSED,
         Error::Cancelled(_) => CANCELLED,
         Error::ErrorBudget(_) => ERROR_BUDGET,
+        Error::SchemaStopped(stopped) => code_for_error(&stopped.cause),
+        Error::RunStopped(stopped) => match &stopped.why {
+            Stop::Failed(_) => JOB_FAILED,
+            Stop::ErrorBudget(_) => ERROR_BUDGET,
+            Stop::Interrupted { .. } => INTERRUPTED,
+            Stop::Cancelled(_) => CANCELLED,
+        },
         Error::Permission(_) => PERMISSION,
         _ => FAILURE,
     }

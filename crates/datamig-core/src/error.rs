@@ -128,6 +128,162 @@ pub enum Error {
     /// A database error in datamig's own bookkeeping, with what datamig was doing.
     #[error("{context}: {message}")]
     Database { context: String, message: String },
+
+    /// A run that stopped before its end, with where it stood and why: a batch
+    /// failed, the error budget ran out, a signal, a cancel. Its exit code
+    /// follows the reason ([`Stop`]).
+    #[error("{0}")]
+    RunStopped(Box<RunStopped>),
+
+    /// A schema command (`upgrade`, `downgrade`) that stopped at a migration,
+    /// with what it did before: its exit code is its cause's.
+    #[error("{0}")]
+    SchemaStopped(Box<SchemaStopped>),
+}
+
+/// A schema command stopped at a migration: which, why, and what it had done.
+#[derive(Debug)]
+pub struct SchemaStopped {
+    /// The migration it stopped at (`20261124093000_add_email`).
+    pub migration: String,
+    /// What the command did to each migration: `applied` or `reverted`.
+    pub verb: &'static str,
+    /// The migrations it did that to before this one, in order.
+    pub done: Vec<String>,
+    pub cause: Error,
+}
+
+impl std::fmt::Display for SchemaStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = self.verb;
+        let before = if self.done.is_empty() {
+            format!("nothing was {verb} before it")
+        } else {
+            format!("{verb} before it: {}", self.done.join(", "))
+        };
+        match &self.cause {
+            Error::MigrationFailed { message } => write!(
+                f,
+                "{message}\n{before}. Fix {} and run the command again",
+                self.migration
+            ),
+            Error::Dirty { message, advice } => write!(f, "{message}\n{before}. {advice}"),
+            other => write!(f, "{other}\n{before}"),
+        }
+    }
+}
+
+/// Where a run stood when it stopped before its end: its partial report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Partial {
+    pub job: String,
+    /// Which run of its job this is (1 for its first).
+    pub run_number: i64,
+    /// Batches committed, over every invocation of the run.
+    pub batches: i64,
+    pub rows_done: i64,
+    /// The rows the run selects in all, when counted.
+    pub total: Option<i64>,
+    /// A run in one worker: its last checkpoint (`id 4180000`, `the start`);
+    /// a partitioned one: `None`.
+    pub checkpoint: Option<String>,
+    /// How far it got, in words: `after 12 batches, at id 4180000`, or
+    /// `with 12 of 16 partitions done`.
+    pub progress: String,
+    /// The command that resumes it.
+    pub resume: String,
+}
+
+impl Partial {
+    fn percent(&self) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)] // a percentage needs no exactness
+        self.total
+            .filter(|t| *t > 0)
+            .map(|t| self.rows_done as f64 * 100.0 / t as f64)
+    }
+}
+
+/// Why a run stopped before its end.
+#[derive(Debug)]
+pub enum Stop {
+    /// A batch failed (after its retries): the run is saved as failed.
+    Failed(Box<Error>),
+    /// More rows were rejected than `--max-errors` allows: saved as failed.
+    ErrorBudget(String),
+    /// A signal between batches. `paused`: by `datamig pause`, and it stays
+    /// paused; `others_at_work`: other processes go on with the run.
+    Interrupted { paused: bool, others_at_work: bool },
+    /// `datamig cancel` (`why` says by whom).
+    Cancelled(String),
+}
+
+/// A run stopped before its end: where it stood, and why.
+#[derive(Debug)]
+pub struct RunStopped {
+    pub run: Partial,
+    pub why: Stop,
+}
+
+impl std::fmt::Display for RunStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Partial {
+            job: name,
+            run_number: number,
+            batches,
+            checkpoint,
+            progress,
+            resume,
+            ..
+        } = &self.run;
+        match (&self.why, checkpoint) {
+            (Stop::Failed(e), Some(at)) => write!(
+                f,
+                "run {number} of {name} failed at batch {} (at {at}): {e}. The {batches} batches before it \
+                 are committed; fix the cause and resume with: {resume}",
+                batches + 1
+            ),
+            (Stop::Failed(e), None) => write!(
+                f,
+                "run {number} of {name} failed: {e}. Every committed batch is kept (the other runners \
+                 of the run stop too); fix the cause and resume with: {resume}"
+            ),
+            (Stop::ErrorBudget(why), at) => write!(
+                f,
+                "run {number} of {name} stopped{}: {why}. Every finished batch is committed; `datamig status \
+                 {name}` lists the rejected rows. Fix the data or raise --max-errors, then resume with: {resume}",
+                at.as_ref().map(|_| format!(" {progress}")).unwrap_or_default()
+            ),
+            (Stop::Cancelled(why), _) => write!(
+                f,
+                "run {number} of {name} was {why} {progress}; every finished batch is committed. Running the job \
+                 again starts a new run"
+            ),
+            (
+                Stop::Interrupted {
+                    paused,
+                    others_at_work,
+                },
+                _,
+            ) => {
+                let how = if *others_at_work {
+                    format!("the run goes on in the other processes at work on it; join them again with: {resume}")
+                } else if *paused {
+                    format!("it stays paused: `datamig resume {name}`, then resume with: {resume}")
+                } else {
+                    format!("Resume with: {resume}")
+                };
+                let percent = self
+                    .run
+                    .percent()
+                    .map(|p| format!(" ({p:.1}%)"))
+                    .unwrap_or_default();
+                write!(
+                    f,
+                    "interrupted run {number} of {name} {progress}{percent}; every finished batch is committed. {how}"
+                )
+            }
+        }
+    }
 }
 
 fn problems(list: &[String]) -> String {

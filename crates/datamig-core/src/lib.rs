@@ -17,7 +17,7 @@
 //! do, and the CLI maps each to a documented exit code.
 
 pub mod config;
-pub mod crash;
+mod crash;
 pub mod db;
 mod error;
 pub mod job;
@@ -26,4 +26,4 @@ pub mod output;
 pub mod prelude;
 pub mod run;
 
-pub use error::{Error, Result};
+pub use error::{Error, Partial, Result, RunStopped, SchemaStopped, Stop};

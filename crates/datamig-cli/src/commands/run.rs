@@ -2,18 +2,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use datamig_core::config::{DatabaseUrl, Settings};
 use datamig_core::job::{DynJob, ParsedArgs, Registry};
-use datamig_core::run::pace::Window;
-use datamig_core::run::throttle::Limits as ThrottleLimits;
-use datamig_core::run::{self, Analyze, CheckResult, CountMode, Options};
+use datamig_core::run::{self, CheckResult, Options};
 use datamig_core::Error;
 
 use super::{settings, with_conn};
-use crate::opt::{AnalyzeArg, CountArg, GlobalOpts, ProgressArg, RunCmd};
+use crate::opt::{GlobalOpts, ProgressArg, RunCmd};
 use crate::output::line;
 
 pub(crate) fn find<'r>(registry: &'r Registry, name: &str) -> Result<&'r dyn DynJob, Error> {
@@ -40,10 +38,10 @@ fn parse_args(job: &dyn DynJob, pairs: &[(String, String)]) -> Result<ParsedArgs
 /// never a `--database-url` (said in words instead), a replica's password masked.
 fn resume_command(global: &GlobalOpts, cmd: &RunCmd) -> String {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    resume_command_from(&argv, cmd.batch, global.database_url.is_some())
+    resume_command_from(&argv, cmd.pace.batch_size, global.database_url.is_some())
 }
 
-fn resume_command_from(argv: &[String], batch: i64, secret_url: bool) -> String {
+fn resume_command_from(argv: &[String], batch: u64, secret_url: bool) -> String {
     // Flags that take a value as the next argument, when not written `--flag=value`.
     const DROPPED: &[&str] = &["--restart", "--dry-run"];
     const DROPPED_WITH_VALUE: &[&str] = &["--database-url", "--dry-run-batches"];
@@ -135,118 +133,31 @@ fn install_signal_handlers(stop: Arc<AtomicBool>) {
     });
 }
 
-/// The run's options from the command line, over `datamig.toml`'s throttle settings.
+/// The run's options from the command line, over `datamig.toml`'s throttle
+/// settings, checked before anything connects.
 fn options(global: &GlobalOpts, cmd: &RunCmd, settings: &Settings) -> Result<Options, Error> {
-    let mut opts = Options::new(u64::try_from(cmd.batch).unwrap_or(0));
-    opts.restart = cmd.restart;
-    opts.read_ahead = !cmd.no_read_ahead;
-    opts.lock_timeout = cmd.lock_timeout;
-    opts.statement_timeout = (!cmd.statement_timeout.is_zero()).then_some(cmd.statement_timeout);
-    opts.network_timeout = cmd.network_timeout;
-    opts.warn_batch_time = cmd.warn_batch_time;
-    opts.warn_run_time = cmd.warn_run_time;
-    opts.max_retries = cmd.max_retries;
-    opts.sleep = cmd.sleep;
-    opts.count = match cmd.count {
-        CountArg::Exact => CountMode::Exact,
-        CountArg::Estimate => CountMode::Estimate,
-        CountArg::None => CountMode::None,
+    let (throttle, warnings) = cmd
+        .throttle
+        .resolve(&settings.throttle, settings.database_url.backend())?;
+    for warning in warnings {
+        crate::output::note(&warning);
+    }
+    let opts = Options {
+        pace: cmd.pace.clone(),
+        timeouts: cmd.timeouts.clone(),
+        scale: cmd.scale.clone(),
+        window: cmd.window.clone(),
+        reporting: cmd.reporting.clone(),
+        throttle,
+        restart: cmd.restart,
+        resume_command: resume_command(global, cmd),
+        protected: datamig_core::output::Protected::new(
+            &settings.database_url,
+            &settings.project_dir,
+            &settings.migrations_dir,
+        ),
     };
-    opts.resume_command = resume_command(global, cmd);
-    opts.rate = cmd.rate.unwrap_or_default();
-    opts.target_batch_time = cmd.target_batch_time;
-    opts.batch_min = cmd.batch_min;
-    opts.batch_max = cmd.batch_max;
-    if cmd.target_batch_time.is_some() && cmd.batch_min > cmd.batch_max {
-        return Err(Error::Usage(format!(
-            "--batch-min {} is above --batch-max {}; give a range that holds a batch",
-            cmd.batch_min, cmd.batch_max
-        )));
-    }
-    let now = Instant::now();
-    let windows = [
-        cmd.max_runtime.map(|d| Window {
-            deadline: now + d,
-            reason: "--max-runtime",
-        }),
-        cmd.until.map(|d| Window {
-            deadline: now + d,
-            reason: "--until",
-        }),
-    ];
-    opts.window = windows.into_iter().flatten().min_by_key(|w| w.deadline);
-    let from_file = &settings.throttle;
-    let mut replicas = from_file.replicas.clone();
-    if !cmd.replicas.is_empty() {
-        replicas = cmd
-            .replicas
-            .iter()
-            .map(|u| DatabaseUrl::parse(u))
-            .collect::<Result<_, _>>()?;
-    }
-    // On SQLite the server throttles have nothing to watch: a flag is refused
-    // (in the core), a datamig.toml setting (shared with the server
-    // environments) is left out with a warning.
-    let sqlite = settings.database_url.backend() == datamig_core::config::Backend::Sqlite;
-    let mut from_file = from_file.clone();
-    if sqlite {
-        for (key, set) in [
-            ("max_active", from_file.max_active.take().is_some()),
-            (
-                "max_transaction_age",
-                from_file.max_transaction_age.take().is_some(),
-            ),
-            (
-                "max_replica_lag",
-                from_file.max_replica_lag.take().is_some(),
-            ),
-        ] {
-            if set {
-                crate::output::note(&format!(
-                    "warning: datamig.toml's throttle setting {key} does nothing on SQLite (no sessions or \
-                     replicas to watch); it is left out"
-                ));
-            }
-        }
-        if !from_file.replicas.is_empty() && cmd.replicas.is_empty() {
-            replicas.clear();
-        }
-    }
-    let probe = cmd.probe.clone().or_else(|| from_file.probe.clone());
-    let probe_max = cmd.probe_max.or(from_file.probe_max);
-    opts.throttle = ThrottleLimits {
-        max_active: cmd.max_active.or(from_file.max_active),
-        max_transaction_age: cmd.max_transaction_age.or(from_file.max_transaction_age),
-        max_replica_lag: cmd.max_replica_lag.or(from_file.max_replica_lag),
-        replicas,
-        probe: match (probe, probe_max) {
-            (Some(sql), Some(max)) => Some((sql, max)),
-            (Some(_), None) => return Err(Error::Usage(
-                "--probe needs --probe-max, the latency it must stay under (e.g. --probe-max 50ms)"
-                    .into(),
-            )),
-            (None, _) => None,
-        },
-    };
-    if !opts.throttle.replicas.is_empty() && opts.throttle.max_replica_lag.is_none() {
-        return Err(Error::Usage(
-            "--replica is watched for --max-replica-lag; give that too (e.g. --max-replica-lag 10s)".into(),
-        ));
-    }
-    opts.rejects_file = cmd.rejects_file.clone();
-    opts.protected = datamig_core::output::Protected::new(
-        &settings.database_url,
-        &settings.project_dir,
-        &settings.migrations_dir,
-    );
-    opts.max_errors = cmd.max_errors;
-    opts.workers = cmd.workers.map(usize::from);
-    opts.lease = cmd.lease;
-    opts.analyze = match cmd.analyze {
-        AnalyzeArg::Auto => Analyze::Auto,
-        AnalyzeArg::Always => Analyze::Always,
-        AnalyzeArg::Never => Analyze::Never,
-    };
+    opts.validate()?;
     Ok(opts)
 }
 
@@ -266,7 +177,7 @@ pub async fn run(global: &GlobalOpts, registry: &Registry, cmd: RunCmd) -> Resul
         cmd.progress
     };
     let mut display = super::progress::Display::new(job.name(), progress, cmd.quiet);
-    let rejects_file = cmd.rejects_file.clone();
+    let rejects_file = cmd.reporting.rejects_file.clone();
     let outcome = with_conn(global, &settings, async |conn| {
         // Refuse bad plans before the signal handler or the lock get involved.
         run::plan(conn, job, &args)?;
@@ -343,7 +254,12 @@ async fn notify(command: &str, job: &str, outcome: &Result<run::Report>) {
                 crate::exit::VERIFICATION_FAILED => "verification_failed",
                 _ => "failed",
             };
-            serde_json::json!({"job": job, "state": state, "error": format!("{err:#}"), "exit_code": code})
+            let mut json = serde_json::json!({"job": job, "state": state, "error": format!("{err:#}"), "exit_code": code});
+            // A run that stopped before its end: where it stood, as data.
+            if let Some(Error::RunStopped(stopped)) = err.downcast_ref::<Error>() {
+                json["run"] = serde_json::to_value(&stopped.run).unwrap_or_default();
+            }
+            json
         }
     };
     let spawned = tokio::process::Command::new("sh")
@@ -529,7 +445,7 @@ async fn dry_run(
         "dry run of {}: {} batch(es) of up to {} rows from {}, each rolled back; nothing was written",
         report.job,
         report.batches.len(),
-        cmd.batch,
+        cmd.pace.batch_size,
         report.from
     ));
     for (i, b) in report.batches.iter().enumerate() {

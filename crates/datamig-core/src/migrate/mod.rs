@@ -567,25 +567,22 @@ fn plan_downgrade<'m>(
 }
 
 /// A failure, with what was done before it: the partial report.
-fn with_partial_report(err: Error, report: &Report, verb: &str, failed: &Migration) -> Error {
-    let before = if report.done.is_empty() {
-        format!("nothing was {verb} before it")
-    } else {
-        format!("{verb} before it: {}", report.done.join(", "))
-    };
+fn with_partial_report(
+    err: Error,
+    report: &Report,
+    verb: &'static str,
+    failed: &Migration,
+) -> Error {
     match err {
-        Error::MigrationFailed { message } => Error::MigrationFailed {
-            message: format!(
-                "{message}\n{before}. Fix {} and run the command again",
-                failed.id()
-            ),
-        },
-        Error::MigrationBlocked(message) => Error::MigrationBlocked(format!("{message}\n{before}")),
-        Error::ConnectionLost(message) => Error::ConnectionLost(format!("{message}\n{before}")),
-        Error::Dirty { message, advice } => Error::Dirty {
-            message: format!("{message}\n{before}"),
-            advice,
-        },
+        cause @ (Error::MigrationFailed { .. }
+        | Error::MigrationBlocked(_)
+        | Error::ConnectionLost(_)
+        | Error::Dirty { .. }) => Error::SchemaStopped(Box::new(crate::SchemaStopped {
+            migration: failed.id(),
+            verb,
+            done: report.done.clone(),
+            cause,
+        })),
         other => other,
     }
 }

@@ -124,7 +124,7 @@ impl Control<'_> {
                     // A control connection gone silent (a dead network path)
                     // must not stop the loop: it is replaced. (A slow probe
                     // of the health throttle's is given its time.)
-                    let limit = self.opts.lock_timeout + self.history_limit + self.throttle.limit();
+                    let limit = self.opts.timeouts.lock_timeout + self.history_limit + self.throttle.limit();
                     if tokio::time::timeout(limit, self.on_tick()).await.is_err() {
                         tracing::warn!("the control connection did not answer within {}s; replacing it", limit.as_secs());
                         self.replace_connection().await;
@@ -231,7 +231,12 @@ impl Control<'_> {
             position = %b.position,
             "batch committed"
         );
-        if let Some(max) = self.opts.warn_batch_time.filter(|max| b.transaction > *max) {
+        if let Some(max) = self
+            .opts
+            .reporting
+            .warn_batch_time
+            .filter(|max| b.transaction > *max)
+        {
             let span = context_span!(
                 "batch",
                 worker = b.worker,
@@ -254,7 +259,7 @@ impl Control<'_> {
         self.warn_run_time();
         // The window is looked at after every batch, as before every one: a
         // batch must not begin that the window cannot hold.
-        if let Some(window) = &self.opts.window {
+        if let Some(window) = &self.opts.window.window() {
             if window.closes_before(self.last_batch) {
                 self.stop_with(Stopped::Window(window.reason.to_string()));
             }
@@ -265,6 +270,7 @@ impl Control<'_> {
     fn budget(&mut self) {
         if let Some(max) = self
             .opts
+            .reporting
             .max_errors
             .filter(|max| self.progress.rows_rejected > *max)
         {
@@ -302,7 +308,7 @@ impl Control<'_> {
         if self.paused {
             self.waited += TICK;
         } else {
-            if let Some(window) = &self.opts.window {
+            if let Some(window) = &self.opts.window.window() {
                 if window.closes_before(self.last_batch) {
                     return self.stop_with(Stopped::Window(window.reason.to_string()));
                 }
@@ -486,6 +492,7 @@ impl Control<'_> {
         let took = self.started.elapsed();
         if let Some(max) = self
             .opts
+            .reporting
             .warn_run_time
             .filter(|max| !self.warned_run_time && took > *max)
         {

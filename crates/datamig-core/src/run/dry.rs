@@ -78,11 +78,7 @@ async fn dry_run_locked(
     opts: &Options,
     batches: u32,
 ) -> Result<DryRun> {
-    let limits = batch::Limits {
-        lock_timeout: opts.lock_timeout,
-        statement_timeout: opts.statement_timeout,
-        network_timeout: opts.network_timeout,
-    };
+    let limits = batch::Limits::of(&opts.timeouts);
     limits.apply(conn).await?;
     let prep = batch::Prepared::new(conn, plan).await?;
     let arity = shape::arity(&plan.source);
@@ -97,8 +93,9 @@ async fn dry_run_locked(
     let from = cursor.as_deref().map_or("the start".to_string(), |c| {
         format!("{} {}", shape::key_name(&plan.source), cursor::display(c))
     });
-    let total = shape::remaining(conn, plan, &prep, opts.count, cursor.as_deref()).await?;
-    let rows = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
+    let total =
+        shape::remaining(conn, plan, &prep, opts.reporting.count, cursor.as_deref()).await?;
+    let rows = opts.pace.rows();
     let mut dry = batch::Batches::dry(plan, prep, limits);
     let mut done = Vec::new();
     let mut ranges = Vec::new();

@@ -24,12 +24,12 @@ use super::shared::{Event, Gate, Shared};
 use super::store::RunState;
 use super::worker::{self, WorkerEnd};
 use super::{
-    end_run, history, millis, pace, percent, steer, throttle, BatchTimes, Observer, Options,
-    Progress, Report,
+    end_run, history, millis, pace, steer, throttle, BatchTimes, Observer, Options, Progress,
+    Report,
 };
 use crate::db::{who_am_i, Conn};
 use crate::job::{DynJob, Plan};
-use crate::{Error, Result};
+use crate::{Error, Result, Stop};
 
 /// Runs the batches of an opened run with `workers` workers here, laid out
 /// as `layout` says, and concludes it. For a run in one worker, `conn` holds
@@ -51,8 +51,15 @@ pub(super) async fn work(
     let plan = Arc::new(plan);
     let started = Instant::now();
     let record = opened.record.as_ref();
-    let rate =
-        super::open::settle_rate(conn, run_id, record, opts.rate, !layout.is_whole(), obs).await?;
+    let rate = super::open::settle_rate(
+        conn,
+        run_id,
+        record,
+        opts.pace.rate(),
+        !layout.is_whole(),
+        obs,
+    )
+    .await?;
     // Wall-clock time of the run: before this process joined, and since.
     let elapsed_before = record.map_or(0, |r| r.elapsed_ms);
     let totals = match &layout {
@@ -93,21 +100,14 @@ pub(super) async fn work(
     // and the window have had their say.
     let (gate_tx, gate_rx) = watch::channel(Gate::Wait);
     let (events_tx, events) = mpsc::unbounded_channel();
-    let largest = match opts.target_batch_time {
-        Some(_) => opts.batch_max.max(opts.batch_size),
-        None => opts.batch_size,
-    };
+    let largest = opts.pace.largest();
     let shared = Shared {
         plan: Arc::clone(&plan),
         job: job.name().to_string(),
         run_id,
         run_number: opened.number,
         opts: opts.clone(),
-        limits: super::batch::Limits {
-            lock_timeout: opts.lock_timeout,
-            statement_timeout: opts.statement_timeout,
-            network_timeout: opts.network_timeout,
-        },
+        limits: super::batch::Limits::of(&opts.timeouts),
         layout: layout.clone(),
         gate: gate_rx,
         events: events_tx,
@@ -178,7 +178,7 @@ pub(super) async fn work(
         (ends, kept)
     };
 
-    let history_limit = opts.network_timeout.max(Duration::from_secs(1));
+    let history_limit = opts.timeouts.network_timeout.max(Duration::from_secs(1));
     let mut control = Control {
         conn: &mut *conn,
         job,
@@ -315,48 +315,43 @@ async fn conclude(
         ..
     } = ended;
     let others_at_work = totals.leased > 0;
-    let number = opened.number;
-    let resume = &opts.resume_command;
     let name = job.name();
-    let last = layout.at(&progress.position);
-    let how_far = layout.progress_text(totals, progress.batches, &progress.position);
+    // Where the run stands, for a stop before its end.
+    let partial = || crate::Partial {
+        job: name.to_string(),
+        run_number: opened.number,
+        batches: progress.batches,
+        rows_done: progress.rows_done,
+        total: opened.total,
+        checkpoint: layout.is_whole().then(|| layout.at(&progress.position)),
+        progress: layout.progress_text(totals, progress.batches, &progress.position),
+        resume: opts.resume_command.clone(),
+    };
+    let stopped = |why: Stop| {
+        Err(Error::RunStopped(Box::new(crate::RunStopped {
+            run: partial(),
+            why,
+        })))
+    };
     match (ended.stopped, ended.error) {
         // The job lock went with a lost connection and another process holds
         // it now: the run is that process's, and is left as it is.
         (_, Some(e @ Error::AlreadyRunning(_))) => Err(e),
         (Some(Stopped::Failed(_)), Some(e)) | (None, Some(e)) => {
             let _ = end_run(conn, progress, RunState::Failed, Some(&e.to_string())).await;
-            Err(Error::JobFailed(match layout {
-                Layout::Whole { .. } => format!(
-                    "run {number} of {name} failed at batch {} (at {last}): {e}. The {} batches before it \
-                     are committed; fix the cause and resume with: {resume}",
-                    progress.batches + 1,
-                    progress.batches
-                ),
-                Layout::Parts { .. } => format!(
-                    "run {number} of {name} failed: {e}. Every committed batch is kept (the other runners \
-                     of the run stop too); fix the cause and resume with: {resume}"
-                ),
-            }))
+            stopped(Stop::Failed(Box::new(e)))
         }
         (Some(Stopped::Failed(why)), None) => {
             let _ = end_run(conn, progress, RunState::Failed, Some(&why)).await;
-            Err(Error::JobFailed(format!("run {number} of {name} failed: {why}")))
+            Err(Error::JobFailed(format!(
+                "run {} of {name} failed: {why}",
+                opened.number
+            )))
         }
-        (Some(Stopped::Cancelled(why)), _) => Err(Error::Cancelled(format!(
-            "run {number} of {name} was {why} {how_far}; every finished batch is committed. Running the job \
-             again starts a new run"
-        ))),
+        (Some(Stopped::Cancelled(why)), _) => stopped(Stop::Cancelled(why)),
         (Some(Stopped::ErrorBudget(why)), _) => {
             let _ = end_run(conn, progress, RunState::Failed, Some(&why)).await;
-            let at = match layout {
-                Layout::Whole { .. } => format!(" {how_far}"),
-                Layout::Parts { .. } => String::new(),
-            };
-            Err(Error::ErrorBudget(format!(
-                "run {number} of {name} stopped{at}: {why}. Every finished batch is committed; `datamig status \
-                 {name}` lists the rejected rows. Fix the data or raise --max-errors, then resume with: {resume}"
-            )))
+            stopped(Stop::ErrorBudget(why))
         }
         (Some(Stopped::Signal | Stopped::SignalPaused), _) => {
             let state = super::store::latest(conn, name)
@@ -373,19 +368,10 @@ async fn conclude(
                 };
                 end_run(conn, progress, state, None).await?;
             }
-            let how = if others_at_work {
-                format!("the run goes on in the other processes at work on it; join them again with: {resume}")
-            } else if paused {
-                format!("it stays paused: `datamig resume {name}`, then resume with: {resume}")
-            } else {
-                format!("Resume with: {resume}")
-            };
-            Err(Error::Interrupted(format!(
-                "interrupted run {number} of {name} {how_far}{}; every finished batch is committed. {how}",
-                percent(progress.rows_done, opened.total)
-                    .map(|p| format!(" ({p:.1}%)"))
-                    .unwrap_or_default()
-            )))
+            stopped(Stop::Interrupted {
+                paused,
+                others_at_work,
+            })
         }
         (Some(Stopped::Window(reason)), _) => {
             if !others_at_work {
@@ -399,8 +385,10 @@ async fn conclude(
         }
         (None, None) if ended.all_done => {
             let held = layout.is_whole();
-            super::finish::finish(conn, job, plan, opts, opened, progress, report, held, stop, obs)
-                .await
+            super::finish::finish(
+                conn, job, plan, opts, opened, progress, report, held, stop, obs,
+            )
+            .await
         }
         (None, None) => ended_elsewhere(conn, job, opened.run_id).await,
     }

@@ -34,7 +34,10 @@ pub(super) async fn complete(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<()> {
-    if let Err(e) = conn.set_timeouts(opts.lock_timeout, None, None).await {
+    if let Err(e) = conn
+        .set_timeouts(opts.timeouts.lock_timeout, None, None)
+        .await
+    {
         tracing::warn!("could not lift the statement timeout for the checks: {e}");
     }
     // The checks and the run's end are read-only or overwrite what they set, so
@@ -78,18 +81,18 @@ pub(super) async fn complete(
             Err(e) => e,
         };
         let lost = !tokio::time::timeout(
-            opts.network_timeout.max(Duration::from_secs(1)),
+            opts.timeouts.network_timeout.max(Duration::from_secs(1)),
             alive(conn),
         )
         .await
         .unwrap_or(false);
-        if lost && attempt < opts.max_retries {
+        if lost && attempt < opts.timeouts.max_retries {
             attempt += 1;
             let wait = backoff(attempt);
             obs.message(&format!(
                 "the checks at the end of the run (connection lost): {e}; retrying in {:.1}s (attempt {attempt} of {})",
                 wait.as_secs_f64(),
-                opts.max_retries
+                opts.timeouts.max_retries
             ));
             tokio::time::sleep(wait).await;
             match reconnect(conn, &job_lock(job), &unbatched_limits(opts)).await {
@@ -103,8 +106,15 @@ pub(super) async fn complete(
     };
     report.checks = checks;
     report.completed_here = true;
-    report.analyzed =
-        refresh_statistics(conn, job, plan, opts.analyze, progress.rows_changed, obs).await;
+    report.analyzed = refresh_statistics(
+        conn,
+        job,
+        plan,
+        opts.reporting.analyze,
+        progress.rows_changed,
+        obs,
+    )
+    .await;
     verified(job, report)
 }
 

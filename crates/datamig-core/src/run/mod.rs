@@ -6,10 +6,12 @@
 //!
 //! ```text
 //! run (this file): plan · outputs · schema checks · layout: one worker (job lock held) or partitions
+//!   options.rs  what the run is told, in groups: the CLI's flags, checked once
+//!   shape.rs    what the job's Source × Step means: validation, arity, rows left, target, partition key
 //!   open.rs     find or create the run: total, baseline checks, partitions; made durable
 //!   engine.rs   the workers and the control side by side, then conclude:
 //!     worker.rs   ×N: lane (whole range | claimed partition) → gate → rate → batch → report
-//!     batch/      one batch: BEGIN · read or bound · step (batch/steps/) · checkpoint · COMMIT
+//!     batch/      one batch: BEGIN · read or bound · step (batch/steps/, one file each) · checkpoint · COMMIT
 //!     control.rs  signals · requests · window · throttle · figures · history · leases
 //!   finish.rs   the checks against the baseline · completed · statistics
 //! ```
@@ -38,11 +40,17 @@ mod finish;
 mod history;
 mod layout;
 mod open;
+mod options;
 pub mod pace;
+// A partitioned run's bookkeeping: internal like `store` (`status` lists it).
+#[doc(hidden)]
 pub mod partition;
 mod shape;
 mod shared;
 pub mod steer;
+// datamig's bookkeeping of runs: an internal the CLI and the project's own
+// tests reach into, not an API for a team's project (hidden from the docs).
+#[doc(hidden)]
 pub mod store;
 pub mod throttle;
 mod worker;
@@ -54,6 +62,9 @@ use serde::Serialize;
 
 pub use dry::{dry_run, DryBatch, DryRun};
 pub use finish::{failed_checks, run_checks};
+pub use options::{
+    positive_duration, Analyze, CountMode, Options, Pace, Reporting, Scale, TimeWindow, Timeouts,
+};
 pub use store::{RunRecord, RunState};
 
 use layout::Layout;
@@ -67,118 +78,6 @@ pub const MAX_WORKERS: usize = 64;
 
 /// The largest batch datamig accepts: beyond it, one transaction holds locks for seconds.
 pub const MAX_BATCH: u64 = 1_000_000;
-
-/// How the progress total is found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CountMode {
-    /// `SELECT count(*)` of the rows the source selects: exact, slow on huge tables.
-    Exact,
-    /// The planner's estimate of that count, from EXPLAIN (exact on SQLite,
-    /// whose planner gives none).
-    Estimate,
-    /// No total: progress shows rows and rate, no percentage or ETA.
-    None,
-}
-
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub batch_size: u64,
-    /// Abandon an unfinished run and start over.
-    pub restart: bool,
-    pub count: CountMode,
-    /// Read the next batch on a second connection while the current one is
-    /// written (server databases; see `batch`).
-    pub read_ahead: bool,
-    /// How long a batch waits for a lock before it fails (and is retried).
-    pub lock_timeout: Duration,
-    /// How long a batch's statement may run (`None`: no limit); a batch that
-    /// runs out is retried at half the size.
-    pub statement_timeout: Option<Duration>,
-    /// How long past its statement and lock timeouts a batch may go unanswered
-    /// before its connection counts as dead (a blackholed socket never errors).
-    pub network_timeout: Duration,
-    /// Warn when a batch's transaction takes longer than this.
-    pub warn_batch_time: Option<Duration>,
-    /// Warn (once) when the run has taken longer than this.
-    pub warn_run_time: Option<Duration>,
-    /// How often a batch that failed transiently (a timeout, a deadlock, a lost
-    /// connection) is retried before the run fails.
-    pub max_retries: u32,
-    /// A pause after each batch.
-    pub sleep: Duration,
-    /// The command that resumes this run, for the messages that need it.
-    pub resume_command: String,
-    /// Rows (or batches) per second, over the whole run: the run's rate, kept
-    /// with it, or a new one for it (`--rate`), or none (`--rate none`).
-    pub rate: pace::RateChoice,
-    /// Adapt the batch size so that a batch takes about this long, within
-    /// `batch_min..=batch_max` (`batch_size` is where it starts).
-    pub target_batch_time: Option<Duration>,
-    pub batch_min: u64,
-    pub batch_max: u64,
-    /// Stop at a batch boundary before this moment (`--max-runtime`, `--until`).
-    pub window: Option<pace::Window>,
-    /// Wait before a batch while the database is under stress.
-    pub throttle: throttle::Limits,
-    /// Stop the run once more rows than this are rejected.
-    pub max_errors: Option<i64>,
-    /// When to refresh the planner's statistics after the run.
-    pub analyze: Analyze,
-    /// A partitioned run with this many workers in this process (`--workers`);
-    /// `None`: one cursor, unless the unfinished run is partitioned already.
-    pub workers: Option<usize>,
-    /// How long a partition stays a worker's without word from it: a runner
-    /// that died loses its partitions to the others this long after.
-    pub lease: Duration,
-    /// The file the run's rejected rows are written to at its end
-    /// (`--rejects-file`; the caller writes it): checked before the run starts.
-    pub rejects_file: Option<std::path::PathBuf>,
-    /// Files an output of the run must not be (the project's migrations and
-    /// settings); the database and the job's own files are added to them.
-    pub protected: crate::output::Protected,
-}
-
-impl Options {
-    /// The options of a plain run of `batch_size` rows a batch, as the command
-    /// line's defaults have them.
-    pub fn new(batch_size: u64) -> Options {
-        Options {
-            batch_size,
-            restart: false,
-            count: CountMode::Exact,
-            read_ahead: true,
-            lock_timeout: Duration::from_secs(5),
-            statement_timeout: Some(Duration::from_secs(300)),
-            network_timeout: Duration::from_secs(30),
-            warn_batch_time: None,
-            warn_run_time: None,
-            max_retries: 10,
-            sleep: Duration::ZERO,
-            resume_command: String::new(),
-            rate: pace::RateChoice::Keep,
-            target_batch_time: None,
-            batch_min: 1,
-            batch_max: MAX_BATCH,
-            window: None,
-            throttle: throttle::Limits::default(),
-            max_errors: None,
-            analyze: Analyze::Auto,
-            workers: None,
-            lease: Duration::from_secs(30),
-            rejects_file: None,
-            protected: crate::output::Protected::default(),
-        }
-    }
-}
-
-/// When a run refreshes the planner's statistics of the tables it changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Analyze {
-    /// When it changed many rows: [`ANALYZE_MIN_ROWS`] and a tenth of the table.
-    Auto,
-    Always,
-    Never,
-}
 
 /// `Analyze::Auto` refreshes statistics after a run that changed at least this
 /// many rows, and at least a tenth of the table (PostgreSQL's autovacuum waits
@@ -332,7 +231,7 @@ pub fn check_outputs(conn: &Conn, plan: &Plan, opts: &Options) -> Result<()> {
         guard.check("the archive file", file)?;
         guard.file(file, "the job's archive");
     }
-    if let Some(file) = &opts.rejects_file {
+    if let Some(file) = &opts.reporting.rejects_file {
         guard.check("--rejects-file", file)?;
         // It is written beside its place, then renamed over it.
         guard.check("--rejects-file", &rejects_partial(file))?;
@@ -439,11 +338,7 @@ pub async fn run(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<Report> {
-    if opts.batch_size == 0 || opts.batch_size > MAX_BATCH {
-        return Err(Error::Usage(format!(
-            "--batch must be between 1 and {MAX_BATCH}"
-        )));
-    }
+    opts.validate()?;
     let plan = plan(conn, job, args)?;
     check_outputs(conn, &plan, opts)?;
     check_schema(conn, job, &plan).await?;
@@ -461,7 +356,7 @@ pub async fn run(
     let (layout, n) = match workers {
         Some(n) => (
             Layout::Parts {
-                lease: opts.lease.max(Duration::from_millis(500)),
+                lease: opts.scale.lease.max(Duration::from_millis(500)),
             },
             n,
         ),
@@ -570,24 +465,8 @@ async fn stopped(stop: &AtomicBool) {
 /// statements not (a count or a check over a huge table may rightly take long).
 fn unbatched_limits(opts: &Options) -> batch::Limits {
     batch::Limits {
-        lock_timeout: opts.lock_timeout,
         statement_timeout: None,
-        network_timeout: opts.network_timeout,
-    }
-}
-
-/// The batch sizer `opts` ask for: fixed at `--batch`, or adaptive to
-/// `--target-batch-time` within `--batch-min` and `--batch-max`.
-fn sizer(opts: &Options) -> pace::Sizer {
-    let batch_size = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
-    match opts.target_batch_time {
-        Some(target) => pace::Sizer::adaptive(
-            batch_size,
-            target,
-            i64::try_from(opts.batch_min).unwrap_or(1),
-            i64::try_from(opts.batch_max).unwrap_or(i64::MAX),
-        ),
-        None => pace::Sizer::fixed(batch_size),
+        ..batch::Limits::of(&opts.timeouts)
     }
 }
 

@@ -51,7 +51,7 @@ pub(super) async fn prepare(conn: &mut Conn, opts: &Options) -> Result<throttle:
     let throttle = throttle::Throttle::new(
         opts.throttle.clone(),
         &conn.connect_options().clone(),
-        opts.network_timeout,
+        opts.timeouts.network_timeout,
         conn,
     )
     .await?;
@@ -75,9 +75,9 @@ pub(super) async fn whole(
     obs: &mut dyn Observer,
 ) -> Result<Opened> {
     let prep = Prepared::new(conn, plan).await?;
-    let batch_size = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
+    let batch_size = opts.pace.rows();
     let (record, cursor) = find_run(conn, job, args, opts, shape::arity(&plan.source), obs).await?;
-    if let (Some(max), Some(r)) = (opts.max_errors, &record) {
+    if let (Some(max), Some(r)) = (opts.reporting.max_errors, &record) {
         if r.rows_rejected > max {
             return Err(Error::ErrorBudget(format!(
                 "run {} of {} has {} rejected rows, more than --max-errors {max} allows; nothing was \
@@ -105,7 +105,7 @@ pub(super) async fn whole(
     };
 
     let rows_before = record.as_ref().map_or(0, |r| r.rows_done);
-    let left = shape::remaining(conn, plan, &prep, opts.count, cursor.as_deref()).await?;
+    let left = shape::remaining(conn, plan, &prep, opts.reporting.count, cursor.as_deref()).await?;
     let total = left.map(|n| rows_before + n);
 
     let key = shape::key_name(&plan.source);
@@ -203,7 +203,7 @@ pub(super) async fn parts(
     let lock = super::job_lock(job);
     lock_briefly(conn, job, &lock).await?;
     let joined = async {
-        let batch_size = i64::try_from(opts.batch_size).unwrap_or(i64::MAX);
+        let batch_size = opts.pace.rows();
         // Read first: a key that is not an integer is refused before an unfinished
         // run is touched (abandoned by --restart, say).
         let span = key_span(conn, job, plan).await?;
@@ -280,7 +280,7 @@ pub(super) async fn parts(
             }
             None => {
                 let prep = Prepared::new(conn, plan).await?;
-                let total = shape::remaining(conn, plan, &prep, opts.count, None).await?;
+                let total = shape::remaining(conn, plan, &prep, opts.reporting.count, None).await?;
                 let baseline = run_checks(conn, &plan.checks, &[]).await?;
                 let json = serde_json::to_string(&baseline).unwrap_or_default();
                 let ranges = match span {
@@ -358,15 +358,15 @@ pub(super) async fn workers_for(
     obs: &mut dyn Observer,
 ) -> Result<Option<usize>> {
     if conn.single_writer() {
-        if opts.workers.is_some_and(|n| n > 1) {
+        if opts.scale.workers.is_some_and(|n| n > 1) {
             obs.message(
                 "SQLite has a single writer: the run goes on in one worker (--workers needs PostgreSQL or MariaDB)",
             );
         }
         return Ok(None);
     }
-    if opts.workers.is_some() {
-        return Ok(opts.workers);
+    if opts.scale.workers.is_some() {
+        return Ok(opts.scale.workers);
     }
     // Read only when complete (created later, when the run's flags have passed):
     // tables an earlier version made lack the columns added since, and a runner

@@ -39,6 +39,100 @@ pub struct Limits {
     pub probe: Option<(String, Duration)>,
 }
 
+/// The health throttle's flags (`datamig run`'s "Health throttle" group), over
+/// `datamig.toml`'s `[throttle]`: [`Flags::resolve`] makes the [`Limits`].
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct Flags {
+    /// Wait while more than this many other sessions are running statements
+    /// (PostgreSQL active backends, MariaDB's processlist).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..), help_heading = "Health throttle")]
+    pub max_active: Option<i64>,
+    /// Wait while another transaction has been open longer than this (it holds
+    /// back vacuum on PostgreSQL, purge on MariaDB).
+    #[arg(long, value_name = "DURATION", value_parser = super::positive_duration, help_heading = "Health throttle")]
+    pub max_transaction_age: Option<Duration>,
+    /// Wait while a replica is further behind than this: the standbys of a
+    /// PostgreSQL primary, and every --replica.
+    #[arg(long, value_name = "DURATION", value_parser = super::positive_duration, help_heading = "Health throttle")]
+    pub max_replica_lag: Option<Duration>,
+    /// A replica to watch for --max-replica-lag (repeatable; needed on MariaDB).
+    #[arg(long = "replica", value_name = "URL", help_heading = "Health throttle")]
+    pub replicas: Vec<String>,
+    /// A query whose latency is measured before batches: the run waits while it
+    /// takes longer than --probe-max.
+    #[arg(long, value_name = "SQL", help_heading = "Health throttle")]
+    pub probe: Option<String>,
+    /// The latency --probe must stay under.
+    #[arg(long, value_name = "DURATION", value_parser = super::positive_duration, requires = "probe", help_heading = "Health throttle")]
+    pub probe_max: Option<Duration>,
+}
+
+impl Flags {
+    /// The limits these flags set over `file` (`datamig.toml`'s `[throttle]`),
+    /// for a run on `backend`, with a warning for each file setting left out.
+    /// On SQLite the server throttles have nothing to watch: a flag is
+    /// refused (when the run starts), a file setting (shared with the server
+    /// environments) is left out with a warning.
+    pub fn resolve(
+        &self,
+        file: &crate::config::ThrottleSettings,
+        backend: crate::config::Backend,
+    ) -> Result<(Limits, Vec<String>)> {
+        let mut file = file.clone();
+        let mut warnings = Vec::new();
+        if backend == crate::config::Backend::Sqlite {
+            for (key, set) in [
+                ("max_active", file.max_active.take().is_some()),
+                (
+                    "max_transaction_age",
+                    file.max_transaction_age.take().is_some(),
+                ),
+                ("max_replica_lag", file.max_replica_lag.take().is_some()),
+            ] {
+                if set {
+                    warnings.push(format!(
+                        "warning: datamig.toml's throttle setting {key} does nothing on SQLite (no sessions or \
+                         replicas to watch); it is left out"
+                    ));
+                }
+            }
+            file.replicas.clear();
+        }
+        let replicas = if self.replicas.is_empty() {
+            file.replicas
+        } else {
+            self.replicas
+                .iter()
+                .map(|u| DatabaseUrl::parse(u))
+                .collect::<Result<_, _>>()?
+        };
+        let probe = self.probe.clone().or(file.probe);
+        let limits = Limits {
+            max_active: self.max_active.or(file.max_active),
+            max_transaction_age: self.max_transaction_age.or(file.max_transaction_age),
+            max_replica_lag: self.max_replica_lag.or(file.max_replica_lag),
+            replicas,
+            probe: match (probe, self.probe_max.or(file.probe_max)) {
+                (Some(sql), Some(max)) => Some((sql, max)),
+                (Some(_), None) => {
+                    return Err(Error::Usage(
+                        "--probe needs --probe-max, the latency it must stay under (e.g. --probe-max 50ms)"
+                            .into(),
+                    ))
+                }
+                (None, _) => None,
+            },
+        };
+        if !limits.replicas.is_empty() && limits.max_replica_lag.is_none() {
+            return Err(Error::Usage(
+                "--replica is watched for --max-replica-lag; give that too (e.g. --max-replica-lag 10s)"
+                    .into(),
+            ));
+        }
+        Ok((limits, warnings))
+    }
+}
+
 impl Limits {
     pub fn is_empty(&self) -> bool {
         self.max_active.is_none()

@@ -126,7 +126,7 @@ pub(super) async fn work(
             prep,
             shared.run_id,
             shared.limits,
-            shared.opts.read_ahead,
+            shared.opts.scale.read_ahead(),
         );
         batches.count_from(shared.started);
         if let Some(archive) = shared.archive.lock().ok().and_then(|mut a| a.take()) {
@@ -134,7 +134,7 @@ pub(super) async fn work(
         }
         // The worker's batch size, learned over its lanes: one halved by a
         // statement timeout stays halved in the next partition.
-        let mut sizer = super::sizer(&shared.opts);
+        let mut sizer = shared.opts.pace.sizer();
         let result = match start {
             Some(start) => {
                 let lane = Lane::Whole {
@@ -170,7 +170,7 @@ pub(super) async fn partition_worker(
     let conn = loop {
         match connect(shared).await {
             Ok(conn) => break conn,
-            Err(Error::Transient { message, .. }) if attempt < shared.opts.max_retries => {
+            Err(Error::Transient { message, .. }) if attempt < shared.opts.timeouts.max_retries => {
                 attempt += 1;
                 let wait = backoff(attempt);
                 tracing::warn!(
@@ -252,7 +252,8 @@ async fn claim_and_work(
         unreachable!("a run in one worker has no partitions to claim");
     };
     let lease_ms = super::ms(*lease);
-    let min_split = i64::try_from(shared.opts.batch_size.saturating_mul(2)).unwrap_or(i64::MAX);
+    let min_split =
+        i64::try_from(shared.opts.pace.batch_size.saturating_mul(2)).unwrap_or(i64::MAX);
     // Failed claims in a row.
     let mut attempt = 0_u32;
     loop {
@@ -381,7 +382,7 @@ async fn recover(shared: &Shared, conn: &mut Conn, e: &Error, attempt: &mut u32)
     let Error::Transient { kind, message } = e else {
         return Ok(false);
     };
-    if *attempt >= shared.opts.max_retries {
+    if *attempt >= shared.opts.timeouts.max_retries {
         return Ok(false);
     }
     *attempt += 1;
@@ -476,11 +477,11 @@ async fn run_lane(
                     answer,
                 ));
                 let _ = answered.await;
-                if !opts.sleep.is_zero() {
-                    if nap(shared, opts.sleep).await {
+                if !opts.pace.sleep.is_zero() {
+                    if nap(shared, opts.pace.sleep).await {
                         return Ok(LaneEnd::Stopped);
                     }
-                    waited += opts.sleep;
+                    waited += opts.pace.sleep;
                 }
             }
             Err(Error::PartitionLost(_)) => {
@@ -496,7 +497,7 @@ async fn run_lane(
                     }
                 }
             }
-            Err(Error::Transient { message, kind }) if attempt < opts.max_retries => {
+            Err(Error::Transient { message, kind }) if attempt < opts.timeouts.max_retries => {
                 attempt += 1;
                 // A batch that ran out of time is tried again at half the size.
                 let smaller = if kind == Transient::StatementTimeout {
@@ -511,7 +512,7 @@ async fn run_lane(
                     format!(
                         "{which} ({kind}): {message}; retrying{smaller} in {:.1}s (attempt {attempt} of {})",
                         wait.as_secs_f64(),
-                        opts.max_retries
+                        opts.timeouts.max_retries
                     ),
                     about(&lane),
                 ));
@@ -530,7 +531,7 @@ async fn run_lane(
                     .unwrap_or_default();
                 return Err(Error::JobFailed(format!(
                     "{message} ({kind}; still failing after {} retries{within})",
-                    opts.max_retries
+                    opts.timeouts.max_retries
                 )));
             }
             Err(e) => {
@@ -610,7 +611,11 @@ async fn retry(
     );
     let answers = !lost
         && tokio::time::timeout(
-            shared.opts.network_timeout.max(Duration::from_secs(1)),
+            shared
+                .opts
+                .timeouts
+                .network_timeout
+                .max(Duration::from_secs(1)),
             super::alive(conn),
         )
         .await

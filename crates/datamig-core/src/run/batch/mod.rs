@@ -165,6 +165,15 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
+    /// A batch's limits, as the run's options give them.
+    pub fn of(t: &crate::run::Timeouts) -> Limits {
+        Limits {
+            lock_timeout: t.lock_timeout,
+            statement_timeout: t.statement(),
+            network_timeout: t.network_timeout,
+        }
+    }
+
     /// Sets up a connection's session for batches: the driver's batch settings
     /// and these timeouts, chosen by datamig rather than inherited from the server.
     /// How long a whole batch may take before its connection is taken for dead:
