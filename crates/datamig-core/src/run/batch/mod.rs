@@ -42,12 +42,17 @@ use crate::db::{Conn, Value};
 use crate::job::{Plan, Source, Step, Transform};
 use crate::{Error, Result};
 
-use read::{bound, queries, read_rows};
+use read::{bound, finding, read_rows};
 pub(crate) use read::{Bound, Prepared};
 pub(crate) use steps::archive::Archive;
 use steps::transform::{apply, Applied};
 pub(crate) use txn::failed;
 use txn::{run, Txn};
+
+/// A count from the database as the engine's integer.
+pub(crate) fn to_i64<T: TryInto<i64>>(n: T) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
 
 /// A batch scans at most this many times its size in keys to find its rows.
 pub(crate) const MAX_SCAN: i64 = 20;
@@ -366,7 +371,15 @@ impl<'p> Batches<'p> {
         upto: Option<&[Value]>,
         rows: i64,
     ) -> Vec<(String, Vec<Value>)> {
-        queries(conn, self.plan, &self.prep, after, upto, self.size(rows))
+        let mut out = finding(conn, self.plan, &self.prep, after, self.size(rows));
+        if let Some(upto) = upto.filter(|_| !out.is_empty()) {
+            let (range, params) = self.prep.conditions(conn, true, after, Some(upto));
+            if let Some(sql) = steps::of(&self.plan.step).range_statement(conn, &self.prep, &range)
+            {
+                out.push((sql, params));
+            }
+        }
+        out
     }
 
     /// Drops the read in flight and the reader connection, after an error that

@@ -3,7 +3,7 @@
 //! bound, the last key of its next `n` matching rows; with the queries a dry
 //! run shows EXPLAIN.
 
-use super::steps::to_i64;
+use super::to_i64;
 use super::{failed, Scanned, Size};
 use crate::db::{db_message, BulkUpdate, Conn, Guard, Row, Value};
 use crate::job::{Filter, Plan, Source, Step};
@@ -307,15 +307,13 @@ async fn last_key(
     Ok((count > 0 && last.iter().all(|v| !v.is_null())).then_some((last, count)))
 }
 
-/// The statements a batch after `after` runs: the one that finds its rows (the
-/// read of a transform, the bound of a SQL or delete step) and, for SQL and
-/// delete steps, the one that acts on them over `(after, upto]`.
-pub(crate) fn queries(
+/// The statement that finds the rows of a batch after `after` (the read of a
+/// transform, the bound of a key-range step), with its parameters.
+pub(crate) fn finding(
     conn: &Conn,
     plan: &Plan,
     prep: &Prepared,
     after: Option<&[Value]>,
-    upto: Option<&[Value]>,
     size: Size,
 ) -> Vec<(String, Vec<Value>)> {
     if !matches!(plan.source, Source::Table { .. }) {
@@ -343,14 +341,7 @@ pub(crate) fn queries(
             )
         }
     };
-    let mut out = vec![finding];
-    if let Some(upto) = upto {
-        let (range, params) = prep.conditions(conn, true, after, Some(upto));
-        if let Some(sql) = super::steps::of(&plan.step).range_statement(conn, prep, &range) {
-            out.push((sql, params));
-        }
-    }
-    out
+    vec![finding]
 }
 
 /// A transform batch's rows, read and not yet transformed.

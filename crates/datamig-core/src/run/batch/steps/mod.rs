@@ -29,6 +29,7 @@ pub(crate) mod transform;
 use futures_util::future::BoxFuture;
 
 use super::read::Prepared;
+pub(crate) use super::to_i64;
 use super::{Scanned, Size, Work};
 use crate::db::{Conn, Value};
 use crate::job::{Source, Step};
@@ -139,9 +140,4 @@ pub(crate) fn unsupported(step: &str) -> crate::Error {
         "{step} was given a batch it does not take (a source or a read ahead of another step); \
          this is a bug in datamig"
     ))
-}
-
-/// A count from the database as the engine's integer.
-pub(crate) fn to_i64<T: TryInto<i64>>(n: T) -> i64 {
-    n.try_into().unwrap_or(i64::MAX)
 }
