@@ -801,6 +801,10 @@ each_db! {
             (s(&["run", "count_visits", "--rate", "0"]), 2, "--rate"),
             (s(&["run", "count_visits", "--rate", "-100"]), 2, "--rate"),
             (s(&["run", "count_visits", "--max-runtime", "99999999999999999999999s"]), 2, "--max-runtime"),
+            // Durations no clock can add (they panicked once).
+            (s(&["run", "count_visits", "--max-runtime", "18446744073709551615"]), 2, "is too far away; give at most 366d"),
+            (s(&["run", "count_visits", "--statement-timeout", "18446744073709551615"]), 2, "--statement-timeout 18446744073709551615s is too long"),
+            (s(&["run", "count_visits", "--lease", "18446744073709551615", "--workers", "2"]), 2, "--lease 18446744073709551615s is too long"),
             (s(&["run", "count_visits", "--until", "25:00"]), 2, "--until"),
             (s(&["run", "count_visits", "--sleep", "forever"]), 2, "--sleep"),
             (s(&["run", "count_visits", "--lock-timeout", "-1s"]), 2, "--lock-timeout"),

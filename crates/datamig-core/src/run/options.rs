@@ -98,6 +98,10 @@ impl Pace {
     }
 
     fn validate(&self) -> Result<()> {
+        at_most("--sleep", self.sleep)?;
+        if let Some(t) = self.target_batch_time {
+            at_most("--target-batch-time", t)?;
+        }
         let within = |flag: &str, n: u64| {
             if (1..=MAX_BATCH).contains(&n) {
                 Ok(())
@@ -156,6 +160,12 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    fn validate(&self) -> Result<()> {
+        at_most("--lock-timeout", self.lock_timeout)?;
+        at_most("--statement-timeout", self.statement_timeout)?;
+        at_most("--network-timeout", self.network_timeout)
+    }
+
     /// The statement timeout, `None` for none (`--statement-timeout 0`).
     pub fn statement(&self) -> Option<Duration> {
         (!self.statement_timeout.is_zero()).then_some(self.statement_timeout)
@@ -200,6 +210,7 @@ impl Scale {
     }
 
     fn validate(&self) -> Result<()> {
+        at_most("--lease", self.lease)?;
         match self.workers {
             Some(n) if n == 0 || n > MAX_WORKERS => Err(Error::Usage(format!(
                 "--workers {n} is out of range; give between 1 and {MAX_WORKERS}"
@@ -330,8 +341,23 @@ impl Options {
     /// (`datamig run` checks them before it connects).
     pub fn validate(&self) -> Result<()> {
         self.pace.validate()?;
+        self.timeouts.validate()?;
         self.scale.validate()
     }
+}
+
+/// The longest wait or timeout a run takes: beyond it, adding one to a clock
+/// overflows, and no batch or pause is meant to last longer.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn at_most(flag: &str, d: Duration) -> Result<()> {
+    if d > MAX_DURATION {
+        return Err(Error::Usage(format!(
+            "{flag} {}s is too long; give at most 366d",
+            d.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 /// A duration above zero.
@@ -354,12 +380,19 @@ fn lock_wait(s: &str) -> std::result::Result<Duration, String> {
 
 /// `--max-runtime`: a duration above zero, as the moment it ends.
 fn from_now(s: &str) -> std::result::Result<Instant, String> {
-    Ok(Instant::now() + positive_duration(s)?)
+    deadline(s, positive_duration(s)?)
 }
 
 /// `--until`: a time of day or an instant, as the moment it comes.
 fn until(s: &str) -> std::result::Result<Instant, String> {
-    Ok(Instant::now() + pace::parse_until(s)?)
+    deadline(s, pace::parse_until(s)?)
+}
+
+fn deadline(s: &str, d: Duration) -> std::result::Result<Instant, String> {
+    Instant::now()
+        .checked_add(d)
+        .filter(|_| d <= MAX_DURATION)
+        .ok_or_else(|| format!("`{s}` is too far away; give at most 366d"))
 }
 
 #[cfg(test)]
@@ -401,9 +434,9 @@ mod tests {
             "--statement-timeout",
             "0",
             "--max-runtime",
-            "1h",
+            "1ms",
             "--until",
-            "2999-01-01T00:00:00Z",
+            "23:59",
             "--workers",
             "3",
         ])
@@ -433,6 +466,23 @@ mod tests {
         let mut o = Options::new(10);
         o.scale.workers = Some(65);
         assert!(refused(o).starts_with("--workers 65 is out of range"));
+        // Durations a clock cannot hold are refused, not a panic at the first batch.
+        let mut o = Options::new(10);
+        o.timeouts.statement_timeout = Duration::from_secs(u64::MAX);
+        assert_eq!(
+            refused(o),
+            "--statement-timeout 18446744073709551615s is too long; give at most 366d"
+        );
+        for far in [
+            ["datamig", "--max-runtime", "18446744073709551615"],
+            ["datamig", "--until", "2999-01-01T00:00:00Z"],
+        ] {
+            let said = Flags::try_parse_from(far).err().map(|e| e.to_string());
+            assert!(
+                said.is_some_and(|s| s.contains("is too far away; give at most 366d")),
+                "{far:?}"
+            );
+        }
         assert!(Options::new(1000).validate().is_ok());
     }
 }
