@@ -6,6 +6,9 @@
 #   bash benches/server_work.sh BEFORE_FIXTURES AFTER_FIXTURES [ROWS]
 #   bash benches/server_work.sh ../old/target/release/datamig-fixtures target/release/datamig-fixtures 300000
 #
+# PAIRS (default 2) sets how many before/after pairs run; the last line gives each
+# build's median time.
+#
 # Run from the project's root (its migrations seed the table). Uses, and drops, the
 # database datamig_server_work on the local MariaDB (root, no password).
 set -euo pipefail
@@ -22,7 +25,8 @@ status() {
     'Handler_read_key','Handler_read_next','Handler_update','Innodb_data_fsyncs')"
 }
 s0=$(mktemp); s1=$(mktemp)
-for build in before after before after; do
+times_before=(); times_after=()
+for _ in $(seq "${PAIRS:-2}"); do for build in before after; do
   bin=$before; [ "$build" = after ] && bin=$after
   mysql -uroot "$db" -e "TRUNCATE users; INSERT INTO users SELECT * FROM users_seed; ANALYZE TABLE users" >/dev/null
   status | sort >"$s0"
@@ -30,5 +34,9 @@ for build in before after before after; do
   "$bin" --database-url "$url" run backfill_emails --batch 5000 --restart --quiet --analyze never >/dev/null
   t1=$(date +%s%N)
   status | sort >"$s1"
-  echo "$build: $(( (t1 - t0) / 1000000 )) ms  $(join "$s0" "$s1" | awk '{printf "%s=%d ", $1, $3-$2}')"
-done
+  ms=$(( (t1 - t0) / 1000000 ))
+  if [ "$build" = before ]; then times_before+=("$ms"); else times_after+=("$ms"); fi
+  echo "$build: $ms ms  $(join "$s0" "$s1" | awk '{printf "%s=%d ", $1, $3-$2}')"
+done; done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
+echo "median: before $(median "${times_before[@]}") ms, after $(median "${times_after[@]}") ms"
