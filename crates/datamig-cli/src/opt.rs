@@ -37,7 +37,7 @@ pub struct GlobalOpts {
 
     /// How long to wait for the database to answer a connection: every
     /// connection the command opens (readers, workers, reconnects).
-    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = run::positive_duration)]
     pub connect_timeout: Duration,
 
     /// Log format on stderr; RUST_LOG sets the level.
@@ -140,11 +140,6 @@ pub struct RunCmd {
     /// How many batches --dry-run runs.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub dry_run_batches: u32,
-}
-
-/// A duration above zero.
-fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    run::positive_duration(s)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

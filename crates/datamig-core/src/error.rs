@@ -192,15 +192,8 @@ pub struct Partial {
     pub progress: String,
     /// The command that resumes it.
     pub resume: String,
-}
-
-impl Partial {
-    fn percent(&self) -> Option<f64> {
-        #[allow(clippy::cast_precision_loss)] // a percentage needs no exactness
-        self.total
-            .filter(|t| *t > 0)
-            .map(|t| self.rows_done as f64 * 100.0 / t as f64)
-    }
+    /// How much of the total is done, when the total is known.
+    pub percent: Option<f64>,
 }
 
 /// Why a run stopped before its end.
@@ -274,7 +267,7 @@ impl std::fmt::Display for RunStopped {
                 };
                 let percent = self
                     .run
-                    .percent()
+                    .percent
                     .map(|p| format!(" ({p:.1}%)"))
                     .unwrap_or_default();
                 write!(

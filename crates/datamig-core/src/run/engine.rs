@@ -24,8 +24,8 @@ use super::shared::{Event, Gate, Shared};
 use super::store::RunState;
 use super::worker::{self, WorkerEnd};
 use super::{
-    end_run, history, millis, pace, steer, throttle, BatchTimes, Observer, Options, Progress,
-    Report,
+    end_run, history, millis, pace, percent, steer, throttle, BatchTimes, Observer, Options,
+    Progress, Report,
 };
 use crate::db::{who_am_i, Conn};
 use crate::job::{DynJob, Plan};
@@ -326,6 +326,7 @@ async fn conclude(
         checkpoint: layout.is_whole().then(|| layout.at(&progress.position)),
         progress: layout.progress_text(totals, progress.batches, &progress.position),
         resume: opts.resume_command.clone(),
+        percent: percent(progress.rows_done, opened.total),
     };
     let stopped = |why: Stop| {
         Err(Error::RunStopped(Box::new(crate::RunStopped {

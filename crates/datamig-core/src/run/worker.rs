@@ -252,8 +252,7 @@ async fn claim_and_work(
         unreachable!("a run in one worker has no partitions to claim");
     };
     let lease_ms = super::ms(*lease);
-    let min_split =
-        i64::try_from(shared.opts.pace.batch_size.saturating_mul(2)).unwrap_or(i64::MAX);
+    let min_split = shared.opts.pace.rows().saturating_mul(2);
     // Failed claims in a row.
     let mut attempt = 0_u32;
     loop {
