@@ -249,7 +249,17 @@ impl Conn {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let result = self.create_bookkeeping().await.map_err(creating);
+        // Made by the runner that held the lock while this one waited for it?
+        // Then no DDL: on SQLite even `CREATE TABLE IF NOT EXISTS` of a table
+        // that is there asks for the write lock, and a run that has just
+        // started holds it between back-to-back batches, so this runner would
+        // wait out the whole run behind it and only then be told it is running
+        // (or start a second run after it).
+        let result = match self.bookkeeping_complete().await.map_err(creating) {
+            Ok(true) => Ok(()),
+            Ok(false) => self.create_bookkeeping().await.map_err(creating),
+            Err(e) => Err(e),
+        };
         self.unlock("bookkeeping").await?;
         result
     }
