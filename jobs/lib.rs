@@ -24,7 +24,5 @@ pub fn registry() -> Registry {
         .with(seed_demo_users::SeedDemoUsers)
 }
 
-/// For jobs that take no `--arg`: any argument is refused.
-#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoArgs {}
+/// For jobs that take no `--arg`: the engine's own (`datamig_core::job::NoArgs`).
+pub use datamig_core::job::NoArgs;

@@ -83,7 +83,13 @@ pub(crate) fn wait_for_progress(p: &Project, child: &mut Child, rows: i64) {
 
 /// Kills a run with SIGKILL `kills` times, each at a random moment up to
 /// `max_ms` after it has committed its first batch, then lets it finish.
-fn kill_and_resume(p: &Project, n: i64, args: &[&str], kills: usize, max_ms: u64) -> Run {
+pub(crate) fn kill_and_resume(
+    p: &Project,
+    n: i64,
+    args: &[&str],
+    kills: usize,
+    max_ms: u64,
+) -> Run {
     let mut killed_mid_run = 0;
     for _ in 0..kills {
         let mut child = spawn(p, args);
@@ -110,7 +116,7 @@ fn kill_and_resume(p: &Project, n: i64, args: &[&str], kills: usize, max_ms: u64
 /// Adds 1000 to rows of `visits` until `child` exits, half of them just ahead of
 /// the run's checkpoint (where rows are read but not yet written); returns how
 /// often each id was changed.
-fn bump_rows_until_exit(p: &Project, child: &mut Child, n: i64) -> Vec<i64> {
+pub(crate) fn bump_rows_until_exit(p: &Project, child: &mut Child, n: i64) -> Vec<i64> {
     use datamig_core::config::DatabaseUrl;
     use datamig_core::db::{Conn, ConnectOptions, Value};
     let mut bumps = vec![0_i64; usize::try_from(n).unwrap() + 1];

@@ -4,6 +4,7 @@
 //! Each test gets a database of its own, so they run in parallel.
 
 mod bad_inputs;
+mod batch_step;
 mod bench_smoke;
 mod crash;
 mod docs;

@@ -325,6 +325,8 @@ pub enum Transient {
     Deadlock,
     /// The connection was lost: killed from the server, a restart, the network.
     ConnectionLost,
+    /// A batch step's call outside the database failed or ran out of time.
+    Outside,
 }
 
 impl std::fmt::Display for Transient {
@@ -334,6 +336,7 @@ impl std::fmt::Display for Transient {
             Transient::StatementTimeout => "statement timeout",
             Transient::Deadlock => "deadlock",
             Transient::ConnectionLost => "connection lost",
+            Transient::Outside => "outside call",
         })
     }
 }

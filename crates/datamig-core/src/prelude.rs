@@ -9,6 +9,7 @@
 pub use crate::config::Backend;
 pub use crate::db::Value;
 pub use crate::job::{
-    Check, CsvRecord, DurationArg, Expect, Filter, Import, Job, Outcome, Plan, PlanContext,
-    Registry, Source, SourceRow, Statistics, Step, Transform,
+    bounded, Batch, BatchStep, BatchTx, Check, CsvRecord, DurationArg, Expect, Filter, Import, Job,
+    NoArgs, OnConflict, Outcome, Plan, PlanContext, Registry, Source, SourceRow, Statistics, Step,
+    StepError, Transform,
 };

@@ -312,6 +312,60 @@ impl Conn {
         dispatch!(self, c => lock_holder(name))
     }
 
+    /// Inserts `rows` (values in the order of `columns`) into `table`, in
+    /// statements of at most [`MAX_PARAMS`](super::MAX_PARAMS) values, doing
+    /// `on_conflict` with a row whose unique key is taken, and returning
+    /// `returning`'s columns of each row inserted when asked (`RETURNING`, which
+    /// all three databases have for an insert). One `(rows affected, rows
+    /// returned)` per statement.
+    pub async fn insert_rows(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &[Row],
+        on_conflict: crate::job::OnConflict<'_>,
+        returning: &[&str],
+    ) -> sqlx::Result<Vec<(u64, Vec<Row>)>> {
+        use crate::job::OnConflict;
+        let quote =
+            |names: &[&str]| -> Vec<String> { names.iter().map(|c| self.quote_ident(c)).collect() };
+        let names = quote(columns);
+        let conflict = match on_conflict {
+            OnConflict::Fail => String::new(),
+            OnConflict::Ignore => {
+                dispatch_static!(self, D => D::on_conflict(&names, &[], &[]))
+            }
+            OnConflict::Update { on, set } => {
+                let (on, set) = (quote(on), quote(set));
+                dispatch_static!(self, D => D::on_conflict(&names, &on, &set))
+            }
+        };
+        let returning = if returning.is_empty() {
+            String::new()
+        } else {
+            format!(" RETURNING {}", quote(returning).join(", "))
+        };
+        let width = columns.len().max(1);
+        let tuple = format!("({})", vec!["?"; width].join(", "));
+        let mut out = Vec::new();
+        for chunk in rows.chunks((super::MAX_PARAMS / width).max(1)) {
+            let sql = format!(
+                "INSERT INTO {} ({}) VALUES {}{conflict}{returning}",
+                self.quote_ident(table),
+                names.join(", "),
+                vec![tuple.as_str(); chunk.len()].join(", ")
+            );
+            let params: Vec<Value> = chunk.iter().flatten().cloned().collect();
+            if returning.is_empty() {
+                out.push((self.execute(&sql, &params).await?, Vec::new()));
+            } else {
+                let got = self.fetch(&sql, &params).await?;
+                out.push((u64::try_from(got.len()).unwrap_or(u64::MAX), got));
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn bulk_update(&mut self, spec: &BulkUpdate, rows: &[Row]) -> sqlx::Result<u64> {
         dispatch!(self, c => bulk_update(spec, rows))
     }

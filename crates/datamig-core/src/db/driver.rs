@@ -135,6 +135,24 @@ pub(crate) trait Driver {
     /// its COMMIT, as SQL text with the values written out ([`Driver::text_literal`]).
     const CHECKPOINT_WITH_COMMIT: bool = false;
 
+    /// What follows an `INSERT INTO t (columns) VALUES …` for a row whose
+    /// unique key `on` is taken (quoted names): keep the row there (`sets`
+    /// empty), or update its `sets` with the new values. PostgreSQL and SQLite
+    /// by default; MariaDB has its own form.
+    fn on_conflict(columns: &[String], on: &[String], sets: &[String]) -> String {
+        let _ = columns;
+        let target = if on.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", on.join(", "))
+        };
+        if sets.is_empty() {
+            return format!(" ON CONFLICT{target} DO NOTHING");
+        }
+        let updates: Vec<String> = sets.iter().map(|c| format!("{c} = excluded.{c}")).collect();
+        format!(" ON CONFLICT{target} DO UPDATE SET {}", updates.join(", "))
+    }
+
     /// A string as an SQL literal, for the drivers that send a checkpoint as text.
     fn text_literal(text: &str) -> Option<String> {
         let _ = text;

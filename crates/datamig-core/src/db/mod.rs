@@ -33,7 +33,11 @@ pub use health::Health;
 pub use scratch::{Leftover, Scratch};
 pub use text::{lock_key, MYSQL_LOCK_NAME_SQL};
 pub(crate) use text::{quote_with, rows_estimate};
-pub use value::{Row, Value};
+pub use value::{display_key, Row, Value};
+
+/// Values one statement binds at most: below the parameter limits of all
+/// three databases (SQLite's 32,766, and 65,535 for the servers).
+pub const MAX_PARAMS: usize = 30_000;
 /// sqlx reports statements slower than this at [`SLOW_STATEMENT_LOG`]: debug,
 /// not its default warning, for a count or a check over a large table rightly
 /// takes seconds, and a slow batch has datamig's own warning

@@ -598,6 +598,23 @@ impl Driver for MySql {
         Ok(lag.map(std::time::Duration::from_secs))
     }
 
+    fn on_conflict(columns: &[String], _on: &[String], sets: &[String]) -> String {
+        // Not INSERT IGNORE, which would also turn a bad value or a missing
+        // parent into a warning: a no-op update of the row that is there.
+        // MariaDB takes any unique key; `on` cannot be named.
+        match sets.first() {
+            None => {
+                let first = columns.first().map_or("", String::as_str);
+                format!(" ON DUPLICATE KEY UPDATE {first} = {first}")
+            }
+            Some(_) => {
+                let updates: Vec<String> =
+                    sets.iter().map(|c| format!("{c} = VALUES({c})")).collect();
+                format!(" ON DUPLICATE KEY UPDATE {}", updates.join(", "))
+            }
+        }
+    }
+
     fn compare_keys(keys: &[String], marks: &[String], op: &str) -> (String, Vec<usize>) {
         // (a, b) > (?, ?) written out as a > ? OR (a = ? AND b > ?), which MariaDB
         // turns into an index range; it does not for row values.

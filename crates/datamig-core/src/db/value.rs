@@ -48,6 +48,55 @@ impl Value {
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }
+
+    /// The value as JSON: text and numbers as themselves, bytes as UTF-8 text
+    /// where they are (else an array of numbers), a timestamp as
+    /// `YYYY-MM-DD HH:MM:SS[.ffffff]`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Text(s) => J::String(s.clone()),
+            Value::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(s) => J::String(s.to_string()),
+                Err(_) => J::from(b.clone()),
+            },
+            Value::Timestamp(t) => J::String(t.format("%Y-%m-%d %H:%M:%S%.f").to_string()),
+        }
+    }
+
+    /// Whether `self` sorts before `other`, for two values of one kind (a
+    /// batch's keys); values of different kinds never do.
+    pub(crate) fn lt_same_kind(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => a < b,
+            (Value::Text(a), Value::Text(b)) => a < b,
+            (Value::Bytes(a), Value::Bytes(b)) => a < b,
+            (Value::Float(a), Value::Float(b)) => a < b,
+            (Value::Timestamp(a), Value::Timestamp(b)) => a < b,
+            _ => false,
+        }
+    }
+}
+
+/// `4180000`, or `(eu, 17)` for a composite key.
+pub fn display_key(key: &[Value]) -> String {
+    let parts: Vec<String> = key
+        .iter()
+        .map(|v| match v {
+            Value::Text(s) => s.clone(),
+            Value::Int(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    if parts.len() == 1 {
+        parts.into_iter().next().unwrap_or_default()
+    } else {
+        format!("({})", parts.join(", "))
+    }
 }
 
 impl From<i64> for Value {

@@ -47,19 +47,7 @@ pub fn decode(text: &str, arity: usize) -> Result<Vec<Value>, String> {
 
 /// `4180000`, or `(eu, 17)` for a composite key.
 pub fn display(key: &[Value]) -> String {
-    let parts: Vec<String> = key
-        .iter()
-        .map(|v| match v {
-            Value::Text(s) => s.clone(),
-            Value::Int(i) => i.to_string(),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    if parts.len() == 1 {
-        parts.into_iter().next().unwrap_or_default()
-    } else {
-        format!("({})", parts.join(", "))
-    }
+    crate::db::display_key(key)
 }
 
 #[cfg(test)]

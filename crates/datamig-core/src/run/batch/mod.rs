@@ -39,12 +39,13 @@ use super::cursor;
 use super::partition::Claim;
 use super::store::BatchCounts;
 use crate::db::{Conn, Value};
-use crate::job::{Plan, Source, Step, Transform};
+use crate::job::{ErasedStep, Plan, Source, Step};
 use crate::{Error, Result};
 
 use read::{bound, finding, read_rows};
 pub(crate) use read::{Bound, Prepared};
 pub(crate) use steps::archive::Archive;
+use steps::batch_step::{fetch, Fetched};
 use steps::transform::{apply, Applied};
 pub(crate) use txn::failed;
 use txn::{run, Txn};
@@ -130,6 +131,8 @@ pub(crate) struct Done {
     commit_with: Option<String>,
     /// The archive's length once the batch is committed (an archive step).
     file_offset: Option<u64>,
+    /// A batch step's batch read under row locks, for its after-commit hook.
+    locked: Option<Box<Fetched>>,
 }
 
 /// How a batch ended.
@@ -158,6 +161,9 @@ pub(crate) enum Work<'a> {
         after: Option<&'a [Value]>,
         bound: &'a Bound,
     },
+    /// Check that a batch step's rows, read before the transaction, are
+    /// unchanged, write them as the step does, and checkpoint.
+    Fetched(&'a Fetched),
 }
 
 /// How long a batch's statements may wait for locks and run.
@@ -235,6 +241,8 @@ pub(crate) enum Ahead {
     Rows(Applied),
     /// A SQL or delete step's key range.
     Bound(Bound),
+    /// A batch step's rows, read, and its outside work done.
+    Fetched(Fetched),
 }
 
 impl Ahead {
@@ -242,6 +250,7 @@ impl Ahead {
         match self {
             Ahead::Rows(applied) => &applied.cursor,
             Ahead::Bound(bound) => &bound.last,
+            Ahead::Fetched(fetched) => &fetched.cursor,
         }
     }
 
@@ -249,6 +258,7 @@ impl Ahead {
         match self {
             Ahead::Rows(applied) => applied.scanned,
             Ahead::Bound(bound) => bound.scanned,
+            Ahead::Fetched(fetched) => fetched.scanned,
         }
     }
 }
@@ -315,8 +325,11 @@ impl<'p> Batches<'p> {
             .as_ref()
             .and_then(|c| c.hi)
             .map(|hi| vec![Value::Int(hi)]);
-        if self.prep.end != end {
-            Arc::make_mut(&mut self.prep).end = end;
+        let part = claim.as_ref().map_or(0, |c| c.part);
+        if self.prep.end != end || self.prep.part != part {
+            let prep = Arc::make_mut(&mut self.prep);
+            prep.end = end;
+            prep.part = part;
         }
         self.claim = claim;
     }
@@ -444,13 +457,19 @@ impl<'p> Batches<'p> {
         let work = match &ahead {
             Ahead::Rows(applied) => Work::Guarded(applied),
             Ahead::Bound(bound) => Work::Bounded { after, bound },
+            Ahead::Fetched(fetched) => Work::Fetched(fetched),
         };
         let upto = match &work {
             Work::Guarded(applied) => applied.cursor.clone(),
             _ => Vec::new(),
         };
         match self.transact(conn, work, size).await? {
-            Batch::Done(done) => Ok(Some(done)),
+            Batch::Done(done) => {
+                if let Ahead::Fetched(fetched) = &ahead {
+                    self.committed(fetched).await;
+                }
+                Ok(Some(done))
+            }
             Batch::Empty => Ok(None),
             Batch::Changed => {
                 tracing::debug!(
@@ -472,17 +491,11 @@ impl<'p> Batches<'p> {
         rows: i64,
     ) -> JoinHandle<InFlight> {
         let prep = Arc::clone(&self.prep);
-        let transform = self.transform().cloned();
+        let step = self.plan.step.clone();
         let size = self.size(rows);
+        let batch = self.batch_id();
         tokio::spawn(async move {
-            let read = read_ahead(
-                &mut reader,
-                transform.as_ref(),
-                &prep,
-                after.as_deref(),
-                size,
-            )
-            .await;
+            let read = read_ahead(&mut reader, &step, &prep, after.as_deref(), size, batch).await;
             InFlight {
                 reader,
                 after,
@@ -493,11 +506,17 @@ impl<'p> Batches<'p> {
         })
     }
 
-    fn transform(&self) -> Option<&Arc<dyn Transform>> {
+    fn batch_step(&self) -> Option<&Arc<dyn ErasedStep>> {
         match &self.plan.step {
-            Step::Transform(t) => Some(t),
+            Step::Batch(step) => Some(&step.0),
             _ => None,
         }
+    }
+
+    /// What names this run's batches in a batch step's idempotency key: the
+    /// run, and the partition (0 without one).
+    fn batch_id(&self) -> (i64, i64) {
+        (self.run_id, self.prep.part)
     }
 
     async fn serial(
@@ -507,6 +526,9 @@ impl<'p> Batches<'p> {
         upto: Option<&[Value]>,
         size: Size,
     ) -> Result<Option<Done>> {
+        if let Some(step) = self.batch_step().cloned() {
+            return self.fetched_serial(conn, step.as_ref(), after, size).await;
+        }
         let work = Work::Serial { after, upto };
         match self.transact(conn, work, size).await? {
             Batch::Done(done) => {
@@ -515,6 +537,64 @@ impl<'p> Batches<'p> {
             }
             Batch::Empty => Ok(None),
             Batch::Changed => unreachable!("a serial batch holds its rows' locks"),
+        }
+    }
+
+    /// A batch step's batch without a reader connection: read, and its outside
+    /// work done, on the batch's own connection before its transaction; read
+    /// again if its rows changed before the transaction locked them.
+    async fn fetched_serial(
+        &mut self,
+        conn: &mut Conn,
+        step: &dyn ErasedStep,
+        after: Option<&[Value]>,
+        size: Size,
+    ) -> Result<Option<Done>> {
+        for _ in 0..CHANGED_TRIES {
+            let batch = self.batch_id();
+            let Some(fetched) = fetch(conn, &self.prep, step, after, size, batch, false).await?
+            else {
+                return Ok(None);
+            };
+            match self.transact(conn, Work::Fetched(&fetched), size).await? {
+                Batch::Done(done) => {
+                    self.density = self.density.after(done.scanned);
+                    self.committed(&fetched).await;
+                    return Ok(Some(done));
+                }
+                Batch::Empty => return Ok(None),
+                Batch::Changed => tracing::debug!(
+                    "rows after {} changed between their read and the batch's transaction; reading them again",
+                    after.map_or("the start".into(), cursor::display)
+                ),
+            }
+        }
+        // Rows that keep changing (an application writing just where the run
+        // is): this batch reads them under row locks inside its transaction,
+        // and does the outside work there, holding the locks meanwhile.
+        tracing::debug!(
+            "rows after {} changed {CHANGED_TRIES} times between their read and the batch's transaction; \
+             doing the batch under row locks",
+            after.map_or("the start".into(), cursor::display)
+        );
+        let work = Work::Serial { after, upto: None };
+        match self.transact(conn, work, size).await? {
+            Batch::Done(mut done) => {
+                self.density = self.density.after(done.scanned);
+                if let Some(fetched) = done.locked.take() {
+                    self.committed(&fetched).await;
+                }
+                Ok(Some(done))
+            }
+            Batch::Empty => Ok(None),
+            Batch::Changed => unreachable!("a batch under row locks cannot change"),
+        }
+    }
+
+    /// After a batch step's batch committed: its hook (not in a dry run).
+    async fn committed(&self, fetched: &Fetched) {
+        if let (Some(step), false) = (self.batch_step(), self.dry) {
+            fetched.after_commit(step.as_ref()).await;
         }
     }
 
@@ -537,21 +617,30 @@ impl<'p> Batches<'p> {
     }
 }
 
+/// How often a batch step's batch is read again when its rows keep changing
+/// between the read and the transaction, before it is done under row locks.
+const CHANGED_TRIES: usize = 3;
+
 /// What the reader connection reads ahead for the batch after `after`: a
-/// transform's rows, transformed, or a SQL or delete step's key range.
+/// transform's rows, transformed; a batch step's rows, with its outside work
+/// done; or a SQL or delete step's key range.
 async fn read_ahead(
     reader: &mut Conn,
-    transform: Option<&Arc<dyn Transform>>,
+    step: &Step,
     prep: &Prepared,
     after: Option<&[Value]>,
     size: Size,
+    batch: (i64, i64),
 ) -> Result<Option<Ahead>> {
-    match transform {
-        Some(t) => match read_rows(reader, prep, after, None, size, true).await? {
+    match step {
+        Step::Transform(t) => match read_rows(reader, prep, after, None, size, true).await? {
             Some(read) => Ok(Some(Ahead::Rows(apply(t.as_ref(), prep, read)?))),
             None => Ok(None),
         },
-        None => Ok(bound(reader, prep, after, size).await?.map(Ahead::Bound)),
+        Step::Batch(s) => Ok(fetch(reader, prep, s.0.as_ref(), after, size, batch, false)
+            .await?
+            .map(Ahead::Fetched)),
+        _ => Ok(bound(reader, prep, after, size).await?.map(Ahead::Bound)),
     }
 }
 

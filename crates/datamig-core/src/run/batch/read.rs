@@ -23,10 +23,14 @@ pub(crate) struct Prepared {
     pub(crate) guard_select: Vec<String>,
     /// The last key batches may reach (a partition's upper bound); `None`: the table's end.
     pub(crate) end: Option<Vec<Value>>,
+    /// The partition batches work in (0: none), for a batch step's idempotency key.
+    pub(crate) part: i64,
     /// Whether a CPU-heavy transform spreads each batch over all cores (one
     /// cursor), or runs on the thread of its worker (a partitioned run, whose
     /// workers are the parallelism).
     pub(crate) spread: bool,
+    /// The column types of the tables a batch step updates, once per run.
+    pub(crate) types: std::sync::Arc<crate::job::TypeCache>,
 }
 
 impl Prepared {
@@ -82,7 +86,9 @@ impl Prepared {
             bulk,
             guard_select,
             end: None,
+            part: 0,
             spread: true,
+            types: Default::default(),
         })
     }
 

@@ -195,6 +195,7 @@ async fn body(
         mut counts,
         scanned,
         file_offset,
+        locked,
     } = acted;
     counts.elapsed_ms = i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX);
     let done = Done {
@@ -205,6 +206,7 @@ async fn body(
         scanned,
         commit_with: None,
         file_offset,
+        locked,
     };
     if dry {
         return Ok(Batch::Done(done));

@@ -108,6 +108,7 @@ async fn batch(cx: Cx<'_>) -> Result<Did> {
         } else {
             Some(written.unwrap_or(archive.committed))
         },
+        locked: None,
     }))
 }
 

@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use super::super::{failed, Size, Work};
 use super::{to_i64, unsupported, Acted, Cx, Did, StepKind};
 use crate::db::{Conn, Row, Value};
-use crate::job::{Import, Source};
+use crate::job::{Import, OnConflict, Source};
 use crate::run::batch::Scanned;
 use crate::run::store::{self, BatchCounts};
 use crate::Result;
@@ -84,28 +84,16 @@ async fn batch(
             ran_out: None,
         },
         file_offset: None,
+        locked: None,
     }))
 }
 
-/// Inserts an import's rows, in statements of at most 30,000 values (below the
-/// parameter limits of all three databases). Returns the rows inserted.
+/// Inserts an import's rows. Returns the rows inserted.
 async fn insert(conn: &mut Conn, table: &str, columns: &[String], rows: &[Row]) -> Result<i64> {
-    let width = columns.len().max(1);
-    let names: Vec<String> = columns.iter().map(|c| conn.quote_ident(c)).collect();
-    let tuple = format!("({})", vec!["?"; width].join(", "));
-    let mut inserted = 0_u64;
-    for chunk in rows.chunks((30_000 / width).max(1)) {
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES {}",
-            conn.quote_ident(table),
-            names.join(", "),
-            vec![tuple.as_str(); chunk.len()].join(", ")
-        );
-        let params: Vec<Value> = chunk.iter().flatten().cloned().collect();
-        inserted += conn
-            .execute(&sql, &params)
-            .await
-            .map_err(|e| failed("inserting the batch failed", &e))?;
-    }
-    Ok(to_i64(inserted))
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let parts = conn
+        .insert_rows(table, &columns, rows, OnConflict::Fail, &[])
+        .await
+        .map_err(|e| failed("inserting the batch failed", &e))?;
+    Ok(to_i64(parts.iter().map(|(n, _)| n).sum::<u64>()))
 }

@@ -40,7 +40,7 @@ pub(crate) async fn find<'a>(
         Work::Serial { after, .. } => Ok(bound(conn, prep, after, size)
             .await?
             .map(|b| (after, Range::Found(b)))),
-        Work::Guarded(_) => Err(unsupported(step)),
+        Work::Guarded(_) | Work::Fetched(_) => Err(unsupported(step)),
     }
 }
 
@@ -81,5 +81,6 @@ pub(crate) async fn statement<'a, S: StepKind>(
         },
         scanned: bound.scanned,
         file_offset: None,
+        locked: None,
     }))
 }

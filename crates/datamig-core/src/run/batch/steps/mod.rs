@@ -11,6 +11,7 @@
 //! | a delete over a key range | `delete.rs` |
 //! | an archive (rows to a file, then deleted) | `archive.rs` |
 //! | an import of a CSV file | `import.rs` |
+//! | a job's own async Rust over a batch's rows | `batch_step.rs` |
 //!
 //! `key_range.rs` holds what the key-range steps share: finding the batch's
 //! range and running one statement over it.
@@ -20,6 +21,7 @@
 //! ask it through [`StepKind`].
 
 pub(crate) mod archive;
+pub(crate) mod batch_step;
 pub(crate) mod delete;
 pub(crate) mod import;
 pub(crate) mod key_range;
@@ -44,6 +46,7 @@ pub(crate) fn of(step: &Step) -> Box<dyn StepKind + '_> {
         Step::Delete => Box::new(delete::Delete),
         Step::Archive { .. } => Box::new(archive::ArchiveStep),
         Step::Import(import) => Box::new(import::ImportStep(import.as_ref())),
+        Step::Batch(step) => Box::new(batch_step::BatchStepKind(step.0.as_ref())),
     }
 }
 
@@ -122,6 +125,9 @@ pub(crate) struct Acted {
     pub scanned: Scanned,
     /// An archive's length with this batch's rows.
     pub file_offset: Option<u64>,
+    /// A batch step's batch read under row locks in its transaction: for its
+    /// after-commit hook.
+    pub locked: Option<Box<batch_step::Fetched>>,
 }
 
 /// Why a step that works on a table's rows cannot take `source`.

@@ -117,5 +117,6 @@ async fn numbers<'a>(
             ran_out: None,
         },
         file_offset: None,
+        locked: None,
     }))
 }

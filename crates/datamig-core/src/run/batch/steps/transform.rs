@@ -45,6 +45,7 @@ impl StepKind for TransformStep<'_> {
                         counts: applied.counts.clone(),
                         scanned: applied.scanned,
                         file_offset: None,
+                        locked: None,
                     }))
                 }
                 Work::Serial { after, upto } => {
@@ -52,7 +53,7 @@ impl StepKind for TransformStep<'_> {
                         .await?
                         .into())
                 }
-                Work::Bounded { .. } => Err(unsupported("a transform step")),
+                Work::Bounded { .. } | Work::Fetched(_) => Err(unsupported("a transform step")),
             }
         })
     }
@@ -80,6 +81,7 @@ async fn batch(
         counts: applied.counts,
         scanned: applied.scanned,
         file_offset: None,
+        locked: None,
     }))
 }
 

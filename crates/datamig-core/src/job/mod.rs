@@ -17,6 +17,10 @@ use serde::Serialize;
 use crate::config::Backend;
 use crate::db::Value;
 
+mod batch;
+pub use batch::{bounded, Batch, BatchStep, BatchTx, OnConflict, StepError};
+pub(crate) use batch::{ErasedStep, TypeCache};
+
 /// A data job. `Args` are its `--arg key=value` arguments, typed with serde:
 /// unknown keys and malformed values are refused before anything runs.
 pub trait Job: Send + Sync + 'static {
@@ -162,7 +166,22 @@ pub enum Step {
     /// with its line number (`datamig_rejects`, `--rejects-file`) and the import
     /// goes on, within `--max-errors`.
     Import(Arc<dyn Import>),
+    /// The job's own async Rust over each batch's rows: work outside the
+    /// database first (at least once), then any writes inside the batch's
+    /// transaction (exactly once, with the checkpoint). See [`BatchStep`].
+    Batch(AnyBatchStep),
 }
+
+impl Step {
+    /// A [`BatchStep`] as a plan's step.
+    pub fn batch(step: impl BatchStep) -> Step {
+        Step::Batch(AnyBatchStep(Arc::new(step)))
+    }
+}
+
+/// A [`BatchStep`] in a [`Step::Batch`]; made by [`Step::batch`].
+#[derive(Clone)]
+pub struct AnyBatchStep(pub(crate) Arc<dyn ErasedStep>);
 
 /// Turns a CSV record into a row to insert.
 pub trait Import: Send + Sync + 'static {
@@ -468,6 +487,11 @@ impl Registry {
         self.jobs.is_empty()
     }
 }
+
+/// The arguments of a job that takes none: any `--arg` is refused.
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
 
 /// A duration argument: `30d`, `12h`, `90m` (serde reads it from `--arg k=30d`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,532 @@
+//! A batch step: a job's own async Rust over a whole batch, with the batch's
+//! transaction. See [`BatchStep`].
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use serde::de::DeserializeOwned;
+
+use super::SourceRow;
+use crate::config::Backend;
+use crate::db::{BulkUpdate, Conn, Row, Value};
+use crate::Error;
+
+/// A job's work on one batch of rows, in Rust, in three phases:
+///
+/// 1. [`outside`](BatchStep::outside), before the batch's transaction: calls to
+///    anything that is not the database (an HTTP service, object storage,
+///    another database). No row is locked meanwhile. It runs **at least once**
+///    per batch: a batch that is retried (a transient error, the rows changed
+///    since they were read) or redone after an interruption calls it again,
+///    with the same [`Batch::idempotency_key`], so pass that key to the outside
+///    system and let it recognise the repeat.
+/// 2. [`write`](BatchStep::write), inside the batch's transaction, on the
+///    batch's connection: any SQL the step needs ([`BatchTx`]). These writes
+///    commit with the batch's checkpoint: **exactly once**, whatever stops the
+///    run. Before it, datamig has locked the batch's rows and checked that they
+///    are as they were read (else the batch is read and done again).
+/// 3. [`after_commit`](BatchStep::after_commit), once the batch has committed:
+///    side effects that must follow the commit (a cache to purge, a message to
+///    send). At most once per committed batch, and not at all if the process
+///    dies between the commit and the call.
+///
+/// The engine reads the batch's rows (the source's key and columns, in key
+/// order), and does the batching, checkpointing, retries, throttling and
+/// progress as for any step. `Outside` is what the first phase hands to the
+/// second: `()` for a step that calls nothing outside.
+///
+/// ```
+/// use datamig_core::prelude::*;
+///
+/// struct Normalize;
+///
+/// impl BatchStep for Normalize {
+///     type Outside = ();
+///
+///     async fn outside(&self, _batch: &Batch) -> Result<(), StepError> {
+///         Ok(())
+///     }
+///
+///     async fn write(&self, batch: &Batch, _: &(), tx: &mut BatchTx<'_>) -> Result<(), StepError> {
+///         let mut rows = Vec::new();
+///         for row in batch.rows() {
+///             match row.str("email").map(|e| e.trim().to_lowercase()) {
+///                 Some(email) if email.contains('@') => rows.push(vec![row.key()[0].clone(), email.into()]),
+///                 _ => tx.reject(row.key(), "no address"),
+///             }
+///         }
+///         tx.update("users", &["id"], &["email_normalized"], &rows).await?;
+///         Ok(())
+///     }
+/// }
+///
+/// let step = Step::batch(Normalize);
+/// # let _ = step;
+/// ```
+pub trait BatchStep: Send + Sync + 'static {
+    /// What [`outside`](BatchStep::outside) found, for [`write`](BatchStep::write).
+    type Outside: Send + Sync + 'static;
+
+    /// Work outside the database, before the batch's transaction; at least
+    /// once per batch. A [`StepError::retry`] (or running out of
+    /// [`outside_timeout`](BatchStep::outside_timeout)) is retried after a
+    /// backoff, within `--max-retries`; then the run stops, resumable.
+    fn outside(
+        &self,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<Self::Outside, StepError>> + Send;
+
+    /// The batch's writes, inside its transaction; they commit with the
+    /// checkpoint, exactly once.
+    fn write(
+        &self,
+        batch: &Batch,
+        outside: &Self::Outside,
+        tx: &mut BatchTx<'_>,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
+
+    /// Runs once the batch has committed. A failure here cannot undo the
+    /// batch: log it.
+    fn after_commit(
+        &self,
+        _batch: &Batch,
+        _outside: &Self::Outside,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// How long one batch's [`outside`](BatchStep::outside) may take before it
+    /// is abandoned and retried.
+    fn outside_timeout(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// Why a batch step's phase failed: worth trying again (the service is down
+/// for a moment, a timeout), or not (the data is wrong: the run stops).
+#[derive(Debug)]
+pub struct StepError(pub(crate) Error);
+
+impl StepError {
+    /// A failure that trying again can fix: the batch is retried after a
+    /// backoff, within `--max-retries`.
+    pub fn retry(message: impl Into<String>) -> StepError {
+        StepError(Error::Transient {
+            message: message.into(),
+            kind: crate::db::Transient::Outside,
+        })
+    }
+
+    /// A failure that stops the run (resumable once the cause is fixed).
+    pub fn fail(message: impl Into<String>) -> StepError {
+        StepError(Error::JobFailed(message.into()))
+    }
+
+    /// Whether the batch will be tried again.
+    pub fn is_retried(&self) -> bool {
+        matches!(self.0, Error::Transient { .. })
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for StepError {}
+
+impl From<Error> for StepError {
+    fn from(e: Error) -> StepError {
+        StepError(e)
+    }
+}
+
+impl From<serde_json::Error> for StepError {
+    fn from(e: serde_json::Error) -> StepError {
+        StepError::fail(e.to_string())
+    }
+}
+
+/// Runs `calls` with at most `limit` at once, each within `timeout`, and
+/// returns their results in the order given: the bounded concurrency a batch
+/// step's [`outside`](BatchStep::outside) phase uses for many calls. A call
+/// that runs out of time is a [`StepError::retry`].
+pub async fn bounded<T, F>(
+    limit: usize,
+    timeout: Duration,
+    calls: impl IntoIterator<Item = F>,
+) -> Result<Vec<T>, StepError>
+where
+    F: Future<Output = Result<T, StepError>> + Send,
+{
+    let stream = futures_util::stream::iter(calls.into_iter().map(|call| async move {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StepError::retry(format!(
+                "an outside call took longer than {:.1}s",
+                timeout.as_secs_f64()
+            ))),
+        }
+    }));
+    let results: Vec<Result<T, StepError>> = stream.buffered(limit.max(1)).collect().await;
+    results.into_iter().collect()
+}
+
+/// One batch as a [`BatchStep`] sees it: its rows (the source's key, then its
+/// columns), in key order, and a key that names the batch across retries.
+pub struct Batch {
+    pub(crate) names: Arc<[String]>,
+    pub(crate) key_len: usize,
+    pub(crate) rows: Vec<Row>,
+    pub(crate) idempotency_key: String,
+}
+
+impl Batch {
+    /// The batch's rows, each readable by column name as a transform's are.
+    pub fn rows(&self) -> impl ExactSizeIterator<Item = SourceRow<'_>> + '_ {
+        self.rows.iter().map(|values| SourceRow {
+            names: &self.names,
+            values,
+            key_len: self.key_len,
+        })
+    }
+
+    /// The rows as values: the key's columns, then the source's columns.
+    pub fn values(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// The names of [`Batch::values`]' columns.
+    pub fn columns(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Each row's key.
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &[Value]> + '_ {
+        self.rows.iter().map(|r| &r[..self.key_len])
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The same for every attempt at this batch, in this run: its run, its
+    /// partition and where it starts, as `"<run>-<partition>-<16 hex digits>"`.
+    /// A batch redone after an interruption starts at the same checkpoint and
+    /// has the same key (its end may differ, if the batch size changed).
+    pub fn idempotency_key(&self) -> &str {
+        &self.idempotency_key
+    }
+
+    /// The rows as the job's own type, by column name (serde): a column that
+    /// is NULL reads as `None`, a timestamp as `YYYY-MM-DD HH:MM:SS` text.
+    pub fn rows_as<T: DeserializeOwned>(&self) -> Result<Vec<T>, StepError> {
+        self.rows
+            .iter()
+            .map(|row| {
+                let object: serde_json::Map<String, serde_json::Value> = self
+                    .names
+                    .iter()
+                    .zip(row)
+                    .map(|(name, value)| (name.clone(), value.to_json()))
+                    .collect();
+                serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| {
+                    StepError::fail(format!(
+                        "cannot read the row at key {} as {}: {e}",
+                        crate::db::display_key(&row[..self.key_len]),
+                        std::any::type_name::<T>()
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// What to do when an inserted row has the unique key of a row already there.
+#[derive(Debug, Clone, Copy)]
+pub enum OnConflict<'a> {
+    /// Fail the statement (and so the batch).
+    Fail,
+    /// Keep the row that is there, and insert nothing for this one.
+    Ignore,
+    /// Update these columns of the row that is there with the new values; the
+    /// unique key in conflict is `on` (PostgreSQL and SQLite name it; MariaDB
+    /// takes any unique key).
+    Update {
+        on: &'a [&'a str],
+        set: &'a [&'a str],
+    },
+}
+
+/// The batch's transaction, for a [`BatchStep`]'s writes. Statements take `?`
+/// placeholders on every database (datamig numbers them for PostgreSQL); the
+/// bulk writes are one statement per batch (per 30,000 values), the same fast
+/// paths the engine's own steps use.
+pub struct BatchTx<'c> {
+    pub(crate) conn: &'c mut Conn,
+    pub(crate) changed: Option<u64>,
+    pub(crate) rejects: Vec<(String, String)>,
+    pub(crate) types: &'c TypeCache,
+}
+
+impl BatchTx<'_> {
+    /// The database the batch runs on, for the rare statement that differs.
+    pub fn backend(&self) -> Backend {
+        self.conn.backend()
+    }
+
+    /// Runs one statement; returns the rows it changed.
+    pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StepError> {
+        self.conn
+            .execute(sql, params)
+            .await
+            .map_err(|e| failed("a statement of the batch step failed", &e))
+    }
+
+    /// How many of the batch's rows the step changed, for the run's counts
+    /// (`changed` in its summary and history). Without it, every row of the
+    /// batch that the step did not [`reject`](BatchTx::reject) counts as changed.
+    pub fn set_changed(&mut self, rows: u64) {
+        self.changed = Some(rows);
+    }
+
+    /// Runs a query; returns its rows.
+    pub async fn fetch(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StepError> {
+        self.conn
+            .fetch(sql, params)
+            .await
+            .map_err(|e| failed("a query of the batch step failed", &e))
+    }
+
+    /// Runs a query whose `{list}` stands for a list of placeholders, one per
+    /// value of `values`, in as few statements as the databases' parameter
+    /// limits allow: one query per batch for related rows, never one per row.
+    /// `SELECT id, email FROM users WHERE id IN ({list})`.
+    pub async fn fetch_in(&mut self, sql: &str, values: &[Value]) -> Result<Vec<Row>, StepError> {
+        if !sql.contains("{list}") {
+            return Err(StepError::fail(
+                "fetch_in's query must contain {list} where the values go",
+            ));
+        }
+        let mut rows = Vec::new();
+        for chunk in values.chunks(crate::db::MAX_PARAMS) {
+            let list = vec!["?"; chunk.len()].join(", ");
+            rows.extend(self.fetch(&sql.replace("{list}", &list), chunk).await?);
+        }
+        Ok(rows)
+    }
+
+    /// Inserts `rows` (values in the order of `columns`) into `table`, in one
+    /// statement per 30,000 values; returns the rows inserted (or updated).
+    pub async fn insert(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &[Row],
+        on_conflict: OnConflict<'_>,
+    ) -> Result<u64, StepError> {
+        let n = self
+            .conn
+            .insert_rows(table, columns, rows, on_conflict, &[])
+            .await
+            .map_err(|e| failed(&format!("inserting into {table} failed"), &e))?;
+        Ok(n.iter().map(|(n, _)| n).sum())
+    }
+
+    /// Inserts as [`BatchTx::insert`] does and returns `returning`'s columns
+    /// of each row inserted (`RETURNING`, which all three databases have for
+    /// an insert): the generated ids of the new rows, say.
+    pub async fn insert_returning(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &[Row],
+        on_conflict: OnConflict<'_>,
+        returning: &[&str],
+    ) -> Result<Vec<Row>, StepError> {
+        if returning.is_empty() {
+            return Err(StepError::fail("insert_returning needs a column to return"));
+        }
+        let parts = self
+            .conn
+            .insert_rows(table, columns, rows, on_conflict, returning)
+            .await
+            .map_err(|e| failed(&format!("inserting into {table} failed"), &e))?;
+        let mut out = Vec::new();
+        for (_, rows) in parts {
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// Updates `table`'s rows: each of `rows` is the values of `key`'s columns,
+    /// then the new values of `set`'s columns; one statement for the batch
+    /// (`UPDATE … FROM` the rows as a table). Returns the rows updated.
+    pub async fn update(
+        &mut self,
+        table: &str,
+        key: &[&str],
+        set: &[&str],
+        rows: &[Row],
+    ) -> Result<u64, StepError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let spec = self
+            .types
+            .bulk_update(self.conn, table, key, set)
+            .await
+            .map_err(StepError)?;
+        let (lo, hi) = bounds(rows);
+        let spec = BulkUpdate { lo, hi, ..spec };
+        self.conn
+            .bulk_update(&spec, rows)
+            .await
+            .map_err(|e| failed(&format!("updating {table} failed"), &e))
+    }
+
+    /// Records the row at `key` as rejected with `reason` (`datamig_rejects`,
+    /// `datamig status`), with the batch.
+    pub fn reject(&mut self, key: &[Value], reason: impl Into<String>) {
+        self.rejects
+            .push((crate::db::display_key(key), reason.into()));
+    }
+
+    /// The batch's connection itself, for what the methods above do not cover.
+    /// Its transaction is the batch's: never commit or roll it back here.
+    pub fn conn(&mut self) -> &mut Conn {
+        self.conn
+    }
+}
+
+/// The lowest and highest value of the rows' first column.
+fn bounds(rows: &[Row]) -> (Value, Value) {
+    let first = |r: &Row| r.first().cloned().unwrap_or(Value::Null);
+    let mut lo = rows.first().map_or(Value::Null, first);
+    let mut hi = lo.clone();
+    for row in rows {
+        let v = first(row);
+        if v.lt_same_kind(&lo) {
+            lo = v;
+        } else if hi.lt_same_kind(&v) {
+            hi = v;
+        }
+    }
+    (lo, hi)
+}
+
+fn failed(what: &str, e: &sqlx::Error) -> StepError {
+    StepError(crate::db::failure(what, e))
+}
+
+/// The column types of the tables a batch step updates, looked up once per
+/// run rather than once per batch.
+#[derive(Default)]
+pub(crate) struct TypeCache(Mutex<HashMap<TableColumns, Vec<String>>>);
+
+/// A table and some of its columns.
+type TableColumns = (String, Vec<String>);
+
+impl TypeCache {
+    /// The bulk update of `set` by `key` in `table` (its bounds left unset).
+    async fn bulk_update(
+        &self,
+        conn: &mut Conn,
+        table: &str,
+        key: &[&str],
+        set: &[&str],
+    ) -> Result<BulkUpdate, Error> {
+        let names: Vec<String> = key.iter().chain(set).map(ToString::to_string).collect();
+        let id = (table.to_string(), names.clone());
+        let known = self.0.lock().ok().and_then(|m| m.get(&id).cloned());
+        let types = match known {
+            Some(types) => types,
+            None => {
+                let types = conn.column_types(table, &names).await.map_err(|e| {
+                    crate::db::failure(&format!("cannot read the columns of {table}"), &e)
+                })?;
+                if let Ok(mut m) = self.0.lock() {
+                    m.insert(id, types.clone());
+                }
+                types
+            }
+        };
+        Ok(BulkUpdate {
+            table: table.to_string(),
+            keys: names[..key.len()].to_vec(),
+            sets: names[key.len()..].to_vec(),
+            types,
+            lo: Value::Null,
+            hi: Value::Null,
+            guard: None,
+        })
+    }
+}
+
+/// A [`BatchStep`] with its `Outside` type erased, for [`super::Step::Batch`].
+pub(crate) trait ErasedStep: Send + Sync {
+    fn outside<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Box<dyn Any + Send + Sync>, StepError>>;
+    fn write<'a>(
+        &'a self,
+        batch: &'a Batch,
+        outside: &'a (dyn Any + Send + Sync),
+        tx: &'a mut BatchTx<'_>,
+    ) -> BoxFuture<'a, Result<(), StepError>>;
+    fn after_commit<'a>(
+        &'a self,
+        batch: &'a Batch,
+        outside: &'a (dyn Any + Send + Sync),
+    ) -> BoxFuture<'a, ()>;
+    fn outside_timeout(&self) -> Duration;
+}
+
+impl<S: BatchStep> ErasedStep for S {
+    fn outside<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Box<dyn Any + Send + Sync>, StepError>> {
+        BatchStep::outside(self, batch)
+            .map(|r| r.map(|o| Box::new(o) as Box<dyn Any + Send + Sync>))
+            .boxed()
+    }
+
+    fn write<'a>(
+        &'a self,
+        batch: &'a Batch,
+        outside: &'a (dyn Any + Send + Sync),
+        tx: &'a mut BatchTx<'_>,
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        match outside.downcast_ref::<S::Outside>() {
+            Some(outside) => BatchStep::write(self, batch, outside, tx).boxed(),
+            None => async { Err(StepError::fail("a batch step was handed another step's outside results; this is a bug in datamig")) }.boxed(),
+        }
+    }
+
+    fn after_commit<'a>(
+        &'a self,
+        batch: &'a Batch,
+        outside: &'a (dyn Any + Send + Sync),
+    ) -> BoxFuture<'a, ()> {
+        match outside.downcast_ref::<S::Outside>() {
+            Some(outside) => BatchStep::after_commit(self, batch, outside).boxed(),
+            None => async {}.boxed(),
+        }
+    }
+
+    fn outside_timeout(&self) -> Duration {
+        BatchStep::outside_timeout(self)
+    }
+}

@@ -1,0 +1,252 @@
+//! A batch step ([`crate::job::BatchStep`]): the batch's rows are read
+//! without locks and the step's outside work done before the transaction
+//! ([`fetch`], on the reader connection ahead of the batch, or on the batch's
+//! own before its BEGIN); inside it the rows are locked and checked to be as
+//! read ([`unchanged`]: the same guard values a transform's write compares),
+//! then the step writes on the batch's connection.
+//!
+//! ```text
+//! fetch:   read rows · outside calls ─────────────┐  (no transaction, no locks)
+//! batch:                                          BEGIN · lock + compare · write · checkpoint · COMMIT · after_commit
+//! ```
+
+use std::any::Any;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use sha2::Digest;
+
+use super::super::read::{fetch_rows, read_rows, Prepared, Read};
+use super::super::{failed, Scanned, Size, Work};
+use super::{table_only, to_i64, unsupported, Acted, Cx, Did, StepKind};
+use crate::db::{Conn, Row, Value};
+use crate::job::{Batch, BatchTx, ErasedStep, Source};
+use crate::run::cursor;
+use crate::run::store::{self, BatchCounts};
+use crate::{Error, Result};
+
+/// `Step::Batch`.
+pub(crate) struct BatchStepKind<'a>(pub &'a dyn ErasedStep);
+
+const NAME: &str = "a batch step";
+
+impl StepKind for BatchStepKind<'_> {
+    fn refuses(&self, source: &Source) -> Option<String> {
+        table_only(source)
+    }
+
+    fn batch<'a>(&'a self, cx: Cx<'a>) -> BoxFuture<'a, Result<Did>> {
+        Box::pin(async move {
+            let Cx {
+                conn,
+                prep,
+                run_id,
+                dry,
+                work,
+                size,
+                ..
+            } = cx;
+            match work {
+                Work::Fetched(fetched) => {
+                    if !unchanged(conn, prep, fetched).await? {
+                        return Ok(Did::Changed);
+                    }
+                    Ok(Did::Acted(
+                        write(self.0, conn, prep, run_id, dry, fetched).await?,
+                    ))
+                }
+                // Rows that kept changing: read under row locks, and the
+                // outside work done inside the transaction.
+                Work::Serial { after, .. } => {
+                    let batch = (run_id, prep.part);
+                    let Some(fetched) = fetch(conn, prep, self.0, after, size, batch, true).await?
+                    else {
+                        return Ok(Did::Nothing);
+                    };
+                    let mut acted = write(self.0, conn, prep, run_id, dry, &fetched).await?;
+                    acted.locked = Some(Box::new(fetched));
+                    Ok(Did::Acted(acted))
+                }
+                Work::Guarded(_) | Work::Bounded { .. } => Err(unsupported(NAME)),
+            }
+        })
+    }
+}
+
+/// The step's writes of a batch whose rows are locked, and its rejects.
+async fn write(
+    step: &dyn ErasedStep,
+    conn: &mut Conn,
+    prep: &Prepared,
+    run_id: i64,
+    dry: bool,
+    fetched: &Fetched,
+) -> Result<Acted> {
+    let mut tx = BatchTx {
+        conn,
+        changed: None,
+        rejects: Vec::new(),
+        types: &prep.types,
+    };
+    if let Some(outside) = &fetched.outside {
+        step.write(&fetched.batch, outside.as_ref(), &mut tx)
+            .await
+            .map_err(|e| e.0)?;
+    }
+    let BatchTx {
+        conn,
+        changed,
+        rejects,
+        ..
+    } = tx;
+    if !rejects.is_empty() && !dry {
+        store::reject(conn, run_id, &rejects)
+            .await
+            .map_err(|e| failed("recording rejected rows failed", &e))?;
+    }
+    let changed = changed.map_or_else(
+        || to_i64(fetched.batch.len().saturating_sub(rejects.len())),
+        to_i64,
+    );
+    Ok(Acted {
+        cursor: fetched.cursor.clone(),
+        counts: BatchCounts {
+            rows: fetched.scanned.matched,
+            changed,
+            rejected: to_i64(rejects.len()),
+            elapsed_ms: 0,
+        },
+        scanned: fetched.scanned,
+        file_offset: None,
+        locked: None,
+    })
+}
+
+/// A batch step's batch, read and its outside work done, before its transaction.
+pub(crate) struct Fetched {
+    /// Where the batch starts (the checkpoint before it) and ends.
+    pub(crate) after: Option<Vec<Value>>,
+    pub(crate) cursor: Vec<Value>,
+    pub(crate) scanned: Scanned,
+    /// What the step sees.
+    pub(crate) batch: Batch,
+    /// Each row's key and the values that tell whether it changed since.
+    pub(crate) guards: Vec<Row>,
+    /// What the step's outside phase found; `None` for a batch without rows
+    /// (its keys matched no row of the filter), which only moves the checkpoint.
+    pub(crate) outside: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl Fetched {
+    /// Runs the step's hook after the batch committed.
+    pub(crate) async fn after_commit(&self, step: &dyn ErasedStep) {
+        if let Some(outside) = &self.outside {
+            step.after_commit(&self.batch, outside.as_ref()).await;
+        }
+    }
+}
+
+/// Reads the batch of `size` rows after `after` — without row locks, with
+/// each row's guard values, or (`locked`) under row locks in the batch's
+/// transaction — and does the step's outside work on them.
+pub(crate) async fn fetch(
+    conn: &mut Conn,
+    prep: &Prepared,
+    step: &dyn ErasedStep,
+    after: Option<&[Value]>,
+    size: Size,
+    (run_id, part): (i64, i64),
+    locked: bool,
+) -> Result<Option<Fetched>> {
+    let Some(Read {
+        rows,
+        cursor,
+        scanned,
+        ..
+    }) = read_rows(conn, prep, after, None, size, !locked).await?
+    else {
+        return Ok(None);
+    };
+    let keys = prep.keys.len();
+    let width = keys + prep.columns.len();
+    let mut values = Vec::with_capacity(rows.len());
+    let mut guards = Vec::with_capacity(rows.len());
+    for mut row in rows {
+        let mut guard = row.split_off(width);
+        guard.splice(0..0, row[..keys].iter().cloned());
+        guards.push(guard);
+        values.push(row);
+    }
+    let names: Arc<[String]> = prep.keys.iter().chain(&prep.columns).cloned().collect();
+    let batch = Batch {
+        names,
+        key_len: keys,
+        rows: values,
+        idempotency_key: idempotency_key(run_id, part, after),
+    };
+    let outside = if batch.is_empty() {
+        None
+    } else {
+        let limit = step.outside_timeout();
+        match tokio::time::timeout(limit, step.outside(&batch)).await {
+            Ok(Ok(found)) => Some(found),
+            Ok(Err(e)) => return Err(e.0),
+            Err(_) => {
+                return Err(Error::Transient {
+                    message: format!(
+                        "the batch step's outside work took longer than {:.1}s",
+                        limit.as_secs_f64()
+                    ),
+                    kind: crate::db::Transient::Outside,
+                })
+            }
+        }
+    };
+    Ok(Some(Fetched {
+        after: after.map(<[Value]>::to_vec),
+        cursor,
+        scanned,
+        batch,
+        guards,
+        outside,
+    }))
+}
+
+/// `<run>-<partition>-<16 hex digits of the batch's start>`: the same for
+/// every attempt at a batch.
+fn idempotency_key(run_id: i64, part: i64, after: Option<&[Value]>) -> String {
+    let start = after.map_or_else(
+        || "start".to_string(),
+        |a| cursor::encode(a).unwrap_or_else(|_| cursor::display(a)),
+    );
+    let digest = sha2::Sha256::digest(start.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{run_id}-{part}-{hex}")
+}
+
+/// Locks the batch's rows (every key in its range) and tells whether the
+/// rows the filter matches are the rows read, each unchanged since.
+async fn unchanged(conn: &mut Conn, prep: &Prepared, fetched: &Fetched) -> Result<bool> {
+    let mut cols: Vec<String> = prep.keys.iter().map(|k| conn.quote_ident(k)).collect();
+    cols.extend(prep.guard_select.iter().cloned());
+    let mut params = Vec::new();
+    if let Some(f) = &prep.filter {
+        cols.push(format!("CASE WHEN ({}) THEN 1 ELSE 0 END", f.sql));
+        params.extend(f.params.iter().cloned());
+    }
+    let (cond, key_params) =
+        prep.conditions(conn, false, fetched.after.as_deref(), Some(&fetched.cursor));
+    params.extend(key_params);
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {cond} ORDER BY {}{}",
+        cols.join(", "),
+        conn.quote_ident(&prep.table),
+        prep.key_list(conn),
+        conn.for_update()
+    );
+    let mut now = fetch_rows(conn, &sql, &params).await?;
+    if prep.filter.is_some() {
+        now.retain_mut(|row| row.pop().and_then(|m| m.as_i64()) == Some(1));
+    }
+    Ok(now == fetched.guards)
+}
