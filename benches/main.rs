@@ -721,12 +721,13 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
     let mut rss_1m = (0_u64, 0_u64);
     if want("main") || want("growth") {
         let (mut limits, mut sets, mut transforms) = (Vec::new(), Vec::new(), Vec::new());
-        let mut serial = Vec::new();
-        // On servers, also the transform on one connection: what reading ahead gains.
+        let (mut serial, mut batch_steps) = (Vec::new(), Vec::new());
+        // The same work as a batch step (the general job shape), and, on
+        // servers, the transform on one connection: what reading ahead gains.
         let methods: &[u8] = if backend == Backend::Sqlite {
-            &[0, 1, 2]
+            &[0, 1, 2, 4]
         } else {
-            &[0, 1, 2, 3]
+            &[0, 1, 2, 3, 4]
         };
         for round in 0..opts.rounds {
             // Alternate the order so drift (caches, vacuum) does not favour one method.
@@ -740,6 +741,7 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
                     0 => limits.push(b.timed(update).await?),
                     1 => sets.push(b.job("backfill_emails_sql", opts.batch, &[], &[])?),
                     2 => transforms.push(b.job("backfill_emails", opts.batch, &[], &[])?),
+                    4 => batch_steps.push(b.job("backfill_emails_batch", opts.batch, &[], &[])?),
                     _ => serial.push(b.job(
                         "backfill_emails",
                         opts.batch,
@@ -775,6 +777,15 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
                 n,
                 limit_1m,
                 &transforms
+            )
+        );
+        println!(
+            "{}",
+            job_row(
+                "Rust batch step, the same work (`backfill_emails_batch`)",
+                n,
+                limit_1m,
+                &batch_steps
             )
         );
         if !serial.is_empty() {

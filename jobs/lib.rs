@@ -5,8 +5,12 @@
 //! added to [`registry`] below. A test checks that every file here is registered.
 
 pub mod backfill_emails;
+pub mod backfill_emails_batch;
 pub mod backfill_emails_sql;
+pub mod copy_user_email_to_sessions;
+pub mod copy_user_email_to_sessions_sql;
 pub mod import_users;
+pub mod move_addresses_to_table;
 pub mod purge_expired_sessions;
 pub mod seed_demo_sessions;
 pub mod seed_demo_users;
@@ -17,8 +21,12 @@ use datamig_core::job::Registry;
 pub fn registry() -> Registry {
     Registry::new()
         .with(backfill_emails::BackfillEmails)
+        .with(backfill_emails_batch::BackfillEmailsBatch)
         .with(backfill_emails_sql::BackfillEmailsSql)
+        .with(copy_user_email_to_sessions::CopyUserEmailToSessions)
+        .with(copy_user_email_to_sessions_sql::CopyUserEmailToSessionsSql)
         .with(import_users::ImportUsers)
+        .with(move_addresses_to_table::MoveAddressesToTable)
         .with(purge_expired_sessions::PurgeExpiredSessions)
         .with(seed_demo_sessions::SeedDemoSessions)
         .with(seed_demo_users::SeedDemoUsers)

@@ -1,6 +1,8 @@
 //! `seed_demo_users`: inserts demo users for trying `backfill_emails`, in
 //! checkpointed batches over the id range (so it, too, resumes). Every
-//! `invalid_every`-th address is not an address, so the backfill has rows to reject.
+//! `invalid_every`-th address is not an address, so the backfill has rows to
+//! reject; every third user has a profile with addresses for
+//! `move_addresses_to_table`.
 
 use datamig_core::prelude::*;
 
@@ -54,6 +56,61 @@ pub fn on_conflict_ignore(backend: Backend) -> &'static str {
     }
 }
 
+/// User n's profile, for `move_addresses_to_table`: every third user has one,
+/// with 0 to 3 addresses (by n mod 4); every 1500th user's one address has no
+/// kind, which the job rejects.
+pub fn profile(b: Backend) -> String {
+    let n = "CAST(n AS CHAR(20))";
+    let home = concat(
+        b,
+        &[
+            r#"'{"kind": "home", "line": "'"#,
+            n,
+            r#"' Main St", "city": "Oslo"}'"#,
+        ],
+    );
+    let work = concat(
+        b,
+        &[
+            r#"'{"kind": "work", "line": "'"#,
+            n,
+            r#"' Quay", "city": "Bergen"}'"#,
+        ],
+    );
+    let other = concat(
+        b,
+        &[
+            r#"'{"kind": "other", "line": "PO Box '"#,
+            n,
+            r#"'", "city": "Tromso"}'"#,
+        ],
+    );
+    let kindless = concat(
+        b,
+        &[r#"'{"line": "'"#, n, r#"' Nowhere", "city": "Oslo"}'"#],
+    );
+    let list = |items: &[&str]| {
+        let mut parts = vec![r#"'{"addresses": ['"#];
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                parts.push("', '");
+            }
+            parts.push(item);
+        }
+        parts.push("']}'");
+        concat(b, &parts)
+    };
+    format!(
+        "CASE WHEN n % 3 <> 0 THEN NULL WHEN n % 1500 = 0 THEN {} WHEN n % 4 = 0 THEN {} \
+         WHEN n % 4 = 1 THEN {} WHEN n % 4 = 2 THEN {} ELSE {} END",
+        list(&[&kindless]),
+        list(&[]),
+        list(&[&home]),
+        list(&[&home, &work]),
+        list(&[&home, &work, &other])
+    )
+}
+
 /// `a || b || c` on each database (MariaDB's `||` is OR).
 pub fn concat(backend: Backend, parts: &[&str]) -> String {
     match backend {
@@ -90,7 +147,7 @@ impl Job for SeedDemoUsers {
     }
 
     fn requires_migration(&self) -> Option<i64> {
-        Some(20261124090000) // create_users
+        Some(20261204090000) // add_profile_to_users
     }
 
     fn plan(&self, args: &Args, ctx: &PlanContext) -> Result<Plan, String> {
@@ -108,9 +165,10 @@ impl Job for SeedDemoUsers {
         let valid = concat(b, &["'  User'", "CAST(n AS CHAR(20))", "'@Example.COM '"]);
         let invalid = concat(b, &["'not-an-email-'", "CAST(n AS CHAR(20))"]);
         let sql = format!(
-            "{} INTO users (id, email) SELECT n, CASE WHEN n % {} = 0 THEN {invalid} ELSE {valid} END FROM ({}) AS numbers{}",
+            "{} INTO users (id, email, profile) SELECT n, CASE WHEN n % {} = 0 THEN {invalid} ELSE {valid} END, {} FROM ({}) AS numbers{}",
             insert_ignore(b),
             args.invalid_every,
+            profile(b),
             numbers(b),
             on_conflict_ignore(b)
         );

@@ -7,6 +7,7 @@ mod bad_inputs;
 mod batch_step;
 mod bench_smoke;
 mod crash;
+mod demo_jobs;
 mod docs;
 mod guard;
 mod jobs;

@@ -472,13 +472,22 @@ impl Conn {
     }
 
     /// `keys OP (?, …)` with quoted key columns; see [`Driver::compare_keys`].
+    /// `keys OP (?, …)`, each key qualified by `table` (a quoted name or an
+    /// alias) when given.
     pub fn compare_keys(
         &self,
+        table: Option<&str>,
         keys: &[String],
         marks: &[String],
         op: &str,
     ) -> (String, Vec<usize>) {
-        let quoted: Vec<String> = keys.iter().map(|k| self.quote_ident(k)).collect();
+        let quoted: Vec<String> = keys
+            .iter()
+            .map(|k| match table {
+                Some(t) => format!("{t}.{}", self.quote_ident(k)),
+                None => self.quote_ident(k),
+            })
+            .collect();
         dispatch_static!(self, D => D::compare_keys(&quoted, marks, op))
     }
 

@@ -20,7 +20,10 @@ use crate::Error;
 ///
 /// 1. [`outside`](BatchStep::outside), before the batch's transaction: calls to
 ///    anything that is not the database (an HTTP service, object storage,
-///    another database). No row is locked meanwhile. It runs **at least once**
+///    another database), and any work that needs no database (parsing,
+///    computing new values: on a server database it runs while the previous
+///    batch is written, as a transform does). No row is locked meanwhile. It
+///    runs **at least once**
 ///    per batch: a batch that is retried (a transient error, the rows changed
 ///    since they were read) or redone after an interruption calls it again,
 ///    with the same [`Batch::idempotency_key`], so pass that key to the outside
@@ -277,6 +280,64 @@ pub struct BatchTx<'c> {
     pub(crate) changed: Option<u64>,
     pub(crate) rejects: Vec<(String, String)>,
     pub(crate) types: &'c TypeCache,
+    /// The batch's rows as read before the transaction, when they were: an
+    /// update of them is written only where a row is unchanged since.
+    pub(crate) source: Option<SourceGuard<'c>>,
+}
+
+/// What guards a batch step's updates of its own source rows, read before
+/// the transaction: each is written only if the row is as it was read (its
+/// guard values, as a transform's write compares them). The engine checks the
+/// rows no update covered before the checkpoint.
+pub(crate) struct SourceGuard<'c> {
+    pub table: &'c str,
+    pub keys: &'c [String],
+    pub guard: &'c crate::db::Guard,
+    /// Each row read: its key, then its guard values; in key order.
+    pub rows: &'c [Row],
+    /// Which of `rows` a guarded update wrote.
+    pub covered: Vec<bool>,
+    /// A guarded update found a row changed since it was read.
+    pub changed: bool,
+}
+
+impl SourceGuard<'_> {
+    /// The index in `rows` of each key (the first `n_keys` values of each of
+    /// `of`): found walking both in order where `of` follows the batch's order
+    /// (as a step's rows usually do), else by a lookup.
+    fn positions(&self, of: &[Row], n_keys: usize) -> Result<Vec<usize>, StepError> {
+        let mut found = Vec::with_capacity(of.len());
+        let mut next = 0;
+        let mut by_key: Option<HashMap<String, usize>> = None;
+        for row in of {
+            let key = &row[..n_keys];
+            let at = match self.rows[next.min(self.rows.len())..]
+                .iter()
+                .position(|r| &r[..n_keys] == key)
+            {
+                Some(i) => next + i,
+                None => {
+                    let map = by_key.get_or_insert_with(|| {
+                        self.rows
+                            .iter()
+                            .enumerate()
+                            .map(|(i, r)| (format!("{:?}", &r[..n_keys]), i))
+                            .collect()
+                    });
+                    *map.get(&format!("{key:?}")).ok_or_else(|| {
+                        StepError::fail(format!(
+                            "the batch step updated the row at key {}, which is not in its batch; \
+                             update other rows of the source table with execute()",
+                            crate::db::display_key(key)
+                        ))
+                    })?
+                }
+            };
+            next = at + 1;
+            found.push(at);
+        }
+        Ok(found)
+    }
 }
 
 impl BatchTx<'_> {
@@ -389,6 +450,14 @@ impl BatchTx<'_> {
             .map_err(StepError)?;
         let (lo, hi) = bounds(rows);
         let spec = BulkUpdate { lo, hi, ..spec };
+        let own = self.source.as_ref().is_some_and(|s| {
+            s.table == table
+                && s.keys.len() == key.len()
+                && s.keys.iter().zip(key).all(|(a, b)| a == b)
+        });
+        if let (true, Some(source)) = (own, self.source.as_mut()) {
+            return guarded_update(self.conn, source, spec, rows, key.len()).await;
+        }
         self.conn
             .bulk_update(&spec, rows)
             .await
@@ -407,6 +476,50 @@ impl BatchTx<'_> {
     pub fn conn(&mut self) -> &mut Conn {
         self.conn
     }
+}
+
+/// An update of the batch's own rows, read before the transaction: each row
+/// written only if unchanged since, as a transform's write is. A row that is
+/// not as read is not written, and the batch is rolled back and done again.
+async fn guarded_update(
+    conn: &mut Conn,
+    source: &mut SourceGuard<'_>,
+    spec: BulkUpdate,
+    rows: &[Row],
+    n_keys: usize,
+) -> Result<u64, StepError> {
+    let at = source.positions(rows, n_keys)?;
+    let guarded: Vec<Row> = rows
+        .iter()
+        .zip(&at)
+        .map(|(row, &i)| {
+            let mut full = Vec::with_capacity(row.len() + source.rows[i].len() - n_keys);
+            full.extend(row.iter().cloned());
+            full.extend(source.rows[i][n_keys..].iter().cloned());
+            full
+        })
+        .collect();
+    let spec = BulkUpdate {
+        guard: Some(source.guard.clone()),
+        ..spec
+    };
+    let written = conn
+        .bulk_update(&spec, &guarded)
+        .await
+        .map_err(|e| failed(&format!("updating {} failed", spec.table), &e))?;
+    if written != u64::try_from(guarded.len()).unwrap_or(u64::MAX) {
+        // Stop the step here: what it would write next was computed from
+        // rows that are not as read. The batch is rolled back and done again.
+        source.changed = true;
+        return Err(StepError::retry(format!(
+            "rows of {} changed since they were read",
+            spec.table
+        )));
+    }
+    for i in at {
+        source.covered[i] = true;
+    }
+    Ok(written)
 }
 
 /// The lowest and highest value of the rows' first column.

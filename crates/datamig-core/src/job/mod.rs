@@ -19,7 +19,7 @@ use crate::db::Value;
 
 mod batch;
 pub use batch::{bounded, Batch, BatchStep, BatchTx, OnConflict, StepError};
-pub(crate) use batch::{ErasedStep, TypeCache};
+pub(crate) use batch::{ErasedStep, SourceGuard, TypeCache};
 
 /// A data job. `Args` are its `--arg key=value` arguments, typed with serde:
 /// unknown keys and malformed values are refused before anything runs.

@@ -664,6 +664,28 @@ pub(crate) fn refused(err: &sqlx::Error) -> bool {
 
 /// The error of a partition's batch whose checkpoint was refused: the worker
 /// finds out why (taken over, split, the run stopped) and goes on from there.
+/// Whether `claim`'s partition is no longer as claimed: taken over, split
+/// (its upper bound moved), or gone. Asked after a batch failed, so that a
+/// batch that ran into rows of another partition (a step's insert of a row
+/// that partition's worker inserted first) counts as the partition lost, as
+/// its refused checkpoint would have, not as the run's failure.
+pub(crate) async fn moved(conn: &mut Conn, claim: &Claim) -> bool {
+    let rows = conn
+        .fetch(
+            "SELECT owner, hi FROM datamig_partitions WHERE run_id = ? AND part = ?",
+            &[Value::Int(claim.run_id), Value::Int(claim.part)],
+        )
+        .await;
+    match rows.as_deref() {
+        Ok([row]) => {
+            row.first().and_then(Value::as_str) != Some(claim.owner.as_str())
+                || row.get(1).and_then(Value::as_i64) != claim.hi
+        }
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
+
 pub(crate) fn lost(claim: &Claim) -> Error {
     Error::PartitionLost(format!(
         "partition {} of run {} was taken over or split, or the run stopped; the batch was rolled back",

@@ -386,9 +386,12 @@ impl<'p> Batches<'p> {
     ) -> Vec<(String, Vec<Value>)> {
         let mut out = finding(conn, self.plan, &self.prep, after, self.size(rows));
         if let Some(upto) = upto.filter(|_| !out.is_empty()) {
-            let (range, params) = self.prep.conditions(conn, true, after, Some(upto));
-            if let Some(sql) = steps::of(&self.plan.step).range_statement(conn, &self.prep, &range)
-            {
+            let step = steps::of(&self.plan.step);
+            let table = step.qualifier(conn, &self.prep);
+            let (range, params) =
+                self.prep
+                    .conditions_of(conn, table.as_deref(), true, after, Some(upto));
+            if let Some(sql) = step.range_statement(conn, &self.prep, &range) {
                 out.push((sql, params));
             }
         }

@@ -21,6 +21,8 @@ pub(crate) struct Prepared {
     pub(crate) bulk: Option<BulkUpdate>,
     /// What a read ahead selects with each row for the guarded write.
     pub(crate) guard_select: Vec<String>,
+    /// The guard of a batch step's updates of its source rows.
+    pub(crate) guard: Option<Guard>,
     /// The last key batches may reach (a partition's upper bound); `None`: the table's end.
     pub(crate) end: Option<Vec<Value>>,
     /// The partition batches work in (0: none), for a batch step's idempotency key.
@@ -76,6 +78,18 @@ impl Prepared {
             }
             _ => None,
         };
+        // A batch step's updates of its source rows are guarded as a transform's write is.
+        let guard = match &plan.step {
+            Step::Batch(_) => Some(Guard {
+                columns: columns.clone(),
+                types: conn
+                    .column_types(&table, &columns)
+                    .await
+                    .map_err(unusable)?,
+                filter: filter.as_ref().map(|f| (f.sql.clone(), f.params.clone())),
+            }),
+            _ => None,
+        };
         let guard_select = conn.guard_select(&columns);
         Ok(Prepared {
             table,
@@ -84,6 +98,7 @@ impl Prepared {
             columns,
             filter,
             bulk,
+            guard,
             guard_select,
             end: None,
             part: 0,
@@ -106,6 +121,19 @@ impl Prepared {
         after: Option<&[Value]>,
         upto: Option<&[Value]>,
     ) -> (String, Vec<Value>) {
+        self.conditions_of(conn, None, with_filter, after, upto)
+    }
+
+    /// [`Prepared::conditions`] with the keys qualified by `table` (a quoted
+    /// name or an alias), for a statement that joins other tables.
+    pub(crate) fn conditions_of(
+        &self,
+        conn: &Conn,
+        table: Option<&str>,
+        with_filter: bool,
+        after: Option<&[Value]>,
+        upto: Option<&[Value]>,
+    ) -> (String, Vec<Value>) {
         let mut parts = Vec::new();
         let mut params = Vec::new();
         if let (true, Some(f)) = (with_filter, &self.filter) {
@@ -116,7 +144,7 @@ impl Prepared {
         let upto = upto.or(self.end.as_deref());
         for (bound, op) in [(after, ">"), (upto, "<=")] {
             if let Some(key) = bound {
-                let (sql, order) = conn.compare_keys(&self.keys, &self.key_marks, op);
+                let (sql, order) = conn.compare_keys(table, &self.keys, &self.key_marks, op);
                 parts.push(sql);
                 params.extend(order.into_iter().map(|i| key[i].clone()));
             }

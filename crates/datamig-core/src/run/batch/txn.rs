@@ -114,7 +114,15 @@ pub(crate) async fn run(conn: &mut Conn, t: &Txn<'_>, work: Work<'_>, size: Size
         }
         Err(e) => {
             let _ = conn.rollback().await;
-            Err(e)
+            match claim {
+                Some(claim)
+                    if !matches!(e, Error::Transient { .. } | Error::PartitionLost(_))
+                        && partition::moved(conn, claim).await =>
+                {
+                    Err(partition::lost(claim))
+                }
+                _ => Err(e),
+            }
         }
     }
 }

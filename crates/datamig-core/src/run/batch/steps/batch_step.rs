@@ -20,7 +20,7 @@ use super::super::read::{fetch_rows, read_rows, Prepared, Read};
 use super::super::{failed, Scanned, Size, Work};
 use super::{table_only, to_i64, unsupported, Acted, Cx, Did, StepKind};
 use crate::db::{Conn, Row, Value};
-use crate::job::{Batch, BatchTx, ErasedStep, Source};
+use crate::job::{Batch, BatchTx, ErasedStep, Source, SourceGuard};
 use crate::run::cursor;
 use crate::run::store::{self, BatchCounts};
 use crate::{Error, Result};
@@ -48,12 +48,7 @@ impl StepKind for BatchStepKind<'_> {
             } = cx;
             match work {
                 Work::Fetched(fetched) => {
-                    if !unchanged(conn, prep, fetched).await? {
-                        return Ok(Did::Changed);
-                    }
-                    Ok(Did::Acted(
-                        write(self.0, conn, prep, run_id, dry, fetched).await?,
-                    ))
+                    Ok(write(self.0, conn, prep, run_id, dry, fetched, true).await?)
                 }
                 // Rows that kept changing: read under row locks, and the
                 // outside work done inside the transaction.
@@ -63,9 +58,13 @@ impl StepKind for BatchStepKind<'_> {
                     else {
                         return Ok(Did::Nothing);
                     };
-                    let mut acted = write(self.0, conn, prep, run_id, dry, &fetched).await?;
-                    acted.locked = Some(Box::new(fetched));
-                    Ok(Did::Acted(acted))
+                    match write(self.0, conn, prep, run_id, dry, &fetched, false).await? {
+                        Did::Acted(mut acted) => {
+                            acted.locked = Some(Box::new(fetched));
+                            Ok(Did::Acted(acted))
+                        }
+                        other => Ok(other),
+                    }
                 }
                 Work::Guarded(_) | Work::Bounded { .. } => Err(unsupported(NAME)),
             }
@@ -73,7 +72,10 @@ impl StepKind for BatchStepKind<'_> {
     }
 }
 
-/// The step's writes of a batch whose rows are locked, and its rejects.
+/// The step's writes of a batch, and its rejects. Rows read before the
+/// transaction (`guarded`) are checked: those the step updates by the
+/// update's guard, the rest by locking and comparing them before the
+/// checkpoint; `Did::Changed` if any is not as read.
 async fn write(
     step: &dyn ErasedStep,
     conn: &mut Conn,
@@ -81,24 +83,48 @@ async fn write(
     run_id: i64,
     dry: bool,
     fetched: &Fetched,
-) -> Result<Acted> {
+    guarded: bool,
+) -> Result<Did> {
+    let source = match (&prep.guard, guarded) {
+        (Some(guard), true) => Some(SourceGuard {
+            table: &prep.table,
+            keys: &prep.keys,
+            guard,
+            rows: &fetched.guards,
+            covered: vec![false; fetched.guards.len()],
+            changed: false,
+        }),
+        _ => None,
+    };
     let mut tx = BatchTx {
         conn,
         changed: None,
         rejects: Vec::new(),
         types: &prep.types,
+        source,
     };
     if let Some(outside) = &fetched.outside {
-        step.write(&fetched.batch, outside.as_ref(), &mut tx)
-            .await
-            .map_err(|e| e.0)?;
+        if let Err(e) = step.write(&fetched.batch, outside.as_ref(), &mut tx).await {
+            // Whatever failed after a guarded update found its rows changed
+            // was working from a stale read: the batch is done again.
+            return match &tx.source {
+                Some(source) if source.changed => Ok(Did::Changed),
+                _ => Err(e.0),
+            };
+        }
     }
     let BatchTx {
         conn,
         changed,
         rejects,
+        source,
         ..
     } = tx;
+    if let Some(source) = &source {
+        if source.changed || !unchanged(conn, prep, fetched, &source.covered).await? {
+            return Ok(Did::Changed);
+        }
+    }
     if !rejects.is_empty() && !dry {
         store::reject(conn, run_id, &rejects)
             .await
@@ -108,7 +134,7 @@ async fn write(
         || to_i64(fetched.batch.len().saturating_sub(rejects.len())),
         to_i64,
     );
-    Ok(Acted {
+    Ok(Did::Acted(Acted {
         cursor: fetched.cursor.clone(),
         counts: BatchCounts {
             rows: fetched.scanned.matched,
@@ -119,7 +145,7 @@ async fn write(
         scanned: fetched.scanned,
         file_offset: None,
         locked: None,
-    })
+    }))
 }
 
 /// A batch step's batch, read and its outside work done, before its transaction.
@@ -224,9 +250,32 @@ fn idempotency_key(run_id: i64, part: i64, after: Option<&[Value]>) -> String {
     format!("{run_id}-{part}-{hex}")
 }
 
-/// Locks the batch's rows (every key in its range) and tells whether the
-/// rows the filter matches are the rows read, each unchanged since.
-async fn unchanged(conn: &mut Conn, prep: &Prepared, fetched: &Fetched) -> Result<bool> {
+/// Rows left unwritten that are locked and compared by their keys rather
+/// than over the batch's whole range.
+const MAX_BY_KEY: usize = 1000;
+
+/// Locks the batch's rows that no guarded update wrote (those not in
+/// `covered`) and tells whether the rows the filter matches are the rows
+/// read, each unchanged since.
+async fn unchanged(
+    conn: &mut Conn,
+    prep: &Prepared,
+    fetched: &Fetched,
+    covered: &[bool],
+) -> Result<bool> {
+    let n_keys = prep.keys.len();
+    let open: Vec<&Row> = fetched
+        .guards
+        .iter()
+        .zip(covered)
+        .filter(|(_, &c)| !c)
+        .map(|(g, _)| g)
+        .collect();
+    if open.is_empty() {
+        // Every row read was written, each as it was read: as for a
+        // transform, rows that came into the range since are not the batch's.
+        return Ok(true);
+    }
     let mut cols: Vec<String> = prep.keys.iter().map(|k| conn.quote_ident(k)).collect();
     cols.extend(prep.guard_select.iter().cloned());
     let mut params = Vec::new();
@@ -234,9 +283,22 @@ async fn unchanged(conn: &mut Conn, prep: &Prepared, fetched: &Fetched) -> Resul
         cols.push(format!("CASE WHEN ({}) THEN 1 ELSE 0 END", f.sql));
         params.extend(f.params.iter().cloned());
     }
-    let (cond, key_params) =
-        prep.conditions(conn, false, fetched.after.as_deref(), Some(&fetched.cursor));
-    params.extend(key_params);
+    // A few rows left (those the step rejected or skipped): by their keys.
+    // Otherwise, or for a composite key, the batch's whole key range.
+    let by_key = prep.key_marks.len() == 1 && open.len() <= MAX_BY_KEY && covered.contains(&true);
+    let cond = match prep.key_marks.as_slice() {
+        [mark] if by_key => {
+            params.extend(open.iter().map(|g| g[0].clone()));
+            let list = vec![mark.as_str(); open.len()].join(", ");
+            format!("{} IN ({list})", conn.quote_ident(&prep.keys[0]))
+        }
+        _ => {
+            let (cond, key_params) =
+                prep.conditions(conn, false, fetched.after.as_deref(), Some(&fetched.cursor));
+            params.extend(key_params);
+            cond
+        }
+    };
     let sql = format!(
         "SELECT {} FROM {} WHERE {cond} ORDER BY {}{}",
         cols.join(", "),
@@ -248,5 +310,17 @@ async fn unchanged(conn: &mut Conn, prep: &Prepared, fetched: &Fetched) -> Resul
     if prep.filter.is_some() {
         now.retain_mut(|row| row.pop().and_then(|m| m.as_i64()) == Some(1));
     }
-    Ok(now == fetched.guards)
+    if !by_key {
+        // Over the range: the rows a guarded update wrote were as read (the
+        // guard said so); their guard values now are this transaction's own.
+        let written: std::collections::HashSet<String> = fetched
+            .guards
+            .iter()
+            .zip(covered)
+            .filter(|(_, &c)| c)
+            .map(|(g, _)| format!("{:?}", &g[..n_keys]))
+            .collect();
+        now.retain(|row| !written.contains(&format!("{:?}", &row[..n_keys])));
+    }
+    Ok(now.len() == open.len() && now.iter().zip(&open).all(|(a, b)| a == *b))
 }

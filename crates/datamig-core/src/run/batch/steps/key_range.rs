@@ -62,7 +62,9 @@ pub(crate) async fn statement<'a, S: StepKind>(
         return Ok(Did::Nothing);
     };
     let bound = range.bound();
-    let (condition, params) = prep.conditions(conn, true, after, Some(&bound.last));
+    let table = step.qualifier(conn, prep);
+    let (condition, params) =
+        prep.conditions_of(conn, table.as_deref(), true, after, Some(&bound.last));
     let Some(sql) = step.range_statement(conn, prep, &condition) else {
         return Err(unsupported(name));
     };

@@ -76,6 +76,13 @@ pub(crate) trait StepKind: Send + Sync {
         None
     }
 
+    /// What the keys in [`StepKind::range_statement`]'s range are qualified
+    /// with (a quoted table name or an alias), for a statement that joins;
+    /// `None`: bare column names.
+    fn qualifier(&self, _conn: &Conn, _prep: &Prepared) -> Option<String> {
+        None
+    }
+
     /// Whether the batch's statement is its first, sent with its BEGIN
     /// ([`Conn::begin_with`]): known before the transaction, it needs no read.
     fn opens_with_statement(&self, _source: &Source, _work: &Work<'_>) -> bool {

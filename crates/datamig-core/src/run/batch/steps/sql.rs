@@ -18,14 +18,37 @@ pub(crate) struct Sql<'a>(pub &'a str);
 
 const NAME: &str = "a SQL step";
 
+/// Where the batch's key range goes in a table source's SQL: `{batch}`, whose
+/// keys are qualified with the table's name, or `{batch:alias}`, qualified with
+/// the alias the statement gives the table (`UPDATE sessions s … WHERE {batch:s}`).
+/// Returns the placeholder as written and its alias.
+fn placeholder(sql: &str) -> Option<(&str, Option<&str>)> {
+    let start = sql.find("{batch")?;
+    let end = start + sql[start..].find('}')? + 1;
+    let token = &sql[start..end];
+    match token
+        .strip_prefix("{batch:")
+        .and_then(|t| t.strip_suffix('}'))
+    {
+        Some(alias)
+            if !alias.is_empty() && alias.chars().all(|c| c.is_alphanumeric() || c == '_') =>
+        {
+            Some((token, Some(alias)))
+        }
+        Some(_) => None,
+        None => (token == "{batch}").then_some((token, None)),
+    }
+}
+
 impl StepKind for Sql<'_> {
     fn refuses(&self, source: &Source) -> Option<String> {
         let sql = self.0;
         match source {
-            Source::Table { .. } if !sql.contains("{batch}") => {
-                Some("its SQL step must contain {batch} where the batch's key range goes".into())
-            }
-            Source::Table { .. } if sql.matches("{batch}").count() > 1 => {
+            Source::Table { .. } if placeholder(sql).is_none() => Some(
+                "its SQL step must contain {batch} (or {batch:alias}) where the batch's key range goes"
+                    .into(),
+            ),
+            Source::Table { .. } if sql.matches("{batch").count() > 1 => {
                 Some("its SQL step must contain {batch} once".into())
             }
             Source::Table { .. } if sql.contains('?') => {
@@ -39,8 +62,16 @@ impl StepKind for Sql<'_> {
         }
     }
 
+    fn qualifier(&self, conn: &Conn, prep: &Prepared) -> Option<String> {
+        match placeholder(self.0) {
+            Some((_, Some(alias))) => Some(alias.to_string()),
+            _ => Some(conn.quote_ident(&prep.table)),
+        }
+    }
+
     fn range_statement(&self, _conn: &Conn, _prep: &Prepared, range: &str) -> Option<String> {
-        Some(self.0.replace("{batch}", &format!("({range})")))
+        let (token, _) = placeholder(self.0)?;
+        Some(self.0.replace(token, &format!("({range})")))
     }
 
     fn opens_with_statement(&self, source: &Source, work: &Work<'_>) -> bool {
