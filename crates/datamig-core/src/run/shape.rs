@@ -183,7 +183,26 @@ mod tests {
                 },
             ),
             ("import", Step::Import(Arc::new(Users))),
+            ("batch", Step::batch(Nothing)),
         ]
+    }
+
+    /// A batch step that does nothing.
+    struct Nothing;
+
+    impl crate::job::BatchStep for Nothing {
+        type Outside = ();
+        async fn outside(&self, _: &crate::job::Batch) -> Result<(), crate::job::StepError> {
+            Ok(())
+        }
+        async fn write(
+            &self,
+            _: &crate::job::Batch,
+            _: &(),
+            _: &mut crate::job::BatchTx<'_>,
+        ) -> Result<(), crate::job::StepError> {
+            Ok(())
+        }
     }
 
     /// The message for `source` × `step`, `None` when the plan is accepted.
@@ -209,7 +228,7 @@ mod tests {
         };
         assert_eq!(
             accepted(&table()),
-            ["transform", "sql", "delete", "archive"]
+            ["transform", "sql", "delete", "archive", "batch"]
         );
         assert_eq!(accepted(&range), ["range sql"]);
         assert_eq!(accepted(&csv(&file)), ["import"]);
@@ -217,7 +236,7 @@ mod tests {
         let said = |source: &Source, i: usize| refusal(source, steps(dir.path())[i].1.clone());
         assert_eq!(
             said(&table(), 2).as_deref(),
-            Some("job j is misdefined: its SQL step must contain {batch} where the batch's key range goes")
+            Some("job j is misdefined: its SQL step must contain {batch} (or {batch:alias}) where the batch's key range goes")
         );
         assert_eq!(
             said(&table(), 5).as_deref(),

@@ -433,8 +433,13 @@ async fn run_lane(
             continue;
         }
         let after = lane.after();
+        // A batch step's outside work is part of its batch, not of the server's answer.
+        let deadline = shared
+            .limits
+            .deadline()
+            .map(|d| d + batches.outside_allowance());
         let next = batches.next(conn, after.as_deref(), sizer.rows());
-        let next = match shared.limits.deadline() {
+        let next = match deadline {
             Some(deadline) => tokio::time::timeout(deadline, next)
                 .await
                 .unwrap_or_else(|_| Err(batch::unanswered(deadline))),

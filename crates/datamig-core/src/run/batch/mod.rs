@@ -516,6 +516,13 @@ impl<'p> Batches<'p> {
         }
     }
 
+    /// How long a batch may take beyond its statements: a batch step's
+    /// outside work (twice: a batch read ahead, and one done again).
+    pub fn outside_allowance(&self) -> Duration {
+        self.batch_step()
+            .map_or(Duration::ZERO, |s| s.outside_timeout() * 2)
+    }
+
     /// What names this run's batches in a batch step's idempotency key: the
     /// run, and the partition (0 without one).
     fn batch_id(&self) -> (i64, i64) {
