@@ -10,6 +10,7 @@ pub mod backfill_emails_sql;
 pub mod copy_user_email_to_sessions;
 pub mod copy_user_email_to_sessions_sql;
 pub mod import_users;
+pub mod merge_duplicate_users;
 pub mod move_addresses_to_table;
 pub mod purge_expired_sessions;
 pub mod seed_demo_sessions;
@@ -26,6 +27,7 @@ pub fn registry() -> Registry {
         .with(copy_user_email_to_sessions::CopyUserEmailToSessions)
         .with(copy_user_email_to_sessions_sql::CopyUserEmailToSessionsSql)
         .with(import_users::ImportUsers)
+        .with(merge_duplicate_users::MergeDuplicateUsers)
         .with(move_addresses_to_table::MoveAddressesToTable)
         .with(purge_expired_sessions::PurgeExpiredSessions)
         .with(seed_demo_sessions::SeedDemoSessions)

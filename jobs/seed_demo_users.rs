@@ -2,7 +2,8 @@
 //! checkpointed batches over the id range (so it, too, resumes). Every
 //! `invalid_every`-th address is not an address, so the backfill has rows to
 //! reject; every third user has a profile with addresses for
-//! `move_addresses_to_table`.
+//! `move_addresses_to_table`; every 250th has the address of the user before
+//! it, spelt differently, for `merge_duplicate_users`.
 
 use datamig_core::prelude::*;
 
@@ -164,8 +165,12 @@ impl Job for SeedDemoUsers {
         let b = ctx.backend;
         let valid = concat(b, &["'  User'", "CAST(n AS CHAR(20))", "'@Example.COM '"]);
         let invalid = concat(b, &["'not-an-email-'", "CAST(n AS CHAR(20))"]);
+        // Every 250th user is the one before it again, by another spelling of
+        // the address: a duplicate for merge_duplicate_users.
+        let again = concat(b, &["'user'", "CAST(n - 1 AS CHAR(20))", "'@example.com'"]);
         let sql = format!(
-            "{} INTO users (id, email, profile) SELECT n, CASE WHEN n % {} = 0 THEN {invalid} ELSE {valid} END, {} FROM ({}) AS numbers{}",
+            "{} INTO users (id, email, profile) SELECT n, CASE WHEN n % {} = 0 THEN {invalid} \
+             WHEN n % 250 = 0 AND n > 1 THEN {again} ELSE {valid} END, {} FROM ({}) AS numbers{}",
             insert_ignore(b),
             args.invalid_every,
             profile(b),

@@ -138,4 +138,46 @@ each_db! {
         let counts = p.db.query("SELECT rows_done, rows_changed FROM datamig_runs WHERE job = 'copy_user_email_to_sessions_sql'");
         assert_eq!(counts, vec![vec!["30000".to_string(), "30000".into()]]);
     }
+
+    fn merge_duplicate_users_over_a_query_source_merges_each_group_once_through_kills(kind: Db) {
+        let p = project(kind);
+        let n = 30_000;
+        seed(&p, "seed_demo_users", n);
+        let backfill = p.run(&["run", "backfill_emails"]);
+        assert_eq!(backfill.code, 0, "{backfill:?}");
+        // One session per user, its id the user's plus 100000.
+        p.db.exec("INSERT INTO sessions (id, user_id, created_at) SELECT id + 100000, id, CURRENT_TIMESTAMP FROM users");
+        // Every 250th user (not the invalid 1000th) duplicates the one before it.
+        let groups = (1..=n).filter(|i| i % 250 == 0 && i % 1000 != 0).count();
+        let groups = i64::try_from(groups).unwrap();
+        let args = ["run", "merge_duplicate_users", "--batch", "1", "--rate", "30"];
+        let run = kill_and_resume(&p, "merge_duplicate_users", &args, 3, 300);
+        assert!(run.stdout.contains("ok    addresses shared by several users"), "{run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM users"), n - groups);
+        assert_eq!(p.db.scalar("SELECT count(*) FROM sessions"), n);
+        assert_eq!(
+            p.db.scalar("SELECT count(*) FROM sessions s WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = s.user_id)"),
+            0
+        );
+        // Exactly the duplicates' sessions moved, each to the user before it.
+        assert_eq!(p.db.scalar("SELECT count(*) FROM sessions WHERE user_id <> id - 100000"), groups);
+        assert_eq!(p.db.scalar("SELECT count(*) FROM sessions WHERE user_id <> id - 100000 AND user_id <> id - 100001"), 0);
+        let counts = p.db.query("SELECT rows_done, rows_changed FROM datamig_runs WHERE job = 'merge_duplicate_users'");
+        assert_eq!(counts, vec![vec![groups.to_string(), groups.to_string()]]);
+    }
+
+    fn a_query_source_runs_in_one_worker(kind: Db) {
+        let p = project(kind);
+        seed(&p, "seed_demo_users", 100);
+        let run = p.run(&["run", "merge_duplicate_users", "--workers", "2"]);
+        if kind == Db::Sqlite {
+            // One writer: --workers is set aside before the source is asked.
+            assert_eq!(run.code, 0, "{run:?}");
+            assert!(run.stderr.contains("SQLite has a single writer"), "{run:?}");
+            return;
+        }
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains("a query source is read in one key order and runs in one worker; drop --workers"), "{run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM datamig_runs WHERE job = 'merge_duplicate_users'"), 0);
+    }
 }

@@ -93,6 +93,20 @@ pub enum Source {
     /// The numbers `start..=end`, for jobs that generate rows (seeding). The cursor
     /// is the last number done; a [`Step::Sql`] sees the batch as `{lo}` and `{hi}`.
     Range { start: i64, end: i64 },
+    /// The rows of a query (a join, a `GROUP BY … HAVING`, a view), visited in
+    /// the order of `key`, columns of its output that identify a row: each
+    /// batch is `SELECT … FROM (sql) WHERE key > cursor ORDER BY key LIMIT n`,
+    /// never OFFSET. For a [`Step::Batch`]. Its rows are not locked or
+    /// guarded (a query's row is no table's row): the step's writes commit
+    /// with the checkpoint, exactly once, and should check inside the
+    /// transaction what they rely on (lock the rows they change).
+    Query {
+        sql: String,
+        /// Output columns, in order: the cursor is the last key done.
+        key: Vec<String>,
+        /// Other output columns the step reads.
+        columns: Vec<String>,
+    },
     /// The records of a CSV file whose first line names its columns, in file
     /// order, for a [`Step::Import`]. The cursor is the last record done with
     /// the byte offset and line where the next begins, so an interrupted import
@@ -111,10 +125,20 @@ impl Source {
         }
     }
 
-    /// Adds columns for the transform to read.
+    /// The rows of `sql`, in the order of its output columns `key`; see
+    /// [`Source::Query`].
+    pub fn query(sql: &str, key: &[&str]) -> Source {
+        Source::Query {
+            sql: sql.into(),
+            key: key.iter().map(|k| k.to_string()).collect(),
+            columns: Vec::new(),
+        }
+    }
+
+    /// Adds columns for the transform or step to read.
     #[must_use]
     pub fn columns(mut self, cols: &[&str]) -> Source {
-        if let Source::Table { columns, .. } = &mut self {
+        if let Source::Table { columns, .. } | Source::Query { columns, .. } = &mut self {
             columns.extend(cols.iter().map(|c| c.to_string()));
         }
         self

@@ -15,7 +15,7 @@ use crate::{Error, Result};
 pub(crate) fn check(job: &str, plan: &Plan) -> Result<()> {
     let bad = |m: String| Err(Error::Usage(format!("job {job} is misdefined: {m}")));
     match &plan.source {
-        Source::Table { key, .. } if key.is_empty() => {
+        Source::Table { key, .. } | Source::Query { key, .. } if key.is_empty() => {
             return bad("its source has no key columns".into())
         }
         Source::Range { start, end } if start > end => {
@@ -40,7 +40,7 @@ pub(crate) fn check(job: &str, plan: &Plan) -> Result<()> {
 /// How many values a checkpoint of `source` holds.
 pub(crate) fn arity(source: &Source) -> usize {
     match source {
-        Source::Table { key, .. } => key.len(),
+        Source::Table { key, .. } | Source::Query { key, .. } => key.len(),
         Source::Range { .. } => 1,
         Source::Csv { .. } => 3,
     }
@@ -50,8 +50,8 @@ pub(crate) fn arity(source: &Source) -> usize {
 /// for a composite key.
 pub(crate) fn key_name(source: &Source) -> String {
     match source {
-        Source::Table { key, .. } if key.len() == 1 => key[0].clone(),
-        Source::Table { key, .. } => format!("({})", key.join(", ")),
+        Source::Table { key, .. } | Source::Query { key, .. } if key.len() == 1 => key[0].clone(),
+        Source::Table { key, .. } | Source::Query { key, .. } => format!("({})", key.join(", ")),
         Source::Range { .. } => "record".into(),
         Source::Csv { .. } => "(records, byte, line)".into(),
     }
@@ -85,11 +85,15 @@ pub(crate) async fn remaining(
             path,
             csv_source::At::from_cursor(cursor)?,
         )?),
-        (Source::Table { .. }, CountMode::Estimate) => match prep.estimate(conn, cursor).await {
-            Some(n) => Some(n),
-            None => Some(prep.count(conn, cursor).await?),
-        },
-        (Source::Table { .. }, CountMode::Exact) => Some(prep.count(conn, cursor).await?),
+        (Source::Table { .. } | Source::Query { .. }, CountMode::Estimate) => {
+            match prep.estimate(conn, cursor).await {
+                Some(n) => Some(n),
+                None => Some(prep.count(conn, cursor).await?),
+            }
+        }
+        (Source::Table { .. } | Source::Query { .. }, CountMode::Exact) => {
+            Some(prep.count(conn, cursor).await?)
+        }
     })
 }
 
@@ -111,6 +115,9 @@ pub(crate) fn partition_key(job: &str, plan: &Plan) -> Result<Option<(String, St
         Source::Range { .. } => Ok(None),
         Source::Csv { .. } => refuse(
             "a CSV import reads one file in order and runs in one worker; drop --workers".into(),
+        ),
+        Source::Query { .. } => refuse(
+            "a query source is read in one key order and runs in one worker; drop --workers".into(),
         ),
     }
 }
@@ -231,6 +238,12 @@ mod tests {
             ["transform", "sql", "delete", "archive", "batch"]
         );
         assert_eq!(accepted(&range), ["range sql"]);
+        let query = Source::query("SELECT a, count(*) AS n FROM t GROUP BY a", &["a"]);
+        assert_eq!(accepted(&query), ["batch"]);
+        assert_eq!(
+            refusal(&query, Step::Delete).as_deref(),
+            Some("job j is misdefined: a query source takes a batch step")
+        );
         assert_eq!(accepted(&csv(&file)), ["import"]);
 
         let said = |source: &Source, i: usize| refusal(source, steps(dir.path())[i].1.clone());

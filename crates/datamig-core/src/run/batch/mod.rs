@@ -283,8 +283,9 @@ impl<'p> Batches<'p> {
         limits: Limits,
         read_ahead: bool,
     ) -> Batches<'p> {
-        let reads_ahead =
-            read_ahead && conn.reads_ahead() && matches!(plan.source, Source::Table { .. });
+        let reads_ahead = read_ahead
+            && conn.reads_ahead()
+            && matches!(plan.source, Source::Table { .. } | Source::Query { .. });
         Batches::with(plan, prep, run_id, limits, reads_ahead, false)
     }
 

@@ -12,6 +12,9 @@ use crate::{Error, Result};
 /// Per-run facts computed once: quoted names, the bulk-update shape.
 #[derive(Clone)]
 pub(crate) struct Prepared {
+    /// What batches read from: the quoted table, or a query source's query as
+    /// a derived table.
+    pub(crate) from: String,
     pub(crate) table: String,
     pub(crate) keys: Vec<String>,
     /// Each key's placeholder where it is compared (a cast for a key read as text).
@@ -44,17 +47,30 @@ impl Prepared {
                 columns,
                 filter,
             } => (table.clone(), key.clone(), columns.clone(), filter.clone()),
+            Source::Query { key, columns, .. } => {
+                (String::new(), key.clone(), columns.clone(), None)
+            }
             Source::Range { .. } | Source::Csv { .. } => Default::default(),
         };
+        // What the batches read from: the table, or the query as a derived table.
+        let from = match &plan.source {
+            Source::Query { sql, .. } => format!("({sql}) datamig_q"),
+            _ => conn.quote_ident(&table),
+        };
+        let query = matches!(plan.source, Source::Query { .. });
         let unusable = |e: sqlx::Error| {
             Error::SchemaNotReady(format!("cannot use table {table}: {}", db_message(&e)))
         };
-        let key_types = if keys.is_empty() {
+        let key_types = if keys.is_empty() || query {
             Vec::new()
         } else {
             conn.column_types(&table, &keys).await.map_err(unusable)?
         };
-        let key_marks = key_types.iter().map(|t| conn.key_mark(t)).collect();
+        let key_marks = if query {
+            vec!["?".to_string(); keys.len()]
+        } else {
+            key_types.iter().map(|t| conn.key_mark(t)).collect()
+        };
         let bulk = match &plan.step {
             Step::Transform(t) => {
                 let sets = t.writes();
@@ -80,7 +96,7 @@ impl Prepared {
         };
         // A batch step's updates of its source rows are guarded as a transform's write is.
         let guard = match &plan.step {
-            Step::Batch(_) => Some(Guard {
+            Step::Batch(_) if !query => Some(Guard {
                 columns: columns.clone(),
                 types: conn
                     .column_types(&table, &columns)
@@ -90,8 +106,14 @@ impl Prepared {
             }),
             _ => None,
         };
-        let guard_select = conn.guard_select(&columns);
+        // A query's rows are no table's: nothing to guard them by.
+        let guard_select = if query {
+            Vec::new()
+        } else {
+            conn.guard_select(&columns)
+        };
         Ok(Prepared {
+            from,
             table,
             keys,
             key_marks,
@@ -182,7 +204,7 @@ impl Prepared {
             outer.join(", "),
             inner.join(", "),
             filter.sql,
-            conn.quote_ident(&self.table),
+            self.from,
             size.keys,
             size.rows
         );
@@ -232,20 +254,14 @@ impl Prepared {
     /// The planner's estimate of [`Prepared::count`], without counting.
     pub async fn estimate(&self, conn: &mut Conn, after: Option<&[Value]>) -> Option<i64> {
         let (cond, params) = self.conditions(conn, true, after, None);
-        let sql = format!(
-            "SELECT 1 FROM {} WHERE {cond}",
-            conn.quote_ident(&self.table)
-        );
+        let sql = format!("SELECT 1 FROM {} WHERE {cond}", self.from);
         conn.estimate(&sql, &params).await.ok().flatten()
     }
 
     /// Rows the source selects after `after` (all without it): the progress total.
     pub async fn count(&self, conn: &mut Conn, after: Option<&[Value]>) -> Result<i64> {
         let (cond, params) = self.conditions(conn, true, after, None);
-        let sql = format!(
-            "SELECT count(*) FROM {} WHERE {cond}",
-            conn.quote_ident(&self.table)
-        );
+        let sql = format!("SELECT count(*) FROM {} WHERE {cond}", self.from);
         let row = conn
             .fetch_one(&sql, &params)
             .await
@@ -330,7 +346,7 @@ async fn last_key(
     let (cond, params) = prep.conditions(conn, false, after, None);
     let chunk = format!(
         "SELECT {keys} FROM {} WHERE {cond} ORDER BY {keys} LIMIT {limit}",
-        conn.quote_ident(&prep.table)
+        prep.from
     );
     let sql = prep.last_of(conn, &chunk);
     let rows = conn
@@ -350,7 +366,7 @@ pub(crate) fn finding(
     after: Option<&[Value]>,
     size: Size,
 ) -> Vec<(String, Vec<Value>)> {
-    if !matches!(plan.source, Source::Table { .. }) {
+    if !matches!(plan.source, Source::Table { .. } | Source::Query { .. }) {
         return Vec::new();
     }
     let keys: Vec<String> = prep.keys.iter().map(|k| conn.quote_ident(k)).collect();
@@ -367,7 +383,7 @@ pub(crate) fn finding(
                 format!(
                     "SELECT {} FROM {} WHERE {cond} ORDER BY {} LIMIT {}",
                     keys.join(", "),
-                    conn.quote_ident(&prep.table),
+                    prep.from,
                     keys.join(", "),
                     size.rows
                 ),
@@ -459,7 +475,7 @@ pub(crate) async fn read_rows(
             let sql = format!(
                 "SELECT {} FROM {} WHERE {cond} ORDER BY {}{limit}{lock}",
                 inner.join(", "),
-                conn.quote_ident(&prep.table),
+                prep.from,
                 prep.key_list(conn),
             );
             let mut rows = fetch_rows(conn, &sql, &params).await?;

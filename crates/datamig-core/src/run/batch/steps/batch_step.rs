@@ -32,7 +32,10 @@ const NAME: &str = "a batch step";
 
 impl StepKind for BatchStepKind<'_> {
     fn refuses(&self, source: &Source) -> Option<String> {
-        table_only(source)
+        match source {
+            Source::Query { .. } => None,
+            _ => table_only(source),
+        }
     }
 
     fn batch<'a>(&'a self, cx: Cx<'a>) -> BoxFuture<'a, Result<Did>> {

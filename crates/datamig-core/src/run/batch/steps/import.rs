@@ -23,7 +23,7 @@ impl StepKind for ImportStep<'_> {
     fn refuses(&self, source: &Source) -> Option<String> {
         match source {
             Source::Csv { .. } => None,
-            Source::Table { .. } | Source::Range { .. } => {
+            Source::Table { .. } | Source::Range { .. } | Source::Query { .. } => {
                 Some("an import step reads a CSV source".into())
             }
         }

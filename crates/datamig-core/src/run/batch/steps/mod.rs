@@ -65,7 +65,7 @@ pub(crate) trait StepKind: Send + Sync {
     fn changes(&self, source: &Source) -> Option<String> {
         match source {
             Source::Table { table, .. } => Some(table.clone()),
-            Source::Range { .. } | Source::Csv { .. } => None,
+            Source::Range { .. } | Source::Csv { .. } | Source::Query { .. } => None,
         }
     }
 
@@ -143,6 +143,7 @@ pub(crate) fn table_only(source: &Source) -> Option<String> {
         Source::Table { .. } => None,
         Source::Range { .. } => Some("a range source takes a SQL step".into()),
         Source::Csv { .. } => Some("a CSV source takes an import step".into()),
+        Source::Query { .. } => Some("a query source takes a batch step".into()),
     }
 }
 

@@ -58,6 +58,7 @@ impl StepKind for Sql<'_> {
                 Some("a range source's SQL step must contain {lo} and {hi}".into())
             }
             Source::Csv { .. } => Some("a CSV source takes an import step".into()),
+            Source::Query { .. } => Some("a query source takes a batch step".into()),
             Source::Table { .. } | Source::Range { .. } => None,
         }
     }
