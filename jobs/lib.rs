@@ -15,6 +15,7 @@ pub mod move_addresses_to_table;
 pub mod purge_expired_sessions;
 pub mod seed_demo_sessions;
 pub mod seed_demo_users;
+pub mod verify_emails;
 
 use datamig_core::job::Registry;
 
@@ -32,6 +33,7 @@ pub fn registry() -> Registry {
         .with(purge_expired_sessions::PurgeExpiredSessions)
         .with(seed_demo_sessions::SeedDemoSessions)
         .with(seed_demo_users::SeedDemoUsers)
+        .with(verify_emails::VerifyEmails)
 }
 
 /// For jobs that take no `--arg`: the engine's own (`datamig_core::job::NoArgs`).

@@ -10,7 +10,7 @@ use crate::jobs::spawn;
 use crate::support::{to_run, Db, Project, Run};
 
 /// A project on `kind` with this repository's migrations applied.
-fn project(kind: Db) -> Project {
+pub(crate) fn project(kind: Db) -> Project {
     let p = Project::new(kind);
     p.copy_project_migrations();
     let up = p.run(&["schema", "upgrade", "head"]);
@@ -18,7 +18,7 @@ fn project(kind: Db) -> Project {
     p
 }
 
-fn seed(p: &Project, job: &str, rows: i64) {
+pub(crate) fn seed(p: &Project, job: &str, rows: i64) {
     let run = p.run(&["run", job, "--arg", &format!("rows={rows}")]);
     assert_eq!(run.code, 0, "{run:?}");
 }
@@ -33,7 +33,13 @@ fn job_rows(p: &Project, job: &str) -> i64 {
 /// Starts `args` (a run of `job`) `kills` times, each killed at a random
 /// moment up to `max_ms` after its first committed batch, then runs it to the
 /// end; returns that last run.
-fn kill_and_resume(p: &Project, job: &str, args: &[&str], kills: usize, max_ms: u64) -> Run {
+pub(crate) fn kill_and_resume(
+    p: &Project,
+    job: &str,
+    args: &[&str],
+    kills: usize,
+    max_ms: u64,
+) -> Run {
     for _ in 0..kills {
         let mut child: Child = spawn(p, args);
         let before = job_rows(p, job);

@@ -13,6 +13,7 @@ mod guard;
 mod jobs;
 mod operate;
 mod outputs;
+mod outside;
 mod production;
 mod proxy;
 mod reliability;

@@ -272,28 +272,30 @@ pub struct SourceRow<'a> {
     pub(crate) key_len: usize,
 }
 
-impl SourceRow<'_> {
-    pub fn key(&self) -> &[Value] {
-        &self.values[..self.key_len]
+impl<'a> SourceRow<'a> {
+    pub fn key(&self) -> &'a [Value] {
+        let values: &'a [Value] = self.values;
+        &values[..self.key_len]
     }
 
-    pub fn get(&self, column: &str) -> Option<&Value> {
+    pub fn get(&self, column: &str) -> Option<&'a Value> {
+        let values: &'a [Value] = self.values;
         self.names
             .iter()
             .position(|n| n == column)
-            .map(|i| &self.values[i])
+            .map(|i| &values[i])
     }
 
     /// The column as text: `None` when it is NULL, absent, or not text (a
     /// SQLite TEXT value that is not UTF-8 reads as [`Value::Bytes`]; see
     /// [`SourceRow::text`] to tell these apart).
-    pub fn str(&self, column: &str) -> Option<&str> {
+    pub fn str(&self, column: &str) -> Option<&'a str> {
         self.get(column).and_then(Value::as_str)
     }
 
     /// The column as text, `Ok(None)` for NULL, and an error saying why for a
     /// value that is not UTF-8 text — ready for [`Outcome::Reject`].
-    pub fn text(&self, column: &str) -> Result<Option<&str>, String> {
+    pub fn text(&self, column: &str) -> Result<Option<&'a str>, String> {
         match self.get(column) {
             None => Err(format!("the row has no column {column}")),
             Some(Value::Null) => Ok(None),
