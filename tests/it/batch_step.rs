@@ -105,3 +105,37 @@ each_db! {
         }
     }
 }
+
+each_db! {
+    fn inserts_ignore_or_update_conflicts_and_return_columns_on_every_database(kind: Db) {
+        use datamig_core::config::DatabaseUrl;
+        use datamig_core::db::{Conn, ConnectOptions, Value};
+        use datamig_core::job::OnConflict;
+        let p = Project::new(kind);
+        p.db.exec("CREATE TABLE kv (id BIGINT NOT NULL PRIMARY KEY, v INT NOT NULL)");
+        let row = |id: i64, v: i64| vec![Value::Int(id), Value::Int(v)];
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let url = DatabaseUrl::parse(&p.db.url).unwrap();
+            let mut conn = Conn::connect(&url, &ConnectOptions::default()).await.unwrap();
+            let cols = ["id", "v"];
+            let n = |parts: Vec<(u64, Vec<Vec<Value>>)>| parts.iter().map(|(n, _)| n).sum::<u64>();
+            let put = conn.insert_rows("kv", &cols, &[row(1, 1), row(2, 2)], OnConflict::Fail, &[]).await.unwrap();
+            assert_eq!(n(put), 2);
+            assert!(conn.insert_rows("kv", &cols, &[row(2, 9)], OnConflict::Fail, &[]).await.is_err(), "a duplicate fails");
+            conn.insert_rows("kv", &cols, &[row(2, 9), row(3, 3)], OnConflict::Ignore, &[]).await.unwrap();
+            let update = OnConflict::Update { on: &["id"], set: &["v"] };
+            conn.insert_rows("kv", &cols, &[row(3, 30), row(4, 4)], update, &[]).await.unwrap();
+            let back = conn.insert_rows("kv", &cols, &[row(5, 5), row(6, 6)], OnConflict::Fail, &["id", "v"]).await.unwrap();
+            let returned: Vec<Vec<Value>> = back.into_iter().flat_map(|(_, rows)| rows).collect();
+            assert_eq!(returned, vec![row(5, 5), row(6, 6)]);
+            conn.close().await;
+        });
+        let all = p.db.query("SELECT id, v FROM kv ORDER BY id");
+        let want: Vec<Vec<String>> = [(1, 1), (2, 2), (3, 30), (4, 4), (5, 5), (6, 6)]
+            .iter()
+            .map(|(i, v)| vec![i.to_string(), v.to_string()])
+            .collect();
+        assert_eq!(all, want, "ignored kept 2, updated 3");
+    }
+}

@@ -311,10 +311,15 @@ impl SourceGuard<'_> {
         let mut by_key: Option<HashMap<String, usize>> = None;
         for row in of {
             let key = &row[..n_keys];
-            let at = match self.rows[next.min(self.rows.len())..]
-                .iter()
-                .position(|r| &r[..n_keys] == key)
-            {
+            // In order, the next row is usually the one; out of order, the
+            // lookup serves every row from then on.
+            let in_order = match by_key {
+                Some(_) => None,
+                None => self.rows[next.min(self.rows.len())..]
+                    .iter()
+                    .position(|r| &r[..n_keys] == key),
+            };
+            let at = match in_order {
                 Some(i) => next + i,
                 None => {
                     let map = by_key.get_or_insert_with(|| {
