@@ -130,6 +130,10 @@ fn the_largest_partition_is_split(kind: Db) {
     let n = 20_000;
     visits(&p, n);
     p.db.exec("INSERT INTO visits (id, hits) VALUES (1000000000, 0)");
+    // A pause after each batch, so that the idle workers find the busy
+    // partition still busy: unpaced, its 100 batches took 0.4 s, and on a
+    // loaded machine (CI, once) they were done before a worker came to split
+    // it. (Not --rate: a rate-limited run's workers do not split.)
     let run = p.run_fixtures(&[
         "run",
         "count_visits_sql",
@@ -137,6 +141,8 @@ fn the_largest_partition_is_split(kind: Db) {
         "200",
         "--workers",
         "3",
+        "--sleep",
+        "5ms",
     ]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_each_row_once(&p, n + 1, "count_visits_sql");

@@ -34,3 +34,19 @@ pub struct Guard {
     /// The source filter (`?` placeholders) and its parameters.
     pub filter: Option<(String, Vec<Value>)>,
 }
+
+/// What to do when an inserted row has the unique key of a row already there.
+#[derive(Debug, Clone, Copy)]
+pub enum OnConflict<'a> {
+    /// Fail the statement (and so the batch).
+    Fail,
+    /// Keep the row that is there, and insert nothing for this one.
+    Ignore,
+    /// Update these columns of the row that is there with the new values; the
+    /// unique key in conflict is `on` (PostgreSQL and SQLite name it; MariaDB
+    /// takes any unique key).
+    Update {
+        on: &'a [&'a str],
+        set: &'a [&'a str],
+    },
+}

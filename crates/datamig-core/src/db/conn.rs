@@ -323,10 +323,10 @@ impl Conn {
         table: &str,
         columns: &[&str],
         rows: &[Row],
-        on_conflict: crate::job::OnConflict<'_>,
+        on_conflict: super::OnConflict<'_>,
         returning: &[&str],
     ) -> sqlx::Result<Vec<(u64, Vec<Row>)>> {
-        use crate::job::OnConflict;
+        use super::OnConflict;
         let quote =
             |names: &[&str]| -> Vec<String> { names.iter().map(|c| self.quote_ident(c)).collect() };
         let names = quote(columns);

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use crate::error::Transient;
 pub use bookkeeping::{ADDED_COLUMNS, BOOKKEEPING_TABLES};
-pub use bulk::{BulkUpdate, Guard};
+pub use bulk::{BulkUpdate, Guard, OnConflict};
 pub use classify::db_message;
 pub(crate) use classify::{error, failure};
 pub use conn::Conn;

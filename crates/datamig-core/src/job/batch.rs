@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::SourceRow;
 use crate::config::Backend;
+pub use crate::db::OnConflict;
 use crate::db::{BulkUpdate, Conn, Row, Value};
 use crate::Error;
 
@@ -253,22 +254,6 @@ impl Batch {
             })
             .collect()
     }
-}
-
-/// What to do when an inserted row has the unique key of a row already there.
-#[derive(Debug, Clone, Copy)]
-pub enum OnConflict<'a> {
-    /// Fail the statement (and so the batch).
-    Fail,
-    /// Keep the row that is there, and insert nothing for this one.
-    Ignore,
-    /// Update these columns of the row that is there with the new values; the
-    /// unique key in conflict is `on` (PostgreSQL and SQLite name it; MariaDB
-    /// takes any unique key).
-    Update {
-        on: &'a [&'a str],
-        set: &'a [&'a str],
-    },
 }
 
 /// The batch's transaction, for a [`BatchStep`]'s writes. Statements take `?`
