@@ -139,3 +139,26 @@ each_db! {
         assert_eq!(all, want, "ignored kept 2, updated 3");
     }
 }
+
+each_db! {
+    fn updates_by_a_text_key_follow_the_databases_collation(kind: Db) {
+        // Mixed case: byte order puts "B" before "a"; a case-insensitive
+        // collation (MariaDB's default) or a linguistic one does not.
+        let p = Project::new(kind);
+        for table in ["tags", "tag_copies"] {
+            p.db.exec(&format!("CREATE TABLE {table} (name VARCHAR(20) NOT NULL PRIMARY KEY, hits INT NOT NULL DEFAULT 0)"));
+            let names: Vec<String> = (0..300)
+                .map(|i| {
+                    let c = char::from(b'a' + u8::try_from(i % 26).unwrap());
+                    let c = if i % 2 == 1 { c.to_ascii_uppercase() } else { c };
+                    format!("('{c}{i:03}')")
+                })
+                .collect();
+            p.db.exec(&format!("INSERT INTO {table} (name) VALUES {}", names.join(", ")));
+        }
+        let run = p.run_fixtures(&["run", "touch_tags_batch", "--batch", "40"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM tags WHERE hits <> 1"), 0);
+        assert_eq!(p.db.scalar("SELECT count(*) FROM tag_copies WHERE hits <> 1"), 0, "every row of the other table, by its text key");
+    }
+}

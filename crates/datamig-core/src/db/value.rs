@@ -67,19 +67,6 @@ impl Value {
             Value::Timestamp(t) => J::String(t.format("%Y-%m-%d %H:%M:%S%.f").to_string()),
         }
     }
-
-    /// Whether `self` sorts before `other`, for two values of one kind (a
-    /// batch's keys); values of different kinds never do.
-    pub(crate) fn lt_same_kind(&self, other: &Value) -> bool {
-        match (self, other) {
-            (Value::Int(a), Value::Int(b)) => a < b,
-            (Value::Text(a), Value::Text(b)) => a < b,
-            (Value::Bytes(a), Value::Bytes(b)) => a < b,
-            (Value::Float(a), Value::Float(b)) => a < b,
-            (Value::Timestamp(a), Value::Timestamp(b)) => a < b,
-            _ => false,
-        }
-    }
 }
 
 /// `4180000`, or `(eu, 17)` for a composite key.

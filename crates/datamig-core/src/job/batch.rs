@@ -438,20 +438,68 @@ impl BatchTx<'_> {
             .bulk_update(self.conn, table, key, set)
             .await
             .map_err(StepError)?;
-        let (lo, hi) = bounds(rows);
-        let spec = BulkUpdate { lo, hi, ..spec };
         let own = self.source.as_ref().is_some_and(|s| {
             s.table == table
                 && s.keys.len() == key.len()
                 && s.keys.iter().zip(key).all(|(a, b)| a == b)
         });
         if let (true, Some(source)) = (own, self.source.as_mut()) {
+            // The batch's own first and last keys, in the database's order.
+            let first = |r: Option<&Row>| r.and_then(|r| r.first()).cloned();
+            let (lo, hi) = (first(source.rows.first()), first(source.rows.last()));
+            let spec = BulkUpdate {
+                lo: lo.unwrap_or(Value::Null),
+                hi: hi.unwrap_or(Value::Null),
+                ..spec
+            };
             return guarded_update(self.conn, source, spec, rows, key.len()).await;
         }
+        // The update is bounded by its rows' lowest and highest first key, as
+        // the database orders them: integers compare alike everywhere; text
+        // (a collation) is asked of the database.
+        let (lo, hi) = match int_bounds(rows) {
+            Some(bounds) => bounds,
+            None => self.db_bounds(table, key[0], rows).await?,
+        };
+        let spec = BulkUpdate { lo, hi, ..spec };
         self.conn
             .bulk_update(&spec, rows)
             .await
             .map_err(|e| failed(&format!("updating {table} failed"), &e))
+    }
+
+    /// The lowest and highest of `rows`' first values as `table`'s column
+    /// `key` orders them (its collation), for a key that is not an integer.
+    async fn db_bounds(
+        &mut self,
+        table: &str,
+        key: &str,
+        rows: &[Row],
+    ) -> Result<(Value, Value), StepError> {
+        let values: Vec<Value> = rows.iter().filter_map(|r| r.first().cloned()).collect();
+        if values.len() > crate::db::MAX_PARAMS {
+            return Err(StepError::fail(format!(
+                "update() of {table} by a key that is not an integer takes at most {} rows a call",
+                crate::db::MAX_PARAMS
+            )));
+        }
+        let k = self.conn.quote_ident(key);
+        let sql = format!(
+            "SELECT min({k}), max({k}) FROM {} WHERE {k} IN ({})",
+            self.conn.quote_ident(table),
+            vec!["?"; values.len()].join(", ")
+        );
+        let row = self
+            .fetch(&sql, &values)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let mut row = row.into_iter();
+        Ok((
+            row.next().unwrap_or(Value::Null),
+            row.next().unwrap_or(Value::Null),
+        ))
     }
 
     /// Records the row at `key` as rejected with `reason` (`datamig_rejects`,
@@ -513,19 +561,19 @@ async fn guarded_update(
 }
 
 /// The lowest and highest value of the rows' first column.
-fn bounds(rows: &[Row]) -> (Value, Value) {
-    let first = |r: &Row| r.first().cloned().unwrap_or(Value::Null);
-    let mut lo = rows.first().map_or(Value::Null, first);
-    let mut hi = lo.clone();
-    for row in rows {
-        let v = first(row);
-        if v.lt_same_kind(&lo) {
-            lo = v;
-        } else if hi.lt_same_kind(&v) {
-            hi = v;
-        }
+fn int_bounds(rows: &[Row]) -> Option<(Value, Value)> {
+    let mut ints = rows.iter().map(|r| match r.first() {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    });
+    let first = ints.next()??;
+    let (mut lo, mut hi) = (first, first);
+    for i in ints {
+        let i = i?;
+        lo = lo.min(i);
+        hi = hi.max(i);
     }
-    (lo, hi)
+    Some((Value::Int(lo), Value::Int(hi)))
 }
 
 fn failed(what: &str, e: &sqlx::Error) -> StepError {
