@@ -79,6 +79,7 @@ impl Job for VerifyEmails {
                 .filter("email_checked_at IS NULL", vec![]),
             step: Step::batch(Verify {
                 client,
+                shown: without_password(&endpoint),
                 endpoint,
                 timeout,
             }),
@@ -98,9 +99,20 @@ impl Job for VerifyEmails {
     }
 }
 
+/// `url` with its password, if any, masked.
+fn without_password(url: &reqwest::Url) -> reqwest::Url {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown
+}
+
 struct Verify {
     client: reqwest::Client,
     endpoint: reqwest::Url,
+    /// The endpoint as messages show it: without a password it may hold.
+    shown: reqwest::Url,
     timeout: Duration,
 }
 
@@ -130,23 +142,28 @@ impl BatchStep for Verify {
             .send()
             .await
             .map_err(|e| {
-                StepError::retry(format!("the request to {} failed: {e}", self.endpoint))
+                StepError::retry(format!(
+                    "the request to {} failed: {}",
+                    self.shown,
+                    e.without_url()
+                ))
             })?;
         let status = response.status();
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(StepError::retry(format!(
                 "{} answered {status}",
-                self.endpoint
+                self.shown
             )));
         }
         if !status.is_success() {
-            return Err(StepError::fail(format!(
-                "{} answered {status}",
-                self.endpoint
-            )));
+            return Err(StepError::fail(format!("{} answered {status}", self.shown)));
         }
         let answer: Answer = response.json().await.map_err(|e| {
-            StepError::retry(format!("{} answered with no results: {e}", self.endpoint))
+            StepError::retry(format!(
+                "{} answered with no results: {}",
+                self.shown,
+                e.without_url()
+            ))
         })?;
         Ok(answer
             .results

@@ -105,11 +105,16 @@ each_db! {
         seed(&p, "seed_demo_users", 1_000);
         let service = Service::start();
         service.down.store(true, Ordering::SeqCst);
-        let endpoint = format!("endpoint={}", service.url);
+        // An endpoint with credentials in it.
+        let endpoint = format!("endpoint={}", service.url.replace("http://", "http://bot:secretpw@"));
         let args = ["run", "verify_emails", "--batch", "100", "--max-retries", "2", "--arg", &endpoint];
         let stopped = p.run_fixtures(&args);
         assert_ne!(stopped.code, 0, "{stopped:?}");
         assert!(stopped.stderr.contains("503"), "{stopped:?}");
+        // The job's own messages mask it. (The engine's resume hint repeats
+        // every --arg as given, this one too: a known gap, not masked yet.)
+        assert!(stopped.stderr.contains("http://bot:***@127.0.0.1:"), "{stopped:?}");
+        assert_eq!(stopped.stderr.matches("secretpw").count(), 1, "only in the resume hint: {stopped:?}");
         assert!(stopped.stderr.contains("retrying"), "retried with backoff: {stopped:?}");
         assert_eq!(p.db.scalar("SELECT count(*) FROM users WHERE email_checked_at IS NOT NULL"), 0);
         let refused = *service.refused.lock().unwrap();
