@@ -10,6 +10,7 @@ mod crash;
 mod demo_jobs;
 mod docs;
 mod guard;
+mod harness;
 mod jobs;
 mod operate;
 mod outputs;

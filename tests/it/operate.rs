@@ -67,6 +67,30 @@ each_db! {
         assert_each_row_once(&p, n, "count_visits");
     }
 
+    fn max_batches_stops_after_exactly_that_many_batches_and_the_next_run_continues(kind: Db) {
+        let p = Project::new(kind);
+        visits(&p, 2_000);
+        let args = ["run", "count_visits", "--batch", "100"];
+        let mut canary = args.to_vec();
+        canary.extend(["--max-batches", "3"]);
+        let run = p.run_fixtures(&canary);
+        assert_eq!(run.code, 0, "{run:?}");
+        let first = run.stdout.lines().next().unwrap();
+        assert!(first.starts_with("stopped run 1 of count_visits: 300 rows in 3 batches"), "{run:?}");
+        assert!(first.contains("--max-batches 3 reached at a batch boundary, 1700 rows left"), "{run:?}");
+        assert_eq!(state(&p), "interrupted");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM visits WHERE hits = 1"), 300);
+        let more = p.run_fixtures(&canary);
+        assert!(more.stdout.starts_with("stopped run 1 of count_visits: 600 rows in 6 batches"), "{more:?}");
+        let rest = p.run_fixtures(&args);
+        assert_eq!(rest.code, 0, "{rest:?}");
+        assert!(rest.stdout.contains("1400 rows this time"), "{rest:?}");
+        assert_each_row_once(&p, 2_000, "count_visits");
+        let zero = p.run_fixtures(&["run", "count_visits", "--max-batches", "0"]);
+        assert_eq!(zero.code, 2, "{zero:?}");
+        assert!(zero.stderr.contains("--max-batches"), "{zero:?}");
+    }
+
     fn quiet_prints_one_summary_line(kind: Db) {
         let p = Project::new(kind);
         visits(&p, 2_000);

@@ -12,6 +12,8 @@
 //! - [`prelude`] is what a job file imports.
 //! - [`run`] runs a job: keyset batches, each committed with its checkpoint,
 //!   resumable after any interruption, verified at the end.
+//! - [`testing`] runs a job against a temporary database in a plain `#[test]`,
+//!   stops it at a chosen batch and resumes it.
 //!
 //! Errors are [`Error`]; each variant names the thing that went wrong and what to
 //! do, and the CLI maps each to a documented exit code.
@@ -25,5 +27,6 @@ pub mod migrate;
 pub mod output;
 pub mod prelude;
 pub mod run;
+pub mod testing;
 
 pub use error::{Error, Partial, Result, RunStopped, SchemaStopped, Stop};

@@ -89,6 +89,8 @@ pub(super) struct Control<'a> {
     /// Why the rate limit holds a worker, while it does.
     pub limited: Option<String>,
     pub warned_run_time: bool,
+    /// Batches this process's workers have committed, for --max-batches.
+    pub committed_here: u64,
     /// Whether the first look (signals, requests, window, health) is done:
     /// the gate opens for the first batch only after it.
     pub looked: bool,
@@ -262,6 +264,12 @@ impl Control<'_> {
         if let Some(window) = &self.opts.window.window() {
             if window.closes_before(self.last_batch) {
                 self.stop_with(Stopped::Window(window.reason.to_string()));
+            }
+        }
+        self.committed_here += 1;
+        if let Some(max) = self.opts.window.max_batches {
+            if self.committed_here >= max {
+                self.stop_with(Stopped::Window(format!("--max-batches {max}")));
             }
         }
     }

@@ -208,6 +208,7 @@ pub(super) async fn work(
         throttled: None,
         limited: None,
         warned_run_time: false,
+        committed_here: 0,
         looked: false,
         held: false,
         last_batch: Duration::ZERO,

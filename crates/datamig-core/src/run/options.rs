@@ -232,6 +232,12 @@ pub struct TimeWindow {
     /// next such moment) or 2026-12-02T05:00:00Z.
     #[arg(long, value_name = "TIME", value_parser = until, help_heading = "Time window")]
     pub until: Option<Instant>,
+    /// Stop cleanly once this invocation has committed N batches, exit 0, and leave
+    /// the rest to the next invocation: a canary run of a few batches to look at
+    /// before the rest, or a test that interrupts a job at a chosen batch. (With
+    /// --workers, the batches other workers have in flight then still commit.)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Time window")]
+    pub max_batches: Option<u64>,
 }
 
 impl TimeWindow {
