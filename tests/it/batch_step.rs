@@ -120,13 +120,13 @@ each_db! {
             let mut conn = Conn::connect(&url, &ConnectOptions::default()).await.unwrap();
             let cols = ["id", "v"];
             let n = |parts: Vec<(u64, Vec<Vec<Value>>)>| parts.iter().map(|(n, _)| n).sum::<u64>();
-            let put = conn.insert_rows("kv", &cols, &[row(1, 1), row(2, 2)], OnConflict::Fail, &[]).await.unwrap();
+            let put = conn.insert_rows("kv", &cols, &[], &[row(1, 1), row(2, 2)], OnConflict::Fail, &[]).await.unwrap();
             assert_eq!(n(put), 2);
-            assert!(conn.insert_rows("kv", &cols, &[row(2, 9)], OnConflict::Fail, &[]).await.is_err(), "a duplicate fails");
-            conn.insert_rows("kv", &cols, &[row(2, 9), row(3, 3)], OnConflict::Ignore, &[]).await.unwrap();
+            assert!(conn.insert_rows("kv", &cols, &[], &[row(2, 9)], OnConflict::Fail, &[]).await.is_err(), "a duplicate fails");
+            conn.insert_rows("kv", &cols, &[], &[row(2, 9), row(3, 3)], OnConflict::Ignore, &[]).await.unwrap();
             let update = OnConflict::Update { on: &["id"], set: &["v"] };
-            conn.insert_rows("kv", &cols, &[row(3, 30), row(4, 4)], update, &[]).await.unwrap();
-            let back = conn.insert_rows("kv", &cols, &[row(5, 5), row(6, 6)], OnConflict::Fail, &["id", "v"]).await.unwrap();
+            conn.insert_rows("kv", &cols, &[], &[row(3, 30), row(4, 4)], update, &[]).await.unwrap();
+            let back = conn.insert_rows("kv", &cols, &[], &[row(5, 5), row(6, 6)], OnConflict::Fail, &["id", "v"]).await.unwrap();
             let returned: Vec<Vec<Value>> = back.into_iter().flat_map(|(_, rows)| rows).collect();
             assert_eq!(returned, vec![row(5, 5), row(6, 6)]);
             conn.close().await;

@@ -21,4 +21,5 @@ mod reliability;
 mod schema;
 mod server;
 mod support;
+mod values;
 mod workers;

@@ -322,6 +322,7 @@ impl Conn {
         &mut self,
         table: &str,
         columns: &[&str],
+        types: &[String],
         rows: &[Row],
         on_conflict: super::OnConflict<'_>,
         returning: &[&str],
@@ -346,7 +347,15 @@ impl Conn {
             format!(" RETURNING {}", quote(returning).join(", "))
         };
         let width = columns.len().max(1);
-        let tuple = format!("({})", vec!["?"; width].join(", "));
+        // Each value as the column's type, where the types are given and the
+        // database needs it said ([`Driver::value_mark`]).
+        let marks: Vec<String> = (0..width)
+            .map(|i| match types.get(i) {
+                Some(t) => dispatch_static!(self, D => D::value_mark(t)),
+                None => "?".into(),
+            })
+            .collect();
+        let tuple = format!("({})", marks.join(", "));
         let mut out = Vec::new();
         for chunk in rows.chunks((super::MAX_PARAMS / width).max(1)) {
             let sql = format!(

@@ -188,6 +188,15 @@ pub(crate) trait Driver {
         "?".into()
     }
 
+    /// The placeholder a value written to a column of SQL type `column_type`
+    /// takes: `?` where the database converts a text value on assignment
+    /// (MariaDB, SQLite), a cast to the column's type where it does not
+    /// (PostgreSQL: a timestamp, a decimal, a uuid or an enum given as text).
+    fn value_mark(column_type: &str) -> String {
+        let _ = column_type;
+        "?".into()
+    }
+
     /// Refreshes the planner's statistics of a table (its name already quoted).
     fn analyze_sql(table: &str) -> String {
         format!("ANALYZE {table}")
@@ -264,6 +273,9 @@ macro_rules! bind_values {
                 Value::Text(v) => q.bind(v.as_str()),
                 Value::Bytes(v) => q.bind(v.as_slice()),
                 Value::Timestamp(v) => q.bind(*v),
+                // Decimals, JSON and arrays, as the driver's `bind_other` (in its
+                // own file) binds them.
+                other => bind_other(q, other),
             };
         }
         q

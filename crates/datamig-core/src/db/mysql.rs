@@ -12,6 +12,15 @@ use super::{BulkUpdate, ConnectOptions, Driver, Row, Transient, Value};
 use crate::config::DatabaseUrl;
 use crate::{Error, Result};
 
+type Query<'q> = sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>;
+
+/// A decimal, JSON or an array, which this database has no parameter type
+/// for: bound as text (a decimal's digits, JSON's text, an array as a JSON
+/// array), which the column's type converts on assignment.
+fn bind_other<'q>(q: Query<'q>, v: &'q Value) -> Query<'q> {
+    q.bind(v.portable())
+}
+
 pub(crate) struct MySql;
 
 /// MySQL's own error number (1045, 1146, …), which users search for.
@@ -59,8 +68,11 @@ enum Kind {
     Timestamp,
     Date,
     Bytes,
-    /// Text, and DECIMAL, which the server sends as text in both protocols;
-    /// bytes when they are not UTF-8.
+    /// DECIMAL, which the server sends as its text in both protocols.
+    Decimal,
+    /// MySQL's JSON (MariaDB's is LONGTEXT to a client, and reads as text).
+    Json,
+    /// Text; bytes when they are not UTF-8.
     Text,
 }
 
@@ -80,6 +92,8 @@ impl Kind {
             "TIMESTAMP" => Kind::Timestamp,
             "DATE" => Kind::Date,
             "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BINARY" | "VARBINARY" => Kind::Bytes,
+            "DECIMAL" => Kind::Decimal,
+            "JSON" => Kind::Json,
             _ => Kind::Text,
         }
     }
@@ -112,6 +126,11 @@ fn decode_all(rows: &[MySqlRow]) -> sqlx::Result<Vec<Row>> {
                     .map(|t| Value::Timestamp(t.naive_utc())),
                 Kind::Date => get::<chrono::NaiveDate>(raw).map(|d| Value::Text(d.to_string())),
                 Kind::Bytes => get::<Vec<u8>>(raw).map(Value::Bytes),
+                Kind::Decimal => get::<&str>(raw).map(|d| Value::Decimal(d.to_owned())),
+                Kind::Json => get::<&str>(raw).map(|text| {
+                    serde_json::from_str(text)
+                        .map_or_else(|_| Value::Text(text.to_owned()), Value::Json)
+                }),
                 Kind::Text => match get::<&str>(raw) {
                     Ok(text) => Ok(Value::Text(text.to_owned())),
                     Err(_) => get::<Vec<u8>>(row.try_get_raw(index)?).map(Value::Bytes),
@@ -765,7 +784,11 @@ fn json_documents(rows: &[Row], types: &[&str]) -> Option<Vec<String>> {
                 }
                 Value::Text(t) => json_string(&mut doc, t),
                 Value::Timestamp(t) => json_string(&mut doc, &timestamp_text(t)),
-                Value::Float(_) | Value::Bytes(_) => return None,
+                Value::Decimal(_)
+                | Value::Json(_)
+                | Value::Array(_)
+                | Value::Float(_)
+                | Value::Bytes(_) => return None,
             }
         }
         doc.push(']');

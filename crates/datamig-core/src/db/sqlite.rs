@@ -16,6 +16,15 @@ use super::{BulkUpdate, ConnectOptions, Driver, Row, Transient, Value};
 use crate::config::DatabaseUrl;
 use crate::{Error, Result};
 
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// A decimal, JSON or an array, which this database has no parameter type
+/// for: bound as text (a decimal's digits, JSON's text, an array as a JSON
+/// array), which the column's type converts on assignment.
+fn bind_other<'q>(q: Query<'q>, v: &'q Value) -> Query<'q> {
+    q.bind(v.portable())
+}
+
 pub(crate) struct Sqlite;
 
 /// SQLite allows 32 766 parameters a statement; a bulk update is split below that.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::SourceRow;
 use crate::config::Backend;
@@ -235,21 +236,10 @@ impl Batch {
     /// The rows as the job's own type, by column name (serde): a column that
     /// is NULL reads as `None`, a timestamp as `YYYY-MM-DD HH:MM:SS` text.
     pub fn rows_as<T: DeserializeOwned>(&self) -> Result<Vec<T>, StepError> {
-        self.rows
-            .iter()
+        self.rows()
             .map(|row| {
-                let object: serde_json::Map<String, serde_json::Value> = self
-                    .names
-                    .iter()
-                    .zip(row)
-                    .map(|(name, value)| (name.clone(), value.to_json()))
-                    .collect();
-                serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| {
-                    StepError::fail(format!(
-                        "cannot read the row at key {} as {}: {e}",
-                        crate::db::display_key(&row[..self.key_len]),
-                        std::any::type_name::<T>()
-                    ))
+                row.read().map_err(|e| {
+                    StepError::fail(format!("at key {}: {e}", crate::db::display_key(row.key())))
                 })
             })
             .collect()
@@ -379,6 +369,8 @@ impl BatchTx<'_> {
 
     /// Inserts `rows` (values in the order of `columns`) into `table`, in one
     /// statement per 30,000 values; returns the rows inserted (or updated).
+    /// A value is taken as its column's type: a timestamp, a decimal, a uuid
+    /// or an enum may be given as text.
     pub async fn insert(
         &mut self,
         table: &str,
@@ -387,11 +379,83 @@ impl BatchTx<'_> {
         on_conflict: OnConflict<'_>,
     ) -> Result<u64, StepError> {
         let n = self
-            .conn
             .insert_rows(table, columns, rows, on_conflict, &[])
-            .await
-            .map_err(|e| failed(&format!("inserting into {table} failed"), &e))?;
+            .await?;
         Ok(n.iter().map(|(n, _)| n).sum())
+    }
+
+    async fn insert_rows(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &[Row],
+        on_conflict: OnConflict<'_>,
+        returning: &[&str],
+    ) -> Result<Vec<(u64, Vec<Row>)>, StepError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = columns.iter().map(ToString::to_string).collect();
+        let types = self
+            .types
+            .of(self.conn, table, &names)
+            .await
+            .map_err(StepError)?;
+        let fitted: Vec<Row>;
+        let rows = if rows.iter().flatten().any(|v| matches!(v, Value::Array(_))) {
+            fitted = rows
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .zip(&types)
+                        .map(|(v, t)| v.clone().fit(t))
+                        .collect()
+                })
+                .collect();
+            &fitted
+        } else {
+            rows
+        };
+        self.conn
+            .insert_rows(table, columns, &types, rows, on_conflict, returning)
+            .await
+            .map_err(|e| failed(&format!("inserting into {table} failed"), &e))
+    }
+
+    /// Inserts the job's own rows (any `#[derive(Serialize)]` type, a column
+    /// per field) as [`BatchTx::insert`] does.
+    pub async fn insert_from<T: Serialize>(
+        &mut self,
+        table: &str,
+        rows: &[T],
+        on_conflict: OnConflict<'_>,
+    ) -> Result<u64, StepError> {
+        let (columns, values) = typed_rows(rows, &[])?;
+        let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+        self.insert(table, &columns, &values, on_conflict).await
+    }
+
+    /// Updates `table` from the job's own rows (a column per field): `key`
+    /// names the fields that find each row, the others are set, as
+    /// [`BatchTx::update`] does.
+    pub async fn update_from<T: Serialize>(
+        &mut self,
+        table: &str,
+        key: &[&str],
+        rows: &[T],
+    ) -> Result<u64, StepError> {
+        let (columns, values) = typed_rows(rows, key)?;
+        let types = self
+            .types
+            .of(self.conn, table, &columns)
+            .await
+            .map_err(StepError)?;
+        let values: Vec<Row> = values
+            .into_iter()
+            .map(|r| r.into_iter().zip(&types).map(|(v, t)| v.fit(t)).collect())
+            .collect();
+        let set: Vec<&str> = columns[key.len()..].iter().map(String::as_str).collect();
+        self.update(table, key, &set, &values).await
     }
 
     /// Inserts as [`BatchTx::insert`] does and returns `returning`'s columns
@@ -409,10 +473,8 @@ impl BatchTx<'_> {
             return Err(StepError::fail("insert_returning needs a column to return"));
         }
         let parts = self
-            .conn
             .insert_rows(table, columns, rows, on_conflict, returning)
-            .await
-            .map_err(|e| failed(&format!("inserting into {table} failed"), &e))?;
+            .await?;
         let mut out = Vec::new();
         for (_, rows) in parts {
             out.extend(rows);
@@ -580,6 +642,50 @@ fn failed(what: &str, e: &sqlx::Error) -> StepError {
     StepError(crate::db::failure(what, e))
 }
 
+/// The job's rows as columns (`first` first, then the other fields in their
+/// order) and rows of values ([`crate::db::Value::from_json`]).
+fn typed_rows<T: Serialize>(
+    rows: &[T],
+    first: &[&str],
+) -> Result<(Vec<String>, Vec<Row>), StepError> {
+    let mut columns: Option<Vec<String>> = None;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let object = match serde_json::to_value(row) {
+            Ok(serde_json::Value::Object(object)) => object,
+            Ok(other) => {
+                return Err(StepError::fail(format!(
+                    "{} is written as {other}, not as a row of named fields",
+                    std::any::type_name::<T>()
+                )))
+            }
+            Err(e) => return Err(StepError::fail(format!("cannot write a row: {e}"))),
+        };
+        let names = columns.get_or_insert_with(|| {
+            let mut names: Vec<String> = first.iter().map(ToString::to_string).collect();
+            names.extend(
+                object
+                    .keys()
+                    .filter(|k| !first.contains(&k.as_str()))
+                    .cloned(),
+            );
+            names
+        });
+        let mut values = Vec::with_capacity(names.len());
+        for name in names.iter() {
+            let value = object.get(name).ok_or_else(|| {
+                StepError::fail(format!(
+                    "{} has no field {name}",
+                    std::any::type_name::<T>()
+                ))
+            })?;
+            values.push(Value::from_json(value.clone()));
+        }
+        out.push(values);
+    }
+    Ok((columns.unwrap_or_default(), out))
+}
+
 /// The column types of the tables a batch step updates, looked up once per
 /// run rather than once per batch.
 #[derive(Default)]
@@ -589,6 +695,27 @@ pub(crate) struct TypeCache(Mutex<HashMap<TableColumns, Vec<String>>>);
 type TableColumns = (String, Vec<String>);
 
 impl TypeCache {
+    /// The SQL types of `names` in `table`.
+    async fn of(
+        &self,
+        conn: &mut Conn,
+        table: &str,
+        names: &[String],
+    ) -> Result<Vec<String>, Error> {
+        let id = (table.to_string(), names.to_vec());
+        if let Some(types) = self.0.lock().ok().and_then(|m| m.get(&id).cloned()) {
+            return Ok(types);
+        }
+        let types = conn
+            .column_types(table, names)
+            .await
+            .map_err(|e| crate::db::failure(&format!("cannot read the columns of {table}"), &e))?;
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(id, types.clone());
+        }
+        Ok(types)
+    }
+
     /// The bulk update of `set` by `key` in `table` (its bounds left unset).
     async fn bulk_update(
         &self,
@@ -598,20 +725,7 @@ impl TypeCache {
         set: &[&str],
     ) -> Result<BulkUpdate, Error> {
         let names: Vec<String> = key.iter().chain(set).map(ToString::to_string).collect();
-        let id = (table.to_string(), names.clone());
-        let known = self.0.lock().ok().and_then(|m| m.get(&id).cloned());
-        let types = match known {
-            Some(types) => types,
-            None => {
-                let types = conn.column_types(table, &names).await.map_err(|e| {
-                    crate::db::failure(&format!("cannot read the columns of {table}"), &e)
-                })?;
-                if let Ok(mut m) = self.0.lock() {
-                    m.insert(id, types.clone());
-                }
-                types
-            }
-        };
+        let types = self.of(conn, table, &names).await?;
         Ok(BulkUpdate {
             table: table.to_string(),
             keys: names[..key.len()].to_vec(),

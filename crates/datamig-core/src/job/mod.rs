@@ -316,6 +316,60 @@ impl<'a> SourceRow<'a> {
     pub fn i64(&self, column: &str) -> Option<i64> {
         self.get(column).and_then(Value::as_i64)
     }
+
+    /// The column as JSON: a PostgreSQL `json`/`jsonb` as it was read, text
+    /// (MariaDB's `JSON`, SQLite's) parsed; `Ok(None)` for NULL, an error
+    /// saying why for a value that is not JSON — ready for [`Outcome::Reject`].
+    pub fn json(&self, column: &str) -> Result<Option<serde_json::Value>, String> {
+        match self.get(column) {
+            None => Err(format!("the row has no column {column}")),
+            Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .to_json_value()
+                .map(Some)
+                .map_err(|e| format!("{column} is {e}")),
+        }
+    }
+
+    /// The row (its key and columns, by name) as the job's own
+    /// `#[derive(Deserialize)]` type: NULL reads as `None`, a timestamp as
+    /// `YYYY-MM-DD HH:MM:SS` text, a decimal as its exact text, JSON as itself.
+    pub fn read<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        let object: serde_json::Map<String, serde_json::Value> = self
+            .names
+            .iter()
+            .zip(self.values)
+            .map(|(name, value)| (name.clone(), value.to_json()))
+            .collect();
+        serde_json::from_value(serde_json::Value::Object(object))
+            .map_err(|e| format!("cannot read the row as {}: {e}", std::any::type_name::<T>()))
+    }
+}
+
+impl Outcome {
+    /// Writes the fields of the job's own `#[derive(Serialize)]` value named
+    /// by `columns` (the transform's [`Transform::writes`], in its order): a
+    /// field missing is a reject.
+    pub fn update_from<T: serde::Serialize>(value: &T, columns: &[String]) -> Outcome {
+        let object = match serde_json::to_value(value) {
+            Ok(serde_json::Value::Object(object)) => object,
+            Ok(other) => return Outcome::Reject(format!("{other} is not a row of named fields")),
+            Err(e) => return Outcome::Reject(format!("cannot write the row: {e}")),
+        };
+        let mut values = Vec::with_capacity(columns.len());
+        for column in columns {
+            match object.get(column) {
+                Some(v) => values.push(Value::from_json(v.clone())),
+                None => {
+                    return Outcome::Reject(format!(
+                        "{} has no field {column}",
+                        std::any::type_name::<T>()
+                    ))
+                }
+            }
+        }
+        Outcome::Update(values)
+    }
 }
 
 /// A verification query, run before the run (baseline) and after it.

@@ -11,8 +11,13 @@ pub fn encode(key: &[Value]) -> Result<String, String> {
             Value::Text(s) => Ok(serde_json::Value::from(s.as_str())),
             Value::Bool(b) => Ok(serde_json::Value::from(*b)),
             Value::Null => Err("a key column holds NULL; keys must be NOT NULL".to_string()),
-            Value::Float(_) | Value::Bytes(_) | Value::Timestamp(_) => Err(
-                "key columns must be integers or text (floats, bytes and timestamps are not supported as keys)"
+            Value::Float(_)
+            | Value::Bytes(_)
+            | Value::Timestamp(_)
+            | Value::Decimal(_)
+            | Value::Json(_)
+            | Value::Array(_) => Err(
+                "key columns must be integers or text (floats, bytes, timestamps, decimals, JSON and arrays are not supported as keys)"
                     .to_string(),
             ),
         })

@@ -424,6 +424,9 @@ async fn key_span(conn: &mut Conn, job: &dyn DynJob, plan: &Plan) -> Result<Opti
                         Value::Float(_) => "floating-point numbers",
                         Value::Timestamp(_) => "timestamps",
                         Value::Bool(_) => "booleans",
+                        Value::Decimal(_) => "decimals",
+                        Value::Json(_) => "JSON",
+                        Value::Array(_) => "arrays",
                         Value::Int(_) | Value::Null => "values that are not integers",
                     },
                     cursor::display(std::slice::from_ref(other))

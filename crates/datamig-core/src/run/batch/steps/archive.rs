@@ -217,5 +217,8 @@ fn field(v: &Value) -> String {
             b.iter().map(|x| format!("{x:02x}")).collect::<String>()
         ),
         Value::Timestamp(t) => t.format("%Y-%m-%d %H:%M:%S%.f").to_string(),
+        Value::Decimal(d) => d.clone(),
+        Value::Json(j) => j.to_string(),
+        Value::Array(_) => v.to_json().to_string(),
     }
 }

@@ -92,7 +92,7 @@ async fn batch(
 async fn insert(conn: &mut Conn, table: &str, columns: &[String], rows: &[Row]) -> Result<i64> {
     let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
     let parts = conn
-        .insert_rows(table, &columns, rows, OnConflict::Fail, &[])
+        .insert_rows(table, &columns, &[], rows, OnConflict::Fail, &[])
         .await
         .map_err(|e| failed("inserting the batch failed", &e))?;
     Ok(to_i64(parts.iter().map(|(n, _)| n).sum::<u64>()))
