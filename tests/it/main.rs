@@ -15,6 +15,7 @@ mod jobs;
 mod operate;
 mod outputs;
 mod outside;
+mod own_project;
 mod production;
 mod proxy;
 mod reliability;

@@ -413,7 +413,7 @@ impl Project {
         to_run(self.fixtures(args).output().expect("run datamig-fixtures"))
     }
 
-    fn command_of(&self, program: &Path, args: &[&str]) -> Command {
+    pub fn command_of(&self, program: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .current_dir(self.path())
