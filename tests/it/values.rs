@@ -428,3 +428,50 @@ fn postgres_numerics_read_as_postgres_shows_them() {
         );
     }
 }
+
+/// Writes an eight-character code into a `CHAR(8)` column.
+struct Code;
+
+impl Transform for Code {
+    fn writes(&self) -> Vec<String> {
+        vec!["code".into()]
+    }
+    fn apply(&self, row: &SourceRow<'_>) -> Outcome {
+        Outcome::Update(vec![Value::Text(format!(
+            "c{:07}",
+            row.key()[0].as_i64().unwrap_or_default()
+        ))])
+    }
+}
+
+struct FillCodes;
+
+impl Job for FillCodes {
+    type Args = NoArgs;
+    fn name(&self) -> &'static str {
+        "fill_codes"
+    }
+    fn description(&self) -> &'static str {
+        "codes.code"
+    }
+    fn plan(&self, _: &NoArgs, _: &PlanContext) -> Result<Plan, String> {
+        Ok(Plan {
+            source: Source::table("codes", "id"),
+            step: Step::Transform(Arc::new(Code)),
+            checks: vec![],
+        })
+    }
+}
+
+each_db! {
+    fn a_fixed_length_text_column_takes_its_whole_value(kind: Db) {
+        // PostgreSQL's `character` without its length is char(1): a write cast
+        // to it kept one character of each value.
+        let db = empty(kind);
+        db.exec("CREATE TABLE codes (id BIGINT PRIMARY KEY, code CHAR(8))").unwrap();
+        db.exec("INSERT INTO codes (id) VALUES (1), (2), (3)").unwrap();
+        let done = db.job(&FillCodes).run().expect("codes");
+        assert_eq!(done.rows_changed, 3);
+        assert_eq!(db.value("SELECT code FROM codes WHERE id = 2").unwrap(), Value::Text("c0000002".into()));
+    }
+}

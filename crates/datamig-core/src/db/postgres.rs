@@ -627,6 +627,7 @@ impl Driver for Postgres {
             | "text"
             | "character varying"
             | "character"
+            | "bpchar"
             | "name"
             | "timestamp without time zone"
             | "timestamp with time zone" => "?".into(),
@@ -918,11 +919,20 @@ impl Driver for Postgres {
                 &[quote_name(table).into(), col.as_str().into()],
             )
             .await?;
+            // `character` and `bit` without their length are char(1) and bit(1):
+            // a cast to them cuts a value to one character. Their unbounded forms.
             let ty = rows
                 .into_iter()
                 .next()
                 .and_then(|r| r.into_iter().next())
-                .and_then(Value::into_string);
+                .and_then(Value::into_string)
+                .map(|t| match t.as_str() {
+                    "character" => "bpchar".to_string(),
+                    "character[]" => "bpchar[]".to_string(),
+                    "bit" => "bit varying".to_string(),
+                    "bit[]" => "bit varying[]".to_string(),
+                    _ => t,
+                });
             types.push(ty.ok_or_else(|| {
                 sqlx::Error::Protocol(format!("column `{col}` of table `{table}` does not exist"))
             })?);
