@@ -10,6 +10,7 @@ pub mod backfill_emails_sql;
 pub mod copy_user_email_to_sessions;
 pub mod copy_user_email_to_sessions_sql;
 pub mod import_users;
+pub mod index_uploads;
 pub mod merge_duplicate_users;
 pub mod move_addresses_to_table;
 pub mod purge_expired_sessions;
@@ -28,6 +29,7 @@ pub fn registry() -> Registry {
         .with(copy_user_email_to_sessions::CopyUserEmailToSessions)
         .with(copy_user_email_to_sessions_sql::CopyUserEmailToSessionsSql)
         .with(import_users::ImportUsers)
+        .with(index_uploads::IndexUploads)
         .with(merge_duplicate_users::MergeDuplicateUsers)
         .with(move_addresses_to_table::MoveAddressesToTable)
         .with(purge_expired_sessions::PurgeExpiredSessions)

@@ -172,6 +172,52 @@ each_db! {
         assert_eq!(counts, vec![vec![groups.to_string(), groups.to_string()]]);
     }
 
+    fn index_uploads_over_a_custom_source_records_each_file_once_through_kills(kind: Db) {
+        use sha2::Digest;
+        let p = project(kind);
+        let dir = p.path().join("uploads");
+        std::fs::create_dir(&dir).unwrap();
+        let n = 6_000;
+        for i in 1..=n {
+            std::fs::write(dir.join(format!("f{i:05}.txt")), format!("file {i}\n")).unwrap();
+        }
+        std::fs::create_dir(dir.join("a-directory")).unwrap();
+        let dir_arg = format!("dir={}", dir.display());
+        let args = ["run", "index_uploads", "--arg", &dir_arg, "--batch", "50", "--rate", "1500"];
+        let run = kill_and_resume(&p, "index_uploads", &args, 4, 300);
+        assert!(run.stdout.contains("uploads recorded"), "{run:?}");
+        assert_eq!(p.db.scalar("SELECT count(*) FROM uploads"), n);
+        // Each page's files once: every committed batch inserted each of its files, none twice.
+        let counts = p.db.query("SELECT rows_done, rows_changed FROM datamig_runs WHERE job = 'index_uploads'");
+        assert_eq!(counts, vec![vec![n.to_string(), n.to_string()]]);
+        let sha: String = sha2::Sha256::digest(b"file 42\n").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            p.db.query("SELECT bytes, sha256 FROM uploads WHERE name = 'f00042.txt'"),
+            vec![vec!["8".to_string(), sha]]
+        );
+        // The cursor the checkpoint kept is the last file's name.
+        let at = p.db.query("SELECT position FROM datamig_runs WHERE job = 'index_uploads'");
+        assert!(at[0][0].contains("f06000.txt"), "{at:?}");
+        // Run again over the same directory: a new run, every file already there.
+        let again = p.run(&["run", "index_uploads", "--arg", &dir_arg, "--batch", "1000"]);
+        assert_eq!(again.code, 0, "{again:?}");
+        assert!(again.stdout.starts_with("completed run 2 of index_uploads: 6000 rows in 6 batches (0 changed"), "{again:?}");
+    }
+
+    fn a_custom_source_takes_a_batch_step_and_one_worker(kind: Db) {
+        let p = project(kind);
+        let dir = p.path().join("uploads");
+        std::fs::create_dir(&dir).unwrap();
+        let dir_arg = format!("dir={}", dir.display());
+        let run = p.run(&["run", "index_uploads", "--arg", &dir_arg, "--workers", "2"]);
+        if kind == Db::Sqlite {
+            assert_eq!(run.code, 0, "{run:?}");
+            return;
+        }
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains("a custom source is read page after page and runs in one worker; drop --workers"), "{run:?}");
+    }
+
     fn a_query_source_runs_in_one_worker(kind: Db) {
         let p = project(kind);
         seed(&p, "seed_demo_users", 100);

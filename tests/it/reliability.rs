@@ -782,7 +782,7 @@ each_db! {
             (s(&["schema", "downgrade", "20991231235959"]), 2, "20991231235959"),
             (s(&["schema", "upgrade", "tomorrow"]), 2, "`tomorrow` is not a target"),
             (s(&["schema", "downgrade", "-0"]), 2, "not a step count"),
-            (s(&["schema", "downgrade", "-99"]), 2, "only 7 applied"),
+            (s(&["schema", "downgrade", "-99"]), 2, "only 8 applied"),
             (s(&["schema", "frobnicate"]), 2, "frobnicate"),
             (s(&["schema", "new", "Add Users Email"]), 2, "did you mean"),
             (s(&["resume", "count_visits"]), 2, "no unfinished run"),

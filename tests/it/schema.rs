@@ -490,7 +490,7 @@ each_db! {
         assert_eq!(run.code, 7, "{run:?}");
         assert!(run.stderr.contains("MySQL/MariaDB commits DDL at once, so a file with DDL runs statement by statement"), "{run:?}");
         let status = p.ok(&["schema", "status"]).stdout;
-        assert!(status.contains("7 applied, 1 dirty"), "{status}");
+        assert!(status.contains("8 applied, 1 dirty"), "{status}");
         let job = p.run(&["run", "backfill_emails"]);
         assert_eq!(job.code, 7, "{job:?}");
         assert!(job.stderr.contains("create_broken failed halfway"), "{job:?}");

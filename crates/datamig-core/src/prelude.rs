@@ -9,7 +9,7 @@
 pub use crate::config::Backend;
 pub use crate::db::Value;
 pub use crate::job::{
-    bounded, Batch, BatchStep, BatchTx, Check, CsvRecord, DurationArg, Expect, Filter, Import, Job,
-    NoArgs, OnConflict, Outcome, Plan, PlanContext, Registry, Source, SourceRow, Statistics, Step,
-    StepError, Transform,
+    bounded, Batch, BatchStep, BatchTx, Check, CsvRecord, CustomSource, DurationArg, Expect,
+    Filter, Import, Job, NoArgs, OnConflict, Outcome, Page, Plan, PlanContext, Registry, Source,
+    SourceRow, Statistics, Step, StepError, Transform,
 };

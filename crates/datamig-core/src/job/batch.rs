@@ -368,7 +368,9 @@ impl BatchTx<'_> {
     }
 
     /// Inserts `rows` (values in the order of `columns`) into `table`, in one
-    /// statement per 30,000 values; returns the rows inserted (or updated).
+    /// statement per 30,000 values; returns the rows inserted (or updated; on
+    /// MariaDB, [`OnConflict::Ignore`] counts the rows it left as they were
+    /// too, as its no-op update matched them).
     /// A value is taken as its column's type: a timestamp, a decimal, a uuid
     /// or an enum may be given as text.
     pub async fn insert(

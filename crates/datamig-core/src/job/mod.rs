@@ -18,8 +18,10 @@ use crate::config::Backend;
 use crate::db::Value;
 
 mod batch;
+mod custom;
 pub use batch::{bounded, Batch, BatchStep, BatchTx, OnConflict, StepError};
 pub(crate) use batch::{ErasedStep, SourceGuard, TypeCache};
+pub use custom::{AnyCustomSource, CustomSource, Page};
 
 /// A data job. `Args` are its `--arg key=value` arguments, typed with serde:
 /// unknown keys and malformed values are refused before anything runs.
@@ -112,6 +114,10 @@ pub enum Source {
     /// the byte offset and line where the next begins, so an interrupted import
     /// resumes exactly after its last committed batch: no record twice, none lost.
     Csv { path: std::path::PathBuf },
+    /// Rows from anywhere, a page per batch, for a [`Step::Batch`]: a source
+    /// the job implements ([`CustomSource`]), whose cursor the checkpoint
+    /// keeps. In one worker.
+    Custom(AnyCustomSource),
 }
 
 impl Source {
@@ -133,6 +139,11 @@ impl Source {
             key: key.iter().map(|k| k.to_string()).collect(),
             columns: Vec::new(),
         }
+    }
+
+    /// A source the job implements; see [`CustomSource`].
+    pub fn custom(source: impl CustomSource) -> Source {
+        Source::Custom(AnyCustomSource(Arc::new(source)))
     }
 
     /// Adds columns for the transform or step to read.

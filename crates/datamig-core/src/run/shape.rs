@@ -41,7 +41,7 @@ pub(crate) fn check(job: &str, plan: &Plan) -> Result<()> {
 pub(crate) fn arity(source: &Source) -> usize {
     match source {
         Source::Table { key, .. } | Source::Query { key, .. } => key.len(),
-        Source::Range { .. } => 1,
+        Source::Range { .. } | Source::Custom(_) => 1,
         Source::Csv { .. } => 3,
     }
 }
@@ -54,6 +54,7 @@ pub(crate) fn key_name(source: &Source) -> String {
         Source::Table { key, .. } | Source::Query { key, .. } => format!("({})", key.join(", ")),
         Source::Range { .. } => "record".into(),
         Source::Csv { .. } => "(records, byte, line)".into(),
+        Source::Custom(_) => "cursor".into(),
     }
 }
 
@@ -94,6 +95,12 @@ pub(crate) async fn remaining(
         (Source::Table { .. } | Source::Query { .. }, CountMode::Exact) => {
             Some(prep.count(conn, cursor).await?)
         }
+        (Source::Custom(source), _) => {
+            let after = cursor
+                .and_then(|c| c.first())
+                .and_then(crate::db::Value::as_str);
+            source.0.remaining(after).await?
+        }
     })
 }
 
@@ -118,6 +125,9 @@ pub(crate) fn partition_key(job: &str, plan: &Plan) -> Result<Option<(String, St
         ),
         Source::Query { .. } => refuse(
             "a query source is read in one key order and runs in one worker; drop --workers".into(),
+        ),
+        Source::Custom(_) => refuse(
+            "a custom source is read page after page and runs in one worker; drop --workers".into(),
         ),
     }
 }

@@ -371,7 +371,7 @@ async fn split_bounds(conn: &mut Conn, plan: &Plan) -> Option<((i64, i64), parti
             );
             Some((bounds, Some((t, k))))
         }
-        Source::Csv { .. } | Source::Query { .. } => None,
+        Source::Csv { .. } | Source::Query { .. } | Source::Custom(_) => None,
     }
 }
 

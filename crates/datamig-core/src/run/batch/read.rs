@@ -36,6 +36,8 @@ pub(crate) struct Prepared {
     pub(crate) spread: bool,
     /// The column types of the tables a batch step updates, once per run.
     pub(crate) types: std::sync::Arc<crate::job::TypeCache>,
+    /// A source the job implements: its pages are the batches.
+    pub(crate) custom: Option<crate::job::AnyCustomSource>,
 }
 
 impl Prepared {
@@ -50,6 +52,7 @@ impl Prepared {
             Source::Query { key, columns, .. } => {
                 (String::new(), key.clone(), columns.clone(), None)
             }
+            Source::Custom(source) => (String::new(), source.0.key(), source.0.columns(), None),
             Source::Range { .. } | Source::Csv { .. } => Default::default(),
         };
         // What the batches read from: the table, or the query as a derived table.
@@ -57,7 +60,8 @@ impl Prepared {
             Source::Query { sql, .. } => format!("({sql}) datamig_q"),
             _ => conn.quote_ident(&table),
         };
-        let query = matches!(plan.source, Source::Query { .. });
+        // No table behind the rows: nothing to read types from, lock or guard.
+        let query = matches!(plan.source, Source::Query { .. } | Source::Custom(_));
         let unusable = |e: sqlx::Error| {
             Error::SchemaNotReady(format!("cannot use table {table}: {}", db_message(&e)))
         };
@@ -126,6 +130,10 @@ impl Prepared {
             part: 0,
             spread: true,
             types: Default::default(),
+            custom: match &plan.source {
+                Source::Custom(source) => Some(source.clone()),
+                _ => None,
+            },
         })
     }
 
@@ -367,6 +375,7 @@ pub(crate) fn finding(
     size: Size,
 ) -> Vec<(String, Vec<Value>)> {
     if !matches!(plan.source, Source::Table { .. } | Source::Query { .. }) {
+        // A range has no statement to find, a CSV file or a custom source none to explain.
         return Vec::new();
     }
     let keys: Vec<String> = prep.keys.iter().map(|k| conn.quote_ident(k)).collect();

@@ -26,6 +26,7 @@ impl StepKind for ArchiveStep {
             Source::Range { .. } => Some("a range source takes a SQL step".into()),
             Source::Csv { .. } => Some("an archive step deletes from a table source".into()),
             Source::Query { .. } => Some("a query source takes a batch step".into()),
+            Source::Custom(_) => Some("a custom source takes a batch step".into()),
         }
     }
 

@@ -20,7 +20,7 @@ use super::super::read::{fetch_rows, read_rows, Prepared, Read};
 use super::super::{failed, Scanned, Size, Work};
 use super::{table_only, to_i64, unsupported, Acted, Cx, Did, StepKind};
 use crate::db::{Conn, Row, Value};
-use crate::job::{Batch, BatchTx, ErasedStep, Source, SourceGuard};
+use crate::job::{AnyCustomSource, Batch, BatchTx, ErasedStep, Source, SourceGuard};
 use crate::run::cursor;
 use crate::run::store::{self, BatchCounts};
 use crate::{Error, Result};
@@ -33,7 +33,7 @@ const NAME: &str = "a batch step";
 impl StepKind for BatchStepKind<'_> {
     fn refuses(&self, source: &Source) -> Option<String> {
         match source {
-            Source::Query { .. } => None,
+            Source::Query { .. } | Source::Custom(_) => None,
             _ => table_only(source),
         }
     }
@@ -187,12 +187,16 @@ pub(crate) async fn fetch(
     (run_id, part): (i64, i64),
     locked: bool,
 ) -> Result<Option<Fetched>> {
+    let read = match &prep.custom {
+        Some(source) => page(source, after, size).await?,
+        None => read_rows(conn, prep, after, None, size, !locked).await?,
+    };
     let Some(Read {
         rows,
         cursor,
         scanned,
         ..
-    }) = read_rows(conn, prep, after, None, size, !locked).await?
+    }) = read
     else {
         return Ok(None);
     };
@@ -238,6 +242,51 @@ pub(crate) async fn fetch(
         batch,
         guards,
         outside,
+    }))
+}
+
+/// The page of a custom source after `after` (the cursor's JSON text), as a
+/// batch's rows: `None` once a page has none.
+async fn page(
+    source: &AnyCustomSource,
+    after: Option<&[Value]>,
+    size: Size,
+) -> Result<Option<Read>> {
+    let after = after.and_then(|a| a.first()).and_then(Value::as_str);
+    let limit = usize::try_from(size.rows).unwrap_or(1).max(1);
+    let timeout = source.0.page_timeout();
+    let page = match tokio::time::timeout(timeout, source.0.page(after, limit)).await {
+        Ok(page) => page?,
+        Err(_) => {
+            return Err(Error::Transient {
+                message: format!(
+                    "the source's page took longer than {:.1}s",
+                    timeout.as_secs_f64()
+                ),
+                kind: crate::db::Transient::Outside,
+            })
+        }
+    };
+    if page.rows.is_empty() {
+        return Ok(None);
+    }
+    let width = source.0.key().len() + source.0.columns().len();
+    if let Some(row) = page.rows.iter().find(|r| r.len() != width) {
+        return Err(Error::JobFailed(format!(
+            "the job's source gave a row of {} values where its key and columns name {width}: {row:?}",
+            row.len()
+        )));
+    }
+    let matched = to_i64(page.rows.len());
+    Ok(Some(Read {
+        rows: page.rows,
+        cursor: vec![Value::Text(page.cursor)],
+        scanned: Scanned {
+            matched,
+            ran_out: None,
+        },
+        lo: Value::Null,
+        hi: Value::Null,
     }))
 }
 

@@ -23,9 +23,10 @@ impl StepKind for ImportStep<'_> {
     fn refuses(&self, source: &Source) -> Option<String> {
         match source {
             Source::Csv { .. } => None,
-            Source::Table { .. } | Source::Range { .. } | Source::Query { .. } => {
-                Some("an import step reads a CSV source".into())
-            }
+            Source::Table { .. }
+            | Source::Range { .. }
+            | Source::Query { .. }
+            | Source::Custom(_) => Some("an import step reads a CSV source".into()),
         }
     }
 

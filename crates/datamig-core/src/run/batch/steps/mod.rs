@@ -65,7 +65,10 @@ pub(crate) trait StepKind: Send + Sync {
     fn changes(&self, source: &Source) -> Option<String> {
         match source {
             Source::Table { table, .. } => Some(table.clone()),
-            Source::Range { .. } | Source::Csv { .. } | Source::Query { .. } => None,
+            Source::Range { .. }
+            | Source::Csv { .. }
+            | Source::Query { .. }
+            | Source::Custom(_) => None,
         }
     }
 
@@ -144,6 +147,7 @@ pub(crate) fn table_only(source: &Source) -> Option<String> {
         Source::Range { .. } => Some("a range source takes a SQL step".into()),
         Source::Csv { .. } => Some("a CSV source takes an import step".into()),
         Source::Query { .. } => Some("a query source takes a batch step".into()),
+        Source::Custom(_) => Some("a custom source takes a batch step".into()),
     }
 }
 

@@ -59,6 +59,7 @@ impl StepKind for Sql<'_> {
             }
             Source::Csv { .. } => Some("a CSV source takes an import step".into()),
             Source::Query { .. } => Some("a query source takes a batch step".into()),
+            Source::Custom(_) => Some("a custom source takes a batch step".into()),
             Source::Table { .. } | Source::Range { .. } => None,
         }
     }
