@@ -772,6 +772,38 @@ mod tests {
     }
 }
 
+/// `text` with the password of every URL in it (`scheme://user:password@host`)
+/// replaced by `***`: for a job's arguments as messages and `datamig status`
+/// show them (an `--arg endpoint=http://user:pass@…`).
+pub fn hide_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        // The authority ends at the path, query, fragment, or where the text
+        // around it (JSON, a shell word) goes on.
+        let end = after
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '"' | '\'' | ',' | '}' | ']') || c.is_whitespace()
+            })
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(user_end) if authority[..user_end].contains(':') => {
+                let colon = authority[..user_end].find(':').unwrap_or(user_end);
+                out.push_str(&authority[..=colon]);
+                out.push_str("***");
+                out.push_str(&authority[user_end..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Parses `90s`, `5m`, `1h30m`, `250ms` or a plain number of seconds.
 pub fn parse_duration(input: &str) -> std::result::Result<std::time::Duration, String> {
     let s = input.trim();
@@ -815,6 +847,21 @@ pub fn parse_duration(input: &str) -> std::result::Result<std::time::Duration, S
 mod duration_tests {
     use super::parse_duration;
     use std::time::Duration;
+
+    #[test]
+    fn passwords_in_urls_are_hidden_wherever_they_are() {
+        use super::hide_passwords;
+        assert_eq!(
+            hide_passwords(r#"{"endpoint":"http://svc:s3cret@host:8080/verify","n":1}"#),
+            r#"{"endpoint":"http://svc:***@host:8080/verify","n":1}"#
+        );
+        assert_eq!(
+            hide_passwords("endpoint=https://a:b@c dir=/tmp x=postgres://u@h/d"),
+            "endpoint=https://a:***@c dir=/tmp x=postgres://u@h/d"
+        );
+        assert_eq!(hide_passwords("no url here"), "no url here");
+        assert_eq!(hide_passwords("s3://bucket/key"), "s3://bucket/key");
+    }
 
     #[test]
     fn durations() {

@@ -78,7 +78,8 @@ fn resume_command_from(argv: &[String], batch: u64, secret_url: bool) -> String 
             i += if inline.is_some() { 1 } else { 2 };
             continue;
         }
-        parts.push(quote(arg));
+        // A job's argument may be a URL with a password (an HTTP endpoint).
+        parts.push(quote(&datamig_core::config::hide_passwords(arg)));
         i += 1;
     }
     if !has_batch {
@@ -570,12 +571,14 @@ mod tests {
             "50ms",
             "--arg",
             "older_than=30d",
+            "--arg",
+            "endpoint=http://svc:s3cret@h/v",
         ]);
         assert_eq!(
             resume_command_from(&argv, 5000, false),
             "datamig --env staging run backfill_emails --batch 5000 --rate 10000 --sleep 20ms --max-active 8 \
              --replica postgres://u:***@r/db --until=05:00 --workers 2 --probe 'SELECT 1 FROM users LIMIT 1' \
-             --probe-max 50ms --arg older_than=30d"
+             --probe-max 50ms --arg older_than=30d --arg endpoint=http://svc:***@h/v"
         );
         let argv = args(&[
             "--database-url=postgres://a:pw@h/d",

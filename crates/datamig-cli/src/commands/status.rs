@@ -146,7 +146,7 @@ pub async fn run(
                 .iter()
                 .map(|r| {
                     json!({
-                        "id": r.id, "number": r.number, "job": r.job, "args": serde_json::from_str::<serde_json::Value>(&r.args).unwrap_or_default(),
+                        "id": r.id, "number": r.number, "job": r.job, "args": serde_json::from_str::<serde_json::Value>(&datamig_core::config::hide_passwords(&r.args)).unwrap_or_default(),
                         "state": r.state.as_str(), "rows_done": r.rows_done, "total_rows": r.total_rows,
                         "percent": percent(r), "rows_changed": r.rows_changed, "rows_rejected": r.rows_rejected,
                         "batches_done": r.batches_done, "batch_size": r.batch_size, "rows_per_second": rate(r),
@@ -205,7 +205,7 @@ pub async fn run(
         if let (Some(_), Some(r)) = (job, runs.first()) {
             line("");
             line(&format!("run {}: {}", r.number, state_text(r, working(r))));
-            line(&format!("  arguments   {}", r.args));
+            line(&format!("  arguments   {}", datamig_core::config::hide_passwords(&r.args)));
             line(&format!("  started     {} by {}", r.started_at, r.owner.as_deref().unwrap_or("?")));
             if let Some(f) = &r.finished_at {
                 line(&format!("  finished    {f}"));
