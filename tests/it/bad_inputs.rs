@@ -81,11 +81,14 @@ each_db! {
         assert_eq!(std::fs::read_dir(p.path().join("migrations")).unwrap().count(), 0, "no file written");
     }
 
-    fn missing_down_file(kind: Db) {
+    fn an_up_without_a_down_is_applied_and_never_reverted(kind: Db) {
         let p = Project::new(kind);
         std::fs::write(p.path().join(format!("migrations/{V1}_create_users.up.sql")), "CREATE TABLE users (id INT);").unwrap();
-        let run = p.run(&["schema", "upgrade"]);
-        assert_refused(&p, &run, 5, "has no down file");
+        p.ok(&["schema", "upgrade"]);
+        let run = p.run(&["schema", "downgrade", "base"]);
+        assert_eq!(run.code, 5, "{run:?}");
+        assert!(run.stderr.contains("it is irreversible (it has no down file); nothing was reverted"), "{run:?}");
+        assert!(p.db.table_exists("users"));
     }
 
     fn duplicate_version(kind: Db) {
@@ -295,11 +298,15 @@ each_db! {
         assert_refused(&p, &run, 5, "is empty; write the schema change in it");
     }
 
-    fn a_version_at_second_60_is_not_a_timestamp(kind: Db) {
+    fn a_version_that_is_no_timestamp_runs_with_a_style_note(kind: Db) {
+        // Any integer is a version (sqlx's and golang-migrate's are); at second
+        // 60 it is no UTC timestamp, which datamig's own names are.
         let p = Project::new(kind);
         p.migration(20240101000060, "create_users", "CREATE TABLE users (id INT);\n", "DROP TABLE users;\n");
-        let run = p.run(&["schema", "upgrade"]);
-        assert_refused(&p, &run, 5, "version 20240101000060 is not a valid UTC timestamp");
+        let up = p.ok(&["schema", "upgrade"]);
+        assert!(!up.stderr.contains("not named"), "no note on every command: {up:?}");
+        let check = p.ok(&["schema", "check"]);
+        assert!(check.stdout.contains("note: 1 migration(s) are not named as datamig names new ones"), "{check:?}");
     }
 }
 

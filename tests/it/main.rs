@@ -12,6 +12,7 @@ mod docs;
 mod guard;
 mod harness;
 mod jobs;
+mod move_over;
 mod operate;
 mod outputs;
 mod outside;

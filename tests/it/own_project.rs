@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::each_db;
 use crate::support::{mysql_server, postgres_server, to_run, Db, Project};
 
 fn example() -> PathBuf {
@@ -33,13 +32,11 @@ fn cargo(args: &[&str]) -> Command {
     cmd
 }
 
-/// The example's binary, built once for every test here.
+/// The example's binary, built once.
 fn built() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let out = cargo(&["test", "--no-run", "-j", "1"])
-            .output()
-            .expect("cargo");
+        let out = cargo(&["test", "--no-run"]).output().expect("cargo");
         let run = to_run(out);
         assert_eq!(
             run.code, 0,
@@ -50,26 +47,47 @@ fn built() -> &'static Path {
     })
 }
 
-each_db! {
-    fn the_own_project_example_builds_outside_the_workspace_and_runs_its_job(kind: Db) {
+/// One test for the three databases, one after another: while the example
+/// builds, a test waiting for it would hold one of the suite's threads.
+#[test]
+fn the_own_project_example_builds_outside_the_workspace_and_runs_its_job_on_each_database() {
+    for kind in [Db::Sqlite, Db::Postgres, Db::MySql] {
         let bin = built();
         let p = Project::new(kind);
         for entry in std::fs::read_dir(example().join("migrations")).unwrap() {
             let path = entry.unwrap().path();
-            std::fs::copy(&path, p.path().join("migrations").join(path.file_name().unwrap())).unwrap();
+            std::fs::copy(
+                &path,
+                p.path().join("migrations").join(path.file_name().unwrap()),
+            )
+            .unwrap();
         }
-        let up = to_run(p.command_of(bin, &["schema", "upgrade", "head"]).output().unwrap());
+        let up = to_run(
+            p.command_of(bin, &["schema", "upgrade", "head"])
+                .output()
+                .unwrap(),
+        );
         assert_eq!(up.code, 0, "{up:?}");
         let jobs = to_run(p.command_of(bin, &["jobs"]).output().unwrap());
         assert!(jobs.stdout.contains("backfill_display_names"), "{jobs:?}");
-        let run = to_run(p.command_of(bin, &["run", "backfill_display_names"]).output().unwrap());
+        let run = to_run(
+            p.command_of(bin, &["run", "backfill_display_names"])
+                .output()
+                .unwrap(),
+        );
         assert_eq!(run.code, 0, "{run:?}");
         assert!(
             run.stdout.starts_with("completed run 1 of backfill_display_names: 5 rows in 1 batches (4 changed, 1 rejected)"),
             "{run:?}"
         );
-        assert_eq!(p.db.query("SELECT display_name FROM customers WHERE id = 1"), vec![vec!["Ada Lovelace".to_string()]]);
-        assert_eq!(p.db.scalar("SELECT count(*) FROM customers WHERE display_name IS NULL"), 1);
+        assert_eq!(
+            p.db.query("SELECT display_name FROM customers WHERE id = 1"),
+            vec![vec!["Ada Lovelace".to_string()]]
+        );
+        assert_eq!(
+            p.db.scalar("SELECT count(*) FROM customers WHERE display_name IS NULL"),
+            1
+        );
 
         // The project's own test, with datamig's harness, on this database.
         let mut test = cargo(&["test"]);
@@ -84,6 +102,11 @@ each_db! {
         }
         let tested = to_run(test.output().unwrap());
         assert_eq!(tested.code, 0, "{tested:?}");
-        assert!(tested.stdout.contains("test fills_every_display_name_once_through_an_interruption ... ok"), "{tested:?}");
+        assert!(
+            tested
+                .stdout
+                .contains("test fills_every_display_name_once_through_an_interruption ... ok"),
+            "{tested:?}"
+        );
     }
 }

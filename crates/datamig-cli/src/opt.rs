@@ -13,7 +13,14 @@ use datamig_core::run;
     name = "datamig",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_help = "Examples:
+  datamig schema new add_email_to_users      write a migration pair in migrations/
+  datamig schema upgrade                     apply what is pending
+  datamig jobs                               the data jobs this binary knows
+  datamig run backfill_emails --batch 5000   run one; killed, run it again: it resumes
+  datamig status backfill_emails             where its run stands
+  datamig --env production schema status     the same against datamig.toml's [env.production]"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -59,7 +66,15 @@ pub enum Command {
     /// List the registered data jobs, with their arguments.
     Jobs,
     /// Run a data job in checkpointed batches; run it again to resume after any interruption.
-    #[command(allow_negative_numbers = true)]
+    #[command(
+        allow_negative_numbers = true,
+        after_help = "Examples:
+  datamig run backfill_emails --batch 5000                 run, or resume, the job
+  datamig run backfill_emails --dry-run                    what its first batches would do, changing nothing
+  datamig run backfill_emails --max-batches 3              a canary: three batches, then stop (resumable)
+  datamig run purge_expired_sessions --arg older_than=30d --until 05:00 --quiet
+  datamig run backfill_emails --workers 4 --rate 20000     partitioned, at most 20000 rows/s"
+    )]
     Run(Box<RunCmd>),
     /// Show runs: state, progress, rate, cursor, times, last error.
     Status {
@@ -92,6 +107,15 @@ pub enum Command {
     /// Stop a job's run at the next batch boundary, for good: it is cancelled, and
     /// running the job again starts a new run.
     Cancel { job: String },
+    /// Print a completion script for a shell: bash, zsh, fish, powershell or elvish.
+    #[command(after_help = "Examples:
+  datamig completions bash > ~/.local/share/bash-completion/completions/datamig
+  datamig completions zsh > \"${fpath[1]}/_datamig\"
+  datamig completions fish > ~/.config/fish/completions/datamig.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +189,10 @@ pub enum SchemaCommand {
         name: String,
     },
     /// Apply pending migrations, up to `head` or a version.
+    #[command(after_help = "Examples:
+  datamig schema upgrade                    everything pending
+  datamig schema upgrade --dry-run          the SQL it would run, in order
+  datamig schema upgrade 20261124093000     up to that version")]
     Upgrade {
         /// `head`, or a version such as 20261124093000.
         #[arg(default_value = "head")]
@@ -174,6 +202,26 @@ pub enum SchemaCommand {
         /// Apply a pending migration even if a newer one is already applied.
         #[arg(long)]
         allow_out_of_order: bool,
+        /// Apply every migration although the database holds another tool's
+        /// history (which `schema adopt` takes over instead): for a table of that
+        /// name that is not this project's.
+        #[arg(long)]
+        ignore_other_history: bool,
+    },
+    /// Take over a database that sqlx-cli, golang-migrate, refinery or dbmate
+    /// migrated: record the versions it applied in datamig's history, running none.
+    #[command(after_help = "Examples:
+  datamig schema adopt --from sqlx --dry-run    what it would record
+  datamig schema adopt --from sqlx              record it; then `datamig schema status`")]
+    Adopt {
+        /// The tool whose bookkeeping table to read.
+        #[arg(long, value_enum, value_name = "TOOL")]
+        from: datamig_core::migrate::Tool,
+        /// Say what would be recorded, and record nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// Revert applied migrations: to a version (kept), the last N (-N), or all (base).
     #[command(allow_negative_numbers = true)]
@@ -211,6 +259,11 @@ pub enum SchemaCommand {
         /// Where to create the scratch database (default: beside the configured one).
         #[arg(long, value_name = "URL")]
         scratch_url: Option<String>,
+        /// The scratch database's name, exactly (it must not exist), or a prefix
+        /// with a trailing * (default: datamig_scratch_<pid>_<time>_<random>): for a
+        /// user allowed to create only certain names.
+        #[arg(long, value_name = "NAME")]
+        scratch_name: Option<String>,
         /// Drop the scratch databases that earlier `schema test`s left behind
         /// (killed, or their machine lost), which every `schema test` reports.
         #[arg(long)]

@@ -387,6 +387,10 @@ impl fmt::Debug for DatabaseUrl {
 pub struct ConfigFile {
     /// Where the migration files live, relative to the project.
     pub migrations_dir: Option<PathBuf>,
+    /// How the migration files are named: `datamig`, or the layout of the
+    /// tool a team comes from (`sqlx`, `golang-migrate`, `refinery`, `dbmate`);
+    /// without it, each file is read by what its name says.
+    pub layout: Option<crate::migrate::Layout>,
     /// The profile used when neither `--env` nor `DATAMIG_ENV` names one.
     pub default_env: Option<String>,
     #[serde(default, rename = "env")]
@@ -536,6 +540,8 @@ pub struct Settings {
     pub database_url: DatabaseUrl,
     pub url_source: UrlSource,
     pub migrations_dir: PathBuf,
+    /// How the migration files are named (`layout` in `datamig.toml`).
+    pub layout: crate::migrate::Layout,
     /// Health-throttle thresholds from `datamig.toml` (the command line overrides them).
     pub throttle: ThrottleSettings,
 }
@@ -603,6 +609,7 @@ impl Settings {
             database_url,
             url_source: source,
             migrations_dir,
+            layout: file.layout.unwrap_or_default(),
             throttle,
         })
     }

@@ -30,6 +30,15 @@ pub async fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
         Command::Pause { job } => steer::run(&cli.global, registry, &job, Action::Pause).await,
         Command::Resume { job } => steer::run(&cli.global, registry, &job, Action::Resume).await,
         Command::Cancel { job } => steer::run(&cli.global, registry, &job, Action::Cancel).await,
+        Command::Completions { shell } => {
+            // Into memory first: clap_complete panics on a write that fails (a
+            // closed pipe), and output::line does not.
+            let mut script = Vec::new();
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "datamig", &mut script);
+            crate::output::line(String::from_utf8_lossy(&script).trim_end());
+            Ok(())
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
         cmd,
         SchemaCommand::Upgrade { .. }
             | SchemaCommand::Downgrade { .. }
+            | SchemaCommand::Adopt { .. }
             | SchemaCommand::Test { .. }
             | SchemaCommand::Check { .. }
     );
@@ -42,7 +43,7 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
         ))
         .into());
     }
-    let loaded = source::load(dir)?;
+    let loaded = source::load_as(dir, settings.layout)?;
 
     if let SchemaCommand::Check {
         allow_pending,
@@ -51,9 +52,7 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
     {
         return check(global, &settings, loaded, allow_pending, no_database).await;
     }
-    for lint in &loaded.lints {
-        tracing::warn!("{lint}");
-    }
+    // Style notes are `schema check`'s to report, not every command's.
     let migrations = loaded.into_valid()?;
     let mut out = |text: String| line(&text);
 
@@ -61,6 +60,7 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
         SchemaCommand::New { .. } | SchemaCommand::Check { .. } => unreachable!("handled above"),
         SchemaCommand::Test {
             scratch_url,
+            scratch_name,
             drop_leftovers,
         } => {
             let url = match scratch_url {
@@ -91,20 +91,65 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
                     names()
                 ));
             }
-            let n = migrate::schema_test(&url, &opts, &migrations, &mut out, interrupted()).await?;
+            let n = migrate::schema_test(
+                &url,
+                &opts,
+                scratch_name.as_deref(),
+                &migrations,
+                &mut out,
+                interrupted(),
+            )
+            .await?;
             line(&format!("ok: {n} migration(s); each down reverses its up, and each up applies again after its down"));
             Ok(())
+        }
+        SchemaCommand::Adopt {
+            from,
+            dry_run,
+            lock,
+        } => {
+            with_conn(global, &settings, async |conn| {
+                let done = migrate::adopt(
+                    conn,
+                    &migrations,
+                    from,
+                    lock.lock_timeout,
+                    dry_run,
+                    &mut out,
+                )
+                .await?;
+                let recorded = done.recorded.len();
+                let verb = if dry_run { "would record" } else { "recorded" };
+                match (recorded, done.already) {
+                    (0, 0) => line(&format!(
+                        "{} has applied nothing here: nothing to adopt",
+                        from.name()
+                    )),
+                    (0, n) => line(&format!(
+                        "nothing to adopt: datamig's history records the {n} version(s) already"
+                    )),
+                    (n, _) => line(&format!(
+                        "{verb} {n} version(s) {} applied, running none; {} pending",
+                        from.name(),
+                        done.pending
+                    )),
+                }
+                Ok(())
+            })
+            .await
         }
         SchemaCommand::Upgrade {
             target,
             run,
             allow_out_of_order,
+            ignore_other_history,
         } => {
             let target = UpTarget::parse(&target)?;
             let opts = RunOptions {
                 lock_timeout: run.lock.lock_timeout,
                 dry_run: run.dry_run,
                 allow_out_of_order,
+                ignore_other_history,
             };
             with_conn(global, &settings, async |conn| {
                 let report = migrate::upgrade(conn, &migrations, target, &opts, &mut out).await?;
@@ -197,6 +242,11 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
                     return Ok(());
                 }
                 print_status(&lines);
+                if lines.iter().all(|l| l.applied.is_none()) {
+                    if let Some(other) = migrate::foreign(conn).await? {
+                        line(&format!("note: {}", other.hint()));
+                    }
+                }
                 Ok(())
             })
             .await
@@ -273,7 +323,11 @@ async fn check(
     allow_pending: bool,
     no_database: bool,
 ) -> Result<()> {
-    let mut problems: Vec<String> = loaded.errors.iter().chain(&loaded.lints).cloned().collect();
+    let mut problems: Vec<String> = loaded.errors.clone();
+    // Names of another tool's layout run as they are: noted, never an error.
+    for lint in &loaded.lints {
+        line(&format!("note: {lint}"));
+    }
     let total = loaded.migrations.len();
     let mut pending = Vec::new();
     if !no_database {

@@ -52,12 +52,43 @@ fn scratch_origin(name: &str) -> Option<(u32, i64)> {
 impl Scratch {
     /// Creates an empty database beside the one `url` names.
     pub async fn create(url: &DatabaseUrl, opts: &ConnectOptions) -> Result<Scratch> {
-        let name = format!(
-            "{SCRATCH_PREFIX}{}_{}_{:08x}",
-            std::process::id(),
-            chrono::Utc::now().timestamp(),
-            rand::random::<u32>()
-        );
+        Scratch::create_named(url, opts, None).await
+    }
+
+    /// [`Scratch::create`] with the name given (`Some("ci_test")`: exactly
+    /// that one, which must not exist; `Some("ci_*")`: that prefix, then the
+    /// process, time and a random part), for a user allowed to create only
+    /// certain names.
+    pub async fn create_named(
+        url: &DatabaseUrl,
+        opts: &ConnectOptions,
+        name: Option<&str>,
+    ) -> Result<Scratch> {
+        let generated = |prefix: &str| {
+            format!(
+                "{prefix}{}_{}_{:08x}",
+                std::process::id(),
+                chrono::Utc::now().timestamp(),
+                rand::random::<u32>()
+            )
+        };
+        let name = match name {
+            None => generated(SCRATCH_PREFIX),
+            Some(n) => match n.strip_suffix('*') {
+                Some(prefix) => generated(prefix),
+                None => n.to_string(),
+            },
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(Error::Usage(format!(
+                "--scratch-name `{name}` is not a database name datamig creates: use letters, digits, _ and - \
+                 (and a trailing * for a prefix)"
+            )));
+        }
         match url.backend() {
             Backend::Sqlite => {
                 let dir = std::env::temp_dir().join(&name);

@@ -8,6 +8,7 @@
 //! clean once every statement has run: a failure halfway is never silently
 //! skipped and never half-recorded.
 
+mod adopt;
 mod apply;
 pub mod lock;
 mod repair;
@@ -20,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use crate::db::{db_message, Conn, Value};
 use crate::{Error, Result};
+pub use adopt::{adopt, foreign, Adopted, Foreign, Tool};
 pub(crate) use apply::{apply_down, apply_up};
 pub use repair::{refuse_dirty, repair, Resolution};
-pub use source::{Migration, VERBS};
+pub use source::{Layout, Migration, VERBS};
 pub use stairway::schema_test;
 
 const HISTORY: &str = "datamig_schema_history";
@@ -173,6 +175,8 @@ pub struct RunOptions {
     pub lock_timeout: Duration,
     pub dry_run: bool,
     pub allow_out_of_order: bool,
+    /// Apply although datamig's history is empty and another tool's is there.
+    pub ignore_other_history: bool,
 }
 
 impl Default for RunOptions {
@@ -181,6 +185,7 @@ impl Default for RunOptions {
             lock_timeout: Duration::from_secs(60),
             dry_run: false,
             allow_out_of_order: false,
+            ignore_other_history: false,
         }
     }
 }
@@ -357,6 +362,15 @@ pub async fn upgrade(
     if let UpTarget::Version(v) = target {
         if !migrations.iter().any(|m| m.version == v) {
             return Err(unknown_version(v));
+        }
+    }
+    // A database another tool migrated is taken over, not migrated again.
+    if !opts.ignore_other_history && applied(conn).await?.is_empty() {
+        if let Some(other) = foreign(conn).await? {
+            return Err(Error::Invalid(format!(
+                "{}; nothing was applied (if that table is not this project's: --ignore-other-history)",
+                other.hint()
+            )));
         }
     }
     if opts.dry_run {
@@ -562,6 +576,16 @@ fn plan_downgrade<'m>(
     }
     if !changed.is_empty() {
         return Err(changed_error(&changed));
+    }
+    // Nothing is reverted when the way back crosses a step that cannot be undone.
+    if let Some(m) = plan.iter().find(|m| m.irreversible.is_some()) {
+        let why = m.irreversible.as_deref().unwrap_or_default();
+        return Err(Error::Invalid(format!(
+            "cannot revert {}: it is irreversible ({why}); nothing was reverted. Downgrade to it at the lowest \
+             (`datamig schema downgrade {}`), or give it a down file that undoes it",
+            m.id(),
+            m.version
+        )));
     }
     Ok(plan)
 }

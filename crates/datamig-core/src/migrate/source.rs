@@ -1,4 +1,6 @@
-//! Migration files on disk: names, pairs, checksums and templates.
+//! Migration files on disk: names, pairs, checksums and templates, in datamig's
+//! own layout and in those of the tools teams come from ([`Layout`]): sqlx-cli,
+//! golang-migrate, refinery and dbmate, each read as it is.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,84 @@ use crate::{Error, Result};
 
 /// The first line that makes a file run outside a transaction.
 pub const NO_TRANSACTION: &str = "-- datamig:no-transaction";
+
+/// sqlx-cli's first line for the same.
+const SQLX_NO_TRANSACTION: &str = "-- no-transaction";
+
+/// A down file that says the step cannot be undone: `-- datamig:irreversible <why>`.
+pub const IRREVERSIBLE: &str = "-- datamig:irreversible";
+
+/// How a project's migration files are named: datamig's own, or the layout of
+/// the tool a team comes from, read as it is (`layout` in `datamig.toml`;
+/// without it, each file is read by what its name says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// Every layout below, each file by its name.
+    #[default]
+    Auto,
+    /// `<YYYYMMDDHHMMSS>_<verb>_….up.sql` and `.down.sql`: what `schema new` writes.
+    Datamig,
+    /// sqlx-cli: `<int>_<description>.up.sql` / `.down.sql`, or one
+    /// `<int>_<description>.sql` without a down (irreversible).
+    Sqlx,
+    /// golang-migrate: `<int>_<name>.up.sql` / `.down.sql`.
+    GolangMigrate,
+    /// refinery: `V<int>__<name>.sql` (and `U<int>__<name>.sql`), without downs.
+    Refinery,
+    /// dbmate: one `<version>_<name>.sql` with `-- migrate:up` and `-- migrate:down` sections.
+    Dbmate,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Auto => "auto",
+            Layout::Datamig => "datamig",
+            Layout::Sqlx => "sqlx",
+            Layout::GolangMigrate => "golang-migrate",
+            Layout::Refinery => "refinery",
+            Layout::Dbmate => "dbmate",
+        }
+    }
+
+    /// Whether a file of `kind` belongs to this layout.
+    fn takes(self, kind: FileKind) -> bool {
+        match self {
+            Layout::Auto => true,
+            Layout::Datamig | Layout::GolangMigrate => kind == FileKind::Half,
+            Layout::Sqlx => matches!(kind, FileKind::Half | FileKind::Single),
+            Layout::Refinery => kind == FileKind::Refinery,
+            Layout::Dbmate => kind == FileKind::Sections,
+        }
+    }
+
+    /// What this layout's file names look like, for a message.
+    fn pattern(self) -> &'static str {
+        match self {
+            Layout::Auto | Layout::Datamig => {
+                "YYYYMMDDHHMMSS_name.up.sql / .down.sql (`datamig schema new NAME` writes a correct pair)"
+            }
+            Layout::Sqlx => "<version>_<description>.sql, or .up.sql / .down.sql",
+            Layout::GolangMigrate => "<version>_<name>.up.sql / .down.sql",
+            Layout::Refinery => "V<version>__<name>.sql",
+            Layout::Dbmate => "<version>_<name>.sql with -- migrate:up and -- migrate:down",
+        }
+    }
+}
+
+/// What a migration file is, by its name (and, for a single file, its text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    /// One half of a pair: `.up.sql` or `.down.sql`.
+    Half,
+    /// A single `.sql` without sections: an up without a down (sqlx).
+    Single,
+    /// A single file with dbmate's `-- migrate:up` / `-- migrate:down` sections.
+    Sections,
+    /// refinery's `V<n>__name.sql`.
+    Refinery,
+}
 
 /// Verbs a migration name may start with: the name says what the step does.
 pub const VERBS: &[&str] = &[
@@ -52,7 +132,7 @@ pub const VERBS: &[&str] = &[
     "widen",
 ];
 
-/// One schema step: an `up` file and its `down` file.
+/// One schema step: an `up` file and its `down` file (or the two sections of one file).
 #[derive(Debug, Clone)]
 pub struct Migration {
     pub version: i64,
@@ -64,6 +144,14 @@ pub struct Migration {
     pub down_path: PathBuf,
     /// SHA-256 of the normalised `up` SQL, so CRLF or a BOM never counts as an edit.
     pub checksum: String,
+    /// Why the step cannot be reverted, when it cannot: it has no down (a
+    /// sqlx single file, refinery, an empty dbmate down), or its down says
+    /// `-- datamig:irreversible <why>`. Applied as any other; `downgrade`
+    /// across it refuses, `schema test` does not try its reversal.
+    pub irreversible: Option<String>,
+    /// The file's text as it is on disk (the up file, or the single file):
+    /// what another tool's checksum was taken of.
+    pub raw: String,
 }
 
 impl Migration {
@@ -84,7 +172,54 @@ impl Migration {
 fn first_line_is_no_transaction(sql: &str) -> bool {
     sql.lines()
         .next()
-        .is_some_and(|l| l.trim() == NO_TRANSACTION)
+        .is_some_and(|l| l.trim() == NO_TRANSACTION || l.trim() == SQLX_NO_TRANSACTION)
+}
+
+/// Why a down file says its step cannot be undone, if it says so.
+fn irreversible_reason(down: &str) -> Option<String> {
+    down.lines().find_map(|l| {
+        let why = l.trim().strip_prefix(IRREVERSIBLE)?;
+        let why = why.trim();
+        Some(if why.is_empty() {
+            "its down file says it is irreversible".to_string()
+        } else {
+            why.to_string()
+        })
+    })
+}
+
+/// dbmate's `-- migrate:up` and `-- migrate:down` sections of a file, each
+/// marked to run outside a transaction where dbmate's `transaction:false`
+/// says so; `None` without an up section.
+fn sections(text: &str) -> Option<(String, String)> {
+    let mut up: Option<(Vec<&str>, bool)> = None;
+    let mut down: Option<(Vec<&str>, bool)> = None;
+    let mut in_down = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("-- migrate:up") {
+            up = Some((Vec::new(), !rest.contains("transaction:false")));
+            in_down = false;
+        } else if let Some(rest) = t.strip_prefix("-- migrate:down") {
+            down = Some((Vec::new(), !rest.contains("transaction:false")));
+            in_down = true;
+        } else if in_down {
+            if let Some((lines, _)) = &mut down {
+                lines.push(line);
+            }
+        } else if let Some((lines, _)) = &mut up {
+            lines.push(line);
+        }
+    }
+    let section = |(lines, in_tx): (Vec<&str>, bool)| {
+        let body = lines.join("\n").trim().to_string();
+        match (in_tx, body.is_empty()) {
+            (_, true) => String::new(),
+            (true, false) => format!("{body}\n"),
+            (false, false) => format!("{NO_TRANSACTION}\n{body}\n"),
+        }
+    };
+    Some((section(up?), down.map(section).unwrap_or_default()))
 }
 
 /// Removes a UTF-8 BOM and makes every line ending `\n`.
@@ -112,10 +247,17 @@ struct Half {
     name: String,
     path: PathBuf,
     text: String,
+    /// As it is on disk.
+    raw: String,
 }
 
-/// Reads `dir`. A missing directory is an empty set.
+/// Reads `dir`, in any layout. A missing directory is an empty set.
 pub fn load(dir: &Path) -> Result<Loaded> {
+    load_as(dir, Layout::Auto)
+}
+
+/// Reads `dir` as `layout` names its files.
+pub fn load_as(dir: &Path, layout: Layout) -> Result<Loaded> {
     let mut loaded = Loaded::default();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -130,6 +272,8 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     // Files that are there but could not be used (their problem is reported):
     // their other half is not reported as missing its partner.
     let mut broken: std::collections::BTreeSet<(i64, bool)> = Default::default();
+    // Migrations named otherwise than datamig names new ones, once each.
+    let mut style: BTreeMap<i64, String> = BTreeMap::new();
     for path in files {
         let Some(file_name) = path
             .file_name()
@@ -145,62 +289,120 @@ pub fn load(dir: &Path) -> Result<Loaded> {
             continue;
         }
         let shown = display(&path, dir);
-        let Some((version, name, is_up)) = parse_file_name(&file_name) else {
+        let Some((version, name, part)) = parse_file_name(&file_name) else {
             loaded.errors.push(format!(
-                "{shown}: not a migration file name; expected YYYYMMDDHHMMSS_name.up.sql / .down.sql \
-                 (`datamig schema new NAME` writes a correct pair)"
+                "{shown}: not a migration file name; expected {}",
+                layout.pattern()
             ));
             continue;
         };
-        if !is_timestamp(version) {
-            // Once for the pair, not once for each of its files.
-            let problem = format!(
-                "{}: version {version} is not a valid UTC timestamp YYYYMMDDHHMMSS",
-                display(&path.with_file_name(format!("{version}_{name}.*.sql")), dir)
-            );
-            if !loaded.errors.contains(&problem) {
-                loaded.errors.push(problem);
-            }
-            continue;
-        }
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) => {
                 loaded.errors.push(unreadable(&shown, &path, &e));
-                broken.insert((version, is_up));
+                broken.insert((version, part != Part::Down));
                 continue;
             }
         };
-        let Ok(text) = String::from_utf8(bytes) else {
+        let Ok(raw) = String::from_utf8(bytes) else {
             loaded
                 .errors
                 .push(format!("{shown}: is not UTF-8 text; save it as UTF-8"));
-            broken.insert((version, is_up));
+            broken.insert((version, part != Part::Down));
             continue;
         };
         // No database takes a NUL inside SQL text: PostgreSQL rejects the
         // message, SQLite's parser never returns.
-        if let Some(at) = text.bytes().position(|b| b == 0) {
+        if let Some(at) = raw.bytes().position(|b| b == 0) {
             loaded.errors.push(format!(
                 "{shown}: holds a NUL byte at offset {at}, which no database accepts in SQL; remove it \
                  (a file saved as UTF-16, or binary, shows this: save it as UTF-8 text)"
             ));
-            broken.insert((version, is_up));
+            broken.insert((version, part != Part::Down));
             continue;
         }
-        if let Err(msg) = validate_name(&name) {
-            loaded.lints.push(format!("{shown}: {msg}"));
-        }
-        let half = Half {
-            name,
-            path,
-            text: normalize(&text),
+        let text = normalize(&raw);
+        let split = match part {
+            Part::Whole { refinery } => {
+                let sections = (!refinery).then(|| sections(&text)).flatten();
+                let kind = match (&sections, refinery) {
+                    (_, true) => FileKind::Refinery,
+                    (Some(_), _) => FileKind::Sections,
+                    (None, _) => FileKind::Single,
+                };
+                if !layout.takes(kind) {
+                    loaded.errors.push(format!(
+                        "{shown}: not a {} migration file; expected {}",
+                        layout.name(),
+                        layout.pattern()
+                    ));
+                    continue;
+                }
+                Some(match sections {
+                    Some((up, down)) => (up, Some(down)),
+                    None => (text.clone(), None),
+                })
+            }
+            Part::Up | Part::Down if !layout.takes(FileKind::Half) => {
+                loaded.errors.push(format!(
+                    "{shown}: not a {} migration file; expected {}",
+                    layout.name(),
+                    layout.pattern()
+                ));
+                continue;
+            }
+            Part::Up | Part::Down => None,
         };
-        if is_up {
-            ups.entry(version).or_default().push(half)
-        } else {
-            downs.entry(version).or_default().push(half)
+        // datamig's own naming, for new files: a style note for old ones.
+        if !is_timestamp(version) || validate_name(&name).is_err() {
+            style
+                .entry(version)
+                .or_insert_with(|| format!("{version}_{name}"));
         }
+        match split {
+            // One file, both halves: the down is the file's down section (none: irreversible).
+            Some((up, down)) => {
+                if let Some(down) = down {
+                    downs.entry(version).or_default().push(Half {
+                        name: name.clone(),
+                        path: path.clone(),
+                        text: down,
+                        raw: raw.clone(),
+                    });
+                }
+                ups.entry(version).or_default().push(Half {
+                    name,
+                    path,
+                    text: up,
+                    raw,
+                });
+            }
+            None => {
+                let half = Half {
+                    name,
+                    path,
+                    text,
+                    raw,
+                };
+                if part == Part::Up {
+                    ups.entry(version).or_default().push(half)
+                } else {
+                    downs.entry(version).or_default().push(half)
+                }
+            }
+        }
+    }
+    if !style.is_empty() {
+        let shown: Vec<&str> = style.values().take(3).map(String::as_str).collect();
+        let more = style.len().saturating_sub(shown.len());
+        loaded.lints.push(format!(
+            "{} migration(s) are not named as datamig names new ones (a UTC timestamp YYYYMMDDHHMMSS, \
+             then a snake_case name that starts with a verb): {}{}. They run as they are; `datamig schema new` \
+             names the next one",
+            style.len(),
+            shown.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        ));
     }
 
     let versions: std::collections::BTreeSet<i64> =
@@ -210,20 +412,19 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         let down = downs.remove(&version).unwrap_or_default();
         let mut names: Vec<&str> = up.iter().chain(&down).map(|h| h.name.as_str()).collect();
         names.dedup();
+        let mut paths: Vec<&PathBuf> = up.iter().chain(&down).map(|h| &h.path).collect();
+        paths.dedup();
         if up.len() > 1 || down.len() > 1 || names.len() > 1 {
-            let files: Vec<String> = up
-                .iter()
-                .chain(&down)
-                .map(|h| display(&h.path, dir))
-                .collect();
+            let files: Vec<String> = paths.iter().map(|p| display(p, dir)).collect();
             loaded.errors.push(format!(
                 "duplicate version {version}: {}; give one of them a new version (rename the files)",
                 files.join(", ")
             ));
             continue;
         }
-        match (up.into_iter().next(), down.into_iter().next()) {
-            (Some(up), Some(down)) => {
+        let (up, down) = (up.into_iter().next(), down.into_iter().next());
+        match up {
+            Some(up) => {
                 if !super::split::has_statement(&up.text) {
                     let what = if up.text.trim().is_empty() {
                         "is empty"
@@ -236,38 +437,52 @@ pub fn load(dir: &Path) -> Result<Loaded> {
                     ));
                     continue;
                 }
+                // No down, or a down with no statement: the step cannot be undone.
+                // Without a down (a single file, an empty dbmate down section),
+                // or with one that says so, the step cannot be undone.
+                let (down_text, down_path, irreversible) = match down {
+                    Some(d) if d.path == up.path && d.text.trim().is_empty() => (
+                        d.text,
+                        d.path,
+                        Some("its file has no down section".to_string()),
+                    ),
+                    Some(d) => {
+                        let why = irreversible_reason(&d.text);
+                        (d.text, d.path, why)
+                    }
+                    None => (
+                        String::new(),
+                        PathBuf::new(),
+                        Some("it has no down file".to_string()),
+                    ),
+                };
                 loaded.migrations.push(Migration {
                     version,
                     checksum: checksum(&up.text),
                     name: up.name,
                     up: up.text,
-                    down: down.text,
+                    down: down_text,
                     up_path: up.path,
-                    down_path: down.path,
+                    down_path,
+                    irreversible,
+                    raw: up.raw,
                 });
             }
-            (Some(_), None) | (None, Some(_))
-                if broken.contains(&(version, false)) || broken.contains(&(version, true)) => {}
-            (Some(up), None) => loaded.errors.push(format!(
-                "{}: has no down file; write {} (a comment alone if the step cannot be undone)",
-                display(&up.path, dir),
-                display(
-                    &up.path
-                        .with_file_name(format!("{version}_{}.down.sql", up.name)),
-                    dir
-                )
-            )),
-            (None, Some(down)) => loaded.errors.push(format!(
-                "{}: has no up file; write {} or remove the down file",
-                display(&down.path, dir),
-                display(
-                    &down
-                        .path
-                        .with_file_name(format!("{version}_{}.up.sql", down.name)),
-                    dir
-                )
-            )),
-            (None, None) => {}
+            None if broken.contains(&(version, true)) => {}
+            None => {
+                if let Some(down) = down {
+                    loaded.errors.push(format!(
+                        "{}: has no up file; write {} or remove the down file",
+                        display(&down.path, dir),
+                        display(
+                            &down
+                                .path
+                                .with_file_name(format!("{version}_{}.up.sql", down.name)),
+                            dir
+                        )
+                    ));
+                }
+            }
         }
     }
     Ok(loaded)
@@ -316,18 +531,55 @@ fn display(path: &Path, dir: &Path) -> String {
         .to_string()
 }
 
-/// `20261124093000_add_email.up.sql` → (20261124093000, "add_email", true).
-pub fn parse_file_name(file_name: &str) -> Option<(i64, String, bool)> {
-    let (stem, is_up) = if let Some(s) = file_name.strip_suffix(".up.sql") {
-        (s, true)
+/// Which part of a migration a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Up,
+    Down,
+    /// A single file: an up without a down (sqlx, refinery), or dbmate's sections.
+    Whole {
+        refinery: bool,
+    },
+}
+
+/// `20261124093000_add_email.up.sql` → (20261124093000, "add_email", Up);
+/// `1_init.sql` → (1, "init", Whole); `V2__add-users.sql` → (2, "add-users", Whole).
+/// Any integer version, any description after the first `_`.
+pub fn parse_file_name(file_name: &str) -> Option<(i64, String, Part)> {
+    let (stem, part) = if let Some(s) = file_name.strip_suffix(".up.sql") {
+        (s, Part::Up)
+    } else if let Some(s) = file_name.strip_suffix(".down.sql") {
+        (s, Part::Down)
     } else {
-        (file_name.strip_suffix(".down.sql")?, false)
+        (
+            file_name.strip_suffix(".sql")?,
+            Part::Whole { refinery: false },
+        )
     };
+    // refinery: V<n>__name (U<n>__name for its unversioned kind).
+    if let (Part::Whole { .. }, Some(rest)) = (part, stem.strip_prefix(['V', 'U'])) {
+        if let Some((version, name)) = rest.split_once("__") {
+            if !version.is_empty()
+                && version.bytes().all(|b| b.is_ascii_digit())
+                && !name.is_empty()
+            {
+                return Some((
+                    version.parse().ok()?,
+                    name.to_string(),
+                    Part::Whole { refinery: true },
+                ));
+            }
+        }
+    }
     let (version, name) = stem.split_once('_')?;
-    if version.len() != 14 || !version.bytes().all(|b| b.is_ascii_digit()) || !is_snake_case(name) {
+    if version.is_empty()
+        || !version.bytes().all(|b| b.is_ascii_digit())
+        || name.is_empty()
+        || name.len() > 200
+    {
         return None;
     }
-    Some((version.parse().ok()?, name.to_string(), is_up))
+    Some((version.parse().ok()?, name.to_string(), part))
 }
 
 fn is_snake_case(name: &str) -> bool {
@@ -493,17 +745,54 @@ mod tests {
     }
 
     #[test]
-    fn parses_file_names() {
+    fn parses_the_file_names_of_every_layout() {
         assert_eq!(
             parse_file_name("20261124093000_add_email.up.sql"),
-            Some((20261124093000, "add_email".into(), true))
+            Some((20261124093000, "add_email".into(), Part::Up))
         );
         assert_eq!(
             parse_file_name("20261124093000_add_email.down.sql").map(|p| p.2),
-            Some(false)
+            Some(Part::Down)
         );
-        assert_eq!(parse_file_name("2026112409300_add_email.up.sql"), None);
-        assert_eq!(parse_file_name("20261124093000_Add.up.sql"), None);
-        assert_eq!(parse_file_name("20261124093000_add.sql"), None);
+        // sqlx and golang-migrate: any integer, any description.
+        assert_eq!(
+            parse_file_name("20240401000061_add-users.table.up.sql"),
+            Some((20240401000061, "add-users.table".into(), Part::Up))
+        );
+        assert_eq!(
+            parse_file_name("1_init.sql"),
+            Some((1, "init".into(), Part::Whole { refinery: false }))
+        );
+        assert_eq!(
+            parse_file_name("000002_Add Users.down.sql").map(|p| (p.0, p.1)),
+            Some((2, "Add Users".into()))
+        );
+        // refinery.
+        assert_eq!(
+            parse_file_name("V3__create_users.sql"),
+            Some((3, "create_users".into(), Part::Whole { refinery: true }))
+        );
+        assert_eq!(parse_file_name("add_email.up.sql"), None);
+        assert_eq!(parse_file_name("_add.up.sql"), None);
+        assert_eq!(parse_file_name("1_.sql"), None);
+        assert_eq!(parse_file_name("99999999999999999999_big.sql"), None);
+    }
+
+    #[test]
+    fn dbmate_sections_become_the_up_and_the_down() {
+        let (up, down) =
+            sections("-- migrate:up\nCREATE TABLE a (id INT);\n\n-- migrate:down\nDROP TABLE a;\n")
+                .unwrap();
+        assert_eq!(
+            (up.as_str(), down.as_str()),
+            ("CREATE TABLE a (id INT);\n", "DROP TABLE a;\n")
+        );
+        let (up, down) = sections("-- migrate:up transaction:false\nCREATE INDEX CONCURRENTLY i ON a (id);\n-- migrate:down\n").unwrap();
+        assert_eq!(
+            up,
+            format!("{NO_TRANSACTION}\nCREATE INDEX CONCURRENTLY i ON a (id);\n")
+        );
+        assert_eq!(down, "");
+        assert!(sections("CREATE TABLE a (id INT);").is_none());
     }
 }
