@@ -263,3 +263,27 @@ each_db! {
         assert!(bad.stderr.contains("is not a database name datamig creates"), "{bad:?}");
     }
 }
+
+each_db! {
+    fn schema_new_writes_in_the_projects_layout_and_the_new_file_runs(kind: Db) {
+        for (layout, expected) in [("refinery", "__add_email_to_users.sql"), ("dbmate", "_add_email_to_users.sql")] {
+            let p = Project::new(kind);
+            std::fs::write(p.path().join("datamig.toml"), format!("layout = \"{layout}\"\n")).unwrap();
+            let new = p.ok(&["schema", "new", "add_email_to_users"]);
+            assert_eq!(new.stdout.lines().count(), 1, "one file: {new:?}");
+            assert!(new.stdout.contains(expected), "{new:?}");
+            let file = std::fs::read_dir(p.path().join("migrations")).unwrap().next().unwrap().unwrap().path();
+            let text = std::fs::read_to_string(&file).unwrap();
+            let text = text.replace("-- migrate:up\n", "-- migrate:up\nCREATE TABLE t (id INT);\n");
+            let text = if layout == "refinery" { format!("{text}CREATE TABLE t (id INT);\n") } else { text };
+            std::fs::write(&file, text).unwrap();
+            p.ok(&["schema", "upgrade"]);
+            assert!(p.db.table_exists("t"), "{layout}");
+            // A pair is not a file of that layout.
+            p.migration(20240101000001, "create_u", "CREATE TABLE u (id INT);\n", "DROP TABLE u;\n");
+            let run = p.run(&["schema", "upgrade"]);
+            assert_eq!(run.code, 5, "{run:?}");
+            assert!(run.stderr.contains(&format!("not a {layout} migration file")), "{run:?}");
+        }
+    }
+}

@@ -15,12 +15,13 @@ pub async fn run(global: &GlobalOpts, cmd: SchemaCommand) -> Result<()> {
     let dir = &settings.migrations_dir;
 
     if let SchemaCommand::New { name } = &cmd {
-        let (up, down) = source::create(dir, name, chrono_now())?;
-        line(&format!("created {}", relative(&up, &settings.project_dir)));
-        line(&format!(
-            "created {}",
-            relative(&down, &settings.project_dir)
-        ));
+        // In the project's layout, so that the loader takes the new file too.
+        for file in source::create_in(dir, name, chrono_now(), settings.layout)? {
+            line(&format!(
+                "created {}",
+                relative(&file, &settings.project_dir)
+            ));
+        }
         return Ok(());
     }
     // Run from the wrong directory, an upgrade would find nothing to apply and

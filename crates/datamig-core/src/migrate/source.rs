@@ -652,13 +652,18 @@ const DEFAULT_UP: &str = "-- {name}: the schema change.\n\
 const DEFAULT_DOWN: &str =
     "-- {name}: undo exactly what the up file did, so that `datamig schema test` passes.\n\n";
 
-/// Writes `<version>_<name>.up.sql` and `.down.sql` into `dir`, from
-/// `template.up.sql` / `template.down.sql` there when the project has them.
-pub fn create(
+/// Writes a new migration into `dir` (from `template.up.sql` /
+/// `template.down.sql` there when the project has them) as `layout` has them: the up/down pair, or, for
+/// refinery, one `V<version>__<name>.sql` (refinery has no downs), or, for
+/// dbmate, one `<version>_<name>.sql` with its up and down sections. The
+/// version is the current UTC time and the name must follow datamig's rules
+/// whatever the layout. Returns the files written.
+pub fn create_in(
     dir: &Path,
     name: &str,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<(PathBuf, PathBuf)> {
+    layout: Layout,
+) -> Result<Vec<PathBuf>> {
     validate_name(name).map_err(Error::Usage)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
     let existing: Vec<i64> = load(dir)?.migrations.iter().map(|m| m.version).collect();
@@ -674,9 +679,10 @@ pub fn create(
             || std::fs::read_dir(dir)
                 .map(|d| {
                     d.flatten().any(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .starts_with(&format!("{v}_"))
+                        let file = e.file_name().to_string_lossy().into_owned();
+                        file.starts_with(&format!("{v}_"))
+                            || file.starts_with(&format!("V{v}__"))
+                            || file.starts_with(&format!("U{v}__"))
                     })
                 })
                 .unwrap_or(false);
@@ -700,12 +706,19 @@ pub fn create(
                 &now.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             ))
     };
-    let up = dir.join(format!("{version}_{name}.up.sql"));
-    let down = dir.join(format!("{version}_{name}.down.sql"));
-    for (path, text) in [
-        (&up, template("up", DEFAULT_UP)?),
-        (&down, template("down", DEFAULT_DOWN)?),
-    ] {
+    let (up, down) = (template("up", DEFAULT_UP)?, template("down", DEFAULT_DOWN)?);
+    let files: Vec<(PathBuf, String)> = match layout {
+        Layout::Refinery => vec![(dir.join(format!("V{version}__{name}.sql")), up)],
+        Layout::Dbmate => vec![(
+            dir.join(format!("{version}_{name}.sql")),
+            format!("-- migrate:up\n{up}\n-- migrate:down\n{down}"),
+        )],
+        Layout::Auto | Layout::Datamig | Layout::Sqlx | Layout::GolangMigrate => vec![
+            (dir.join(format!("{version}_{name}.up.sql")), up),
+            (dir.join(format!("{version}_{name}.down.sql")), down),
+        ],
+    };
+    for (path, text) in &files {
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -713,7 +726,7 @@ pub fn create(
             .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
             .map_err(|e| Error::io("cannot write", path, e))?;
     }
-    Ok((up, down))
+    Ok(files.into_iter().map(|(path, _)| path).collect())
 }
 
 #[cfg(test)]
