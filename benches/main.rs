@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo build --release && ./target/release/datamig-bench [--db sqlite,postgres,mariadb]
-//!     [--rows 1000000] [--rounds 5] [--batch 5000] [--only main,delete,sweep,cpu,growth]
+//!     [--rows 1000000] [--rounds 5] [--batch 5000] [--only main,delete,sweep,cpu,growth,floor]
 //! ```
 //!
 //! Jobs run as a user runs them: the release `datamig-fixtures` binary (the
@@ -545,6 +545,175 @@ async fn bare_loop(url: &str, rows: i64, connections: i64, batch: i64) -> Res<Du
     Ok(took)
 }
 
+/// The write shapes a SQLite batch could take (issue 20's floor), each a bare
+/// keyset loop on sqlx without datamig: read the batch's 5000 rows (key, email),
+/// lowercase in Rust, write them back in one transaction per batch, with no
+/// checkpoint. `read only` is the loop without its write: what reading alone costs.
+#[derive(Clone, Copy, Debug)]
+enum SqliteShape {
+    ReadOnly,
+    /// `UPDATE … FROM (VALUES (?, ?, ?), …)` with the guard: what datamig sends.
+    Values,
+    /// `UPDATE … FROM json_each(?)`: one parameter, the batch as a JSON document.
+    JsonEach,
+    /// One `UPDATE … WHERE id = ?` per row, all in one multi-statement query.
+    PerRow,
+    /// The batch's rows read as one JSON document (`json_group_array`), then `Values`.
+    JsonRead,
+}
+
+async fn sqlite_shape_loop(url: &str, rows: i64, batch: i64, shape: SqliteShape) -> Res<Duration> {
+    use sqlx::{Connection, Row};
+    let path = url.strip_prefix("sqlite:").unwrap_or(url);
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+    let mut c = sqlx::SqliteConnection::connect_with(&opts)
+        .await
+        .map_err(s)?;
+    const READ: &str =
+        "SELECT id, email FROM users WHERE email_normalized IS NULL AND id > ? ORDER BY id LIMIT ?";
+    const READ_JSON: &str = "SELECT json_group_array(json_array(id, email)) FROM \
+        (SELECT id, email FROM users WHERE email_normalized IS NULL AND id > ? ORDER BY id LIMIT ?)";
+    let started = Instant::now();
+    let (mut after, mut seen) = (0_i64, 0_i64);
+    loop {
+        sqlx::query("BEGIN").execute(&mut c).await.map_err(s)?;
+        let batch_rows: Vec<(i64, String)> = match shape {
+            SqliteShape::JsonRead => {
+                let doc: String = sqlx::query(READ_JSON)
+                    .bind(after)
+                    .bind(batch)
+                    .fetch_one(&mut c)
+                    .await
+                    .map_err(s)?
+                    .try_get(0)
+                    .map_err(s)?;
+                let parsed: Vec<(i64, String)> = serde_json::from_str(&doc).map_err(s)?;
+                parsed
+            }
+            _ => sqlx::query(READ)
+                .bind(after)
+                .bind(batch)
+                .fetch_all(&mut c)
+                .await
+                .map_err(s)?
+                .iter()
+                .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(s)?,
+        };
+        let Some(last) = batch_rows.last().map(|r| r.0) else {
+            sqlx::query("COMMIT").execute(&mut c).await.map_err(s)?;
+            break;
+        };
+        let lowered: Vec<String> = batch_rows
+            .iter()
+            .map(|(_, e)| e.trim().to_lowercase())
+            .collect();
+        match shape {
+            SqliteShape::ReadOnly => {}
+            SqliteShape::Values | SqliteShape::JsonRead => {
+                let values = vec!["(?, ?, ?)"; batch_rows.len()].join(", ");
+                let sql = format!(
+                    "UPDATE users SET email_normalized = v.column2 FROM (VALUES {values}) AS v \
+                     WHERE users.id = v.column1 AND users.email IS v.column3 AND (email_normalized IS NULL)"
+                );
+                let mut q = sqlx::query(&sql);
+                for ((id, email), low) in batch_rows.iter().zip(&lowered) {
+                    q = q.bind(*id).bind(low.as_str()).bind(email.as_str());
+                }
+                q.execute(&mut c).await.map_err(s)?;
+            }
+            SqliteShape::JsonEach => {
+                let doc: Vec<(i64, &str, &str)> = batch_rows
+                    .iter()
+                    .zip(&lowered)
+                    .map(|((id, email), low)| (*id, low.as_str(), email.as_str()))
+                    .collect();
+                let doc = serde_json::to_string(&doc).map_err(s)?;
+                sqlx::query(
+                    "UPDATE users SET email_normalized = j.value ->> 1 FROM json_each(?) AS j \
+                     WHERE users.id = j.value ->> 0 AND users.email IS j.value ->> 2 AND (email_normalized IS NULL)",
+                )
+                .bind(doc)
+                .execute(&mut c)
+                .await
+                .map_err(s)?;
+            }
+            SqliteShape::PerRow => {
+                let one = "UPDATE users SET email_normalized = ? WHERE id = ? AND email IS ? AND email_normalized IS NULL;";
+                let sql = one.repeat(batch_rows.len());
+                let mut q = sqlx::query(&sql);
+                for ((id, email), low) in batch_rows.iter().zip(&lowered) {
+                    q = q.bind(low.as_str()).bind(*id).bind(email.as_str());
+                }
+                q.execute(&mut c).await.map_err(s)?;
+            }
+        }
+        sqlx::query("COMMIT").execute(&mut c).await.map_err(s)?;
+        seen += i64::try_from(batch_rows.len()).unwrap_or(0);
+        after = last;
+    }
+    let took = started.elapsed();
+    c.close().await.map_err(s)?;
+    if seen != rows {
+        return Err(format!("{shape:?}: the loop saw {seen} of {rows} rows"));
+    }
+    Ok(took)
+}
+
+/// SQLite's floor: every write shape's bare loop against the single `UPDATE`
+/// and `backfill_emails`, alternating round by round.
+async fn bench_sqlite_floor(b: &mut Bench, opts: &Opts, update: &str) -> Res<()> {
+    let shapes = [
+        SqliteShape::ReadOnly,
+        SqliteShape::Values,
+        SqliteShape::JsonEach,
+        SqliteShape::PerRow,
+        SqliteShape::JsonRead,
+    ];
+    let mut limits = Vec::new();
+    let mut jobs = Vec::new();
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); shapes.len()];
+    let url = b.url_secret();
+    for round in 0..opts.rounds {
+        let mut order: Vec<usize> = (0..shapes.len() + 2).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for which in order {
+            b.reset_users().await?;
+            match which {
+                0 => limits.push(b.timed(update).await?),
+                1 => jobs.push(b.job("backfill_emails", opts.batch, &[], &[])?),
+                i => times[i - 2]
+                    .push(sqlite_shape_loop(&url, opts.rows, opts.batch, shapes[i - 2]).await?),
+            }
+        }
+    }
+    let limit = median(limits);
+    println!(
+        "### Floor: SQLite write shapes, {} rows, batch {} (median of {})\n",
+        opts.rows, opts.batch, opts.rounds
+    );
+    println!("| method | time | × statement |\n|---|---|---|");
+    println!("| single UPDATE | {} | 1.00 |", secs(limit));
+    for (shape, t) in shapes.iter().zip(times) {
+        let t = median(t);
+        println!(
+            "| bare loop, {shape:?} | {} | {} |",
+            secs(t),
+            ratio(limit, t)
+        );
+    }
+    let wall = median_by(&jobs, |r| r.wall);
+    println!(
+        "| datamig `backfill_emails` (whole process) | {} | {} |\n",
+        secs(wall),
+        ratio(limit, wall)
+    );
+    Ok(())
+}
+
 /// Throughput at 1, 2 and 4 workers (`--workers`) of the set-based job, the
 /// Rust transform and the CPU-heavy transform, against the single statement
 /// and the same job without `--workers`, interleaved round by round.
@@ -948,6 +1117,9 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
         println!();
     }
 
+    if want("floor") && backend == Backend::Sqlite {
+        bench_sqlite_floor(&mut b, opts, update).await?;
+    }
     if want("workers") && backend != Backend::Sqlite {
         bench_workers(&mut b, opts, update).await?;
     }
