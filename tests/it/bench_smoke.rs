@@ -54,3 +54,29 @@ fn benchmark_harness_runs_on_every_database() {
         assert!(cells[4].parse::<f64>().is_ok_and(|r| r > 0.0), "{row}");
     }
 }
+
+#[test]
+fn sqlite_floor_shapes_run_and_see_every_row() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_datamig-bench"))
+        .args([
+            "--db", "sqlite", "--rows", "300", "--rounds", "1", "--batch", "100", "--only", "floor",
+        ])
+        .output()
+        .expect("run datamig-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("### Floor: SQLite write shapes"),
+        "{stdout}"
+    );
+    for shape in ["ReadOnly", "Values", "JsonEach", "PerRow", "JsonRead"] {
+        assert!(
+            stdout.contains(&format!("| bare loop, {shape} |")),
+            "{shape}: {stdout}"
+        );
+    }
+}
