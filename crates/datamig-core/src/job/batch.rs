@@ -403,23 +403,9 @@ impl BatchTx<'_> {
             .of(self.conn, table, &names)
             .await
             .map_err(StepError)?;
-        let fitted: Vec<Row>;
-        let rows = if rows.iter().flatten().any(|v| matches!(v, Value::Array(_))) {
-            fitted = rows
-                .iter()
-                .map(|r| {
-                    r.iter()
-                        .zip(&types)
-                        .map(|(v, t)| v.clone().fit(t))
-                        .collect()
-                })
-                .collect();
-            &fitted
-        } else {
-            rows
-        };
+        let rows = fit(rows, &types);
         self.conn
-            .insert_rows(table, columns, &types, rows, on_conflict, returning)
+            .insert_rows(table, columns, &types, &rows, on_conflict, returning)
             .await
             .map_err(|e| failed(&format!("inserting into {table} failed"), &e))
     }
@@ -452,10 +438,7 @@ impl BatchTx<'_> {
             .of(self.conn, table, &columns)
             .await
             .map_err(StepError)?;
-        let values: Vec<Row> = values
-            .into_iter()
-            .map(|r| r.into_iter().zip(&types).map(|(v, t)| v.fit(t)).collect())
-            .collect();
+        let values = fit(&values, &types).into_owned();
         let set: Vec<&str> = columns[key.len()..].iter().map(String::as_str).collect();
         self.update(table, key, &set, &values).await
     }
@@ -644,6 +627,19 @@ fn failed(what: &str, e: &sqlx::Error) -> StepError {
     StepError(crate::db::failure(what, e))
 }
 
+/// `rows` as their columns' SQL `types` take them ([`Value::fit`]): copied
+/// only when a value needs it (an array into a JSON column).
+fn fit<'r>(rows: &'r [Row], types: &[String]) -> std::borrow::Cow<'r, [Row]> {
+    if !rows.iter().flatten().any(|v| matches!(v, Value::Array(_))) {
+        return std::borrow::Cow::Borrowed(rows);
+    }
+    std::borrow::Cow::Owned(
+        rows.iter()
+            .map(|r| r.iter().zip(types).map(|(v, t)| v.clone().fit(t)).collect())
+            .collect(),
+    )
+}
+
 /// The job's rows as columns (`first` first, then the other fields in their
 /// order) and rows of values ([`crate::db::Value::from_json`]).
 fn typed_rows<T: Serialize>(
@@ -653,16 +649,7 @@ fn typed_rows<T: Serialize>(
     let mut columns: Option<Vec<String>> = None;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
-        let object = match serde_json::to_value(row) {
-            Ok(serde_json::Value::Object(object)) => object,
-            Ok(other) => {
-                return Err(StepError::fail(format!(
-                    "{} is written as {other}, not as a row of named fields",
-                    std::any::type_name::<T>()
-                )))
-            }
-            Err(e) => return Err(StepError::fail(format!("cannot write a row: {e}"))),
-        };
+        let object = super::fields_of(row).map_err(StepError::fail)?;
         let names = columns.get_or_insert_with(|| {
             let mut names: Vec<String> = first.iter().map(ToString::to_string).collect();
             names.extend(
@@ -673,17 +660,7 @@ fn typed_rows<T: Serialize>(
             );
             names
         });
-        let mut values = Vec::with_capacity(names.len());
-        for name in names.iter() {
-            let value = object.get(name).ok_or_else(|| {
-                StepError::fail(format!(
-                    "{} has no field {name}",
-                    std::any::type_name::<T>()
-                ))
-            })?;
-            values.push(Value::from_json(value.clone()));
-        }
-        out.push(values);
+        out.push(super::values_by_name::<T>(&object, names.iter()).map_err(StepError::fail)?);
     }
     Ok((columns.unwrap_or_default(), out))
 }

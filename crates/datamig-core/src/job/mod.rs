@@ -362,25 +362,41 @@ impl Outcome {
     /// by `columns` (the transform's [`Transform::writes`], in its order): a
     /// field missing is a reject.
     pub fn update_from<T: serde::Serialize>(value: &T, columns: &[String]) -> Outcome {
-        let object = match serde_json::to_value(value) {
-            Ok(serde_json::Value::Object(object)) => object,
-            Ok(other) => return Outcome::Reject(format!("{other} is not a row of named fields")),
-            Err(e) => return Outcome::Reject(format!("cannot write the row: {e}")),
-        };
-        let mut values = Vec::with_capacity(columns.len());
-        for column in columns {
-            match object.get(column) {
-                Some(v) => values.push(Value::from_json(v.clone())),
-                None => {
-                    return Outcome::Reject(format!(
-                        "{} has no field {column}",
-                        std::any::type_name::<T>()
-                    ))
-                }
-            }
+        match fields_of(value).and_then(|object| values_by_name::<T>(&object, columns.iter())) {
+            Ok(values) => Outcome::Update(values),
+            Err(reason) => Outcome::Reject(reason),
         }
-        Outcome::Update(values)
     }
+}
+
+/// The job's own value as its named fields (serde), or why it has none.
+pub(crate) fn fields_of<T: serde::Serialize>(
+    value: &T,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(object)) => Ok(object),
+        Ok(other) => Err(format!(
+            "{} is written as {other}, not as a row of named fields",
+            std::any::type_name::<T>()
+        )),
+        Err(e) => Err(format!("cannot write the row: {e}")),
+    }
+}
+
+/// The values of `names` among a value's fields ([`Value::from_json`]), in
+/// that order; a field missing is named.
+pub(crate) fn values_by_name<'n, T>(
+    object: &serde_json::Map<String, serde_json::Value>,
+    names: impl Iterator<Item = &'n String>,
+) -> Result<Vec<Value>, String> {
+    names
+        .map(|name| {
+            object
+                .get(name)
+                .map(|v| Value::from_json(v.clone()))
+                .ok_or_else(|| format!("{} has no field {name}", std::any::type_name::<T>()))
+        })
+        .collect()
 }
 
 /// A verification query, run before the run (baseline) and after it.
