@@ -1,8 +1,9 @@
 //! The one place where SQLite, PostgreSQL and MariaDB/MySQL differ.
 //!
 //! [`Driver`] is the small contract each database implements in its own file
-//! (`sqlite.rs`, `postgres.rs`, `mysql.rs`): connect, run SQL with [`Value`]
-//! parameters, lock, introspect. [`Conn`] is a connection to any of them; shared
+//! (`sqlite.rs`, `postgres.rs`, `mysql.rs`; the two servers' value binding and
+//! decoding in `postgres/values.rs` and `mysql/values.rs`): connect, run SQL
+//! with [`Value`] parameters, lock, introspect. [`Conn`] is a connection to any of them; shared
 //! code (migrations, bookkeeping, jobs) talks only to `Conn` and writes its SQL
 //! with `?` placeholders, which `Conn` rewrites for PostgreSQL.
 
