@@ -40,16 +40,8 @@ impl StepKind for BatchStepKind<'_> {
 
     fn batch<'a>(&'a self, cx: Cx<'a>) -> BoxFuture<'a, Result<Did>> {
         Box::pin(async move {
-            let Cx {
-                conn,
-                prep,
-                run_id,
-                dry,
-                work,
-                size,
-                ..
-            } = cx;
-            match work {
+            let (conn, prep, run_id, dry) = (cx.conn, cx.prep, cx.run_id, cx.dry);
+            match cx.work {
                 Work::Fetched(fetched) => {
                     Ok(write(self.0, conn, prep, run_id, dry, fetched, true).await?)
                 }
@@ -57,7 +49,7 @@ impl StepKind for BatchStepKind<'_> {
                 // outside work done inside the transaction.
                 Work::Serial { after, .. } => {
                     let batch = (run_id, prep.part);
-                    let Some(fetched) = fetch(conn, prep, self.0, after, size, batch, true).await?
+                    let Some(fetched) = fetch(conn, prep, self.0, after, cx.size, batch, true).await?
                     else {
                         return Ok(Did::Nothing);
                     };
