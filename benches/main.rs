@@ -560,10 +560,87 @@ enum SqliteShape {
     PerRow,
     /// The batch's rows read as one JSON document (`json_group_array`), then `Values`.
     JsonRead,
+    /// SQLite's C API directly (rusqlite, what datamig's SQLite driver uses):
+    /// the rows read by a prepared statement, written by one prepared
+    /// `UPDATE … WHERE id = ?` a row (`PerRowNative`) or one `VALUES` update a
+    /// batch (`ValuesNative`).
+    PerRowNative,
+    ValuesNative,
+}
+
+/// The bare loop of [`SqliteShape::PerRowNative`] and [`SqliteShape::ValuesNative`].
+fn sqlite_native_loop(url: &str, rows: i64, batch: i64, shape: SqliteShape) -> Res<Duration> {
+    let path = url.strip_prefix("sqlite:").unwrap_or(url);
+    let c = rusqlite::Connection::open(path).map_err(s)?;
+    c.busy_timeout(Duration::from_secs(30)).map_err(s)?;
+    let started = Instant::now();
+    let (mut after, mut seen) = (0_i64, 0_i64);
+    loop {
+        c.execute_batch("BEGIN IMMEDIATE").map_err(s)?;
+        let batch_rows: Vec<(i64, String)> = {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT id, email FROM users WHERE email_normalized IS NULL AND id > ? \
+                     ORDER BY id LIMIT ?",
+                )
+                .map_err(s)?;
+            let got = st
+                .query_map([after, batch], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(s)?
+                .collect::<Result<_, _>>()
+                .map_err(s)?;
+            got
+        };
+        let Some(last) = batch_rows.last().map(|r| r.0) else {
+            c.execute_batch("COMMIT").map_err(s)?;
+            break;
+        };
+        let lowered: Vec<String> = batch_rows
+            .iter()
+            .map(|(_, e)| e.trim().to_lowercase())
+            .collect();
+        if matches!(shape, SqliteShape::PerRowNative) {
+            let mut st = c
+                .prepare_cached(
+                    "UPDATE users SET email_normalized = ?2 WHERE id = ?1 AND email IS ?3 \
+                     AND email_normalized IS NULL",
+                )
+                .map_err(s)?;
+            for ((id, email), low) in batch_rows.iter().zip(&lowered) {
+                st.execute(rusqlite::params![id, low, email]).map_err(s)?;
+            }
+        } else {
+            let values = vec!["(?, ?, ?)"; batch_rows.len()].join(", ");
+            let sql = format!(
+                "UPDATE users SET email_normalized = v.column2 FROM (VALUES {values}) AS v \
+                 WHERE users.id = v.column1 AND users.email IS v.column3 AND (email_normalized IS NULL)"
+            );
+            let mut st = c.prepare_cached(&sql).map_err(s)?;
+            let mut i = 1;
+            for ((id, email), low) in batch_rows.iter().zip(&lowered) {
+                st.raw_bind_parameter(i, id).map_err(s)?;
+                st.raw_bind_parameter(i + 1, low).map_err(s)?;
+                st.raw_bind_parameter(i + 2, email).map_err(s)?;
+                i += 3;
+            }
+            st.raw_execute().map_err(s)?;
+        }
+        c.execute_batch("COMMIT").map_err(s)?;
+        seen += i64::try_from(batch_rows.len()).unwrap_or(0);
+        after = last;
+    }
+    let took = started.elapsed();
+    if seen != rows {
+        return Err(format!("{shape:?}: the loop saw {seen} of {rows} rows"));
+    }
+    Ok(took)
 }
 
 async fn sqlite_shape_loop(url: &str, rows: i64, batch: i64, shape: SqliteShape) -> Res<Duration> {
     use sqlx::{Connection, Row};
+    if matches!(shape, SqliteShape::PerRowNative | SqliteShape::ValuesNative) {
+        return sqlite_native_loop(url, rows, batch, shape);
+    }
     let path = url.strip_prefix("sqlite:").unwrap_or(url);
     let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
     let mut c = sqlx::SqliteConnection::connect_with(&opts)
@@ -610,7 +687,7 @@ async fn sqlite_shape_loop(url: &str, rows: i64, batch: i64, shape: SqliteShape)
             .map(|(_, e)| e.trim().to_lowercase())
             .collect();
         match shape {
-            SqliteShape::ReadOnly => {}
+            SqliteShape::ReadOnly | SqliteShape::PerRowNative | SqliteShape::ValuesNative => {}
             SqliteShape::Values | SqliteShape::JsonRead => {
                 let values = vec!["(?, ?, ?)"; batch_rows.len()].join(", ");
                 let sql = format!(
@@ -670,6 +747,8 @@ async fn bench_sqlite_floor(b: &mut Bench, opts: &Opts, update: &str) -> Res<()>
         SqliteShape::JsonEach,
         SqliteShape::PerRow,
         SqliteShape::JsonRead,
+        SqliteShape::PerRowNative,
+        SqliteShape::ValuesNative,
     ];
     let mut limits = Vec::new();
     let mut jobs = Vec::new();

@@ -5,33 +5,29 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
-use std::str::FromStr;
-
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow};
-use sqlx::{
-    Column, ConnectOptions as _, Connection, Row as _, SqliteConnection, TypeInfo, ValueRef,
-};
+use std::time::{Duration, Instant};
 
 use super::{BulkUpdate, ConnectOptions, Driver, Row, Transient, Value};
 use crate::config::DatabaseUrl;
 use crate::{Error, Result};
 
-type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+mod native;
 
-/// A decimal, JSON or an array, which this database has no parameter type
-/// for: bound as text (a decimal's digits, JSON's text, an array as a JSON
-/// array), which the column's type converts on assignment.
-fn bind_other<'q>(q: Query<'q>, v: &'q Value) -> Query<'q> {
-    q.bind(v.portable())
-}
+use native::{blocking, failure};
 
 pub(crate) struct Sqlite;
 
-/// SQLite allows 32 766 parameters a statement; a bulk update is split below that.
+/// SQLite allows 32 766 parameters a statement; a multi-row statement is split below that.
 const MAX_PARAMETERS: usize = 32_000;
 
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub(crate) struct SqliteConn {
-    conn: SqliteConnection,
+    /// In a mutex only so that a `&Conn` may be shared (rusqlite's connection
+    /// is `Send`, not `Sync`): every use has `&mut self` and takes it with
+    /// [`SqliteConn::db`], which never locks.
+    conn: std::sync::Mutex<rusqlite::Connection>,
     /// The database file; `None` for an in-memory database (one process only, no locks needed).
     path: Option<PathBuf>,
     /// Named locks held: exclusive OS locks on `<database>.datamig-<name>.lock`.
@@ -54,6 +50,12 @@ fn same_file(_: &File, path: &std::path::Path) -> bool {
 }
 
 impl SqliteConn {
+    fn db(&mut self) -> &rusqlite::Connection {
+        self.conn
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn lock_path(&self, name: &str) -> Option<PathBuf> {
         let mut s = self.path.clone()?.into_os_string();
         s.push(format!(".datamig-{name}.lock"));
@@ -61,33 +63,18 @@ impl SqliteConn {
     }
 }
 
-fn decode(row: &SqliteRow) -> sqlx::Result<Row> {
-    let mut out = Vec::with_capacity(row.columns().len());
-    for col in row.columns() {
-        let i = col.ordinal();
-        let raw = row.try_get_raw(i)?;
-        if raw.is_null() {
-            out.push(Value::Null);
-            continue;
-        }
-        let kind = raw.type_info().name().to_string();
-        out.push(match kind.as_str() {
-            "INTEGER" | "INT" | "BIGINT" | "BOOLEAN" => Value::Int(row.try_get_unchecked(i)?),
-            "REAL" | "FLOAT" | "DOUBLE" => Value::Float(row.try_get_unchecked(i)?),
-            "BLOB" => Value::Bytes(row.try_get_unchecked(i)?),
-            // SQLite stores whatever bytes it is given as TEXT: those that are
-            // not UTF-8 are passed on as they are (a transform sees bytes, and
-            // may reject the row), not a batch that fails for good.
-            _ => {
-                let bytes: Vec<u8> = row.try_get_unchecked(i)?;
-                match String::from_utf8(bytes) {
-                    Ok(text) => Value::Text(text),
-                    Err(e) => Value::Bytes(e.into_bytes()),
-                }
-            }
-        });
-    }
-    Ok(out)
+/// `out`, after letting the runtime run its other tasks: a statement here is a
+/// function call that never waits on the runtime, and a command's `select!`
+/// on a signal (or a run's control) sees its turn between two statements, as
+/// it did when each statement was a trip to another thread.
+async fn yielded<T>(out: T) -> T {
+    tokio::task::yield_now().await;
+    out
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED, with their extended codes.
+fn busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if matches!(f.extended_code & 0xff, 5 | 6))
 }
 
 impl Driver for Sqlite {
@@ -183,83 +170,79 @@ impl Driver for Sqlite {
     async fn connect(url: &DatabaseUrl, _opts: &ConnectOptions) -> Result<SqliteConn, sqlx::Error> {
         let path = url.sqlite_path();
         let is_new = path.as_ref().is_some_and(|p| !p.exists());
-        let mut options = SqliteConnectOptions::from_str(url.expose())?
-            .create_if_missing(true)
-            .busy_timeout(std::time::Duration::from_secs(30))
-            .log_slow_statements(super::SLOW_STATEMENT_LOG, super::SLOW_STATEMENT);
-        if is_new {
-            // A database datamig creates gets WAL, so jobs and readers do not block
-            // each other; an existing file keeps the journal mode its owner chose.
-            options = options.journal_mode(SqliteJournalMode::Wal);
-        }
+        let query = url.expose().split_once('?').map_or("", |(_, q)| q);
+        // `sqlite:name?mode=memory` is a memory database by that name.
+        let named_memory = path.is_none() && query.contains("mode=memory");
+        let target = if named_memory {
+            let rest = url.expose().trim_start_matches("sqlite:");
+            let name = rest.split_once('?').map_or(rest, |(p, _)| p);
+            Some(PathBuf::from(name.strip_prefix("//").unwrap_or(name)))
+        } else {
+            path.clone()
+        };
         // Runners that start together on a file that does not exist yet all set WAL
         // on it; the switch takes the file's lock without the busy handler, so a
         // runner may be told "database is locked" at once: wait as a busy timeout would.
-        let started = std::time::Instant::now();
-        let mut conn = loop {
-            match SqliteConnection::connect_with(&options).await {
-                Err(sqlx::Error::Database(db))
-                    if db.code().is_some_and(|c| c == "5" || c == "6")
-                        && started.elapsed() < std::time::Duration::from_secs(30) =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let started = Instant::now();
+        let conn = loop {
+            let attempt = blocking(|| {
+                let conn = native::open(target.as_deref(), query, BUSY_TIMEOUT)?;
+                if is_new {
+                    // A database datamig creates gets WAL, so jobs and readers do not
+                    // block each other; an existing file keeps the journal mode its
+                    // owner chose.
+                    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
                 }
-                other => break other?,
+                Ok::<_, rusqlite::Error>(conn)
+            });
+            match attempt {
+                Err(e) if busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other.map_err(failure)?,
             }
         };
         // SQLite opens any file and fails at the first read: read now, so that a
         // file that is not a database (SQLITE_NOTADB) is a connection error, not a
         // failure halfway into a command. Anything else (a peer holding the lock
         // while it creates the file) is left to the commands, which wait for it.
-        if let Err(e) = sqlx::query("SELECT count(*) FROM sqlite_master")
-            .fetch_one(&mut conn)
-            .await
-        {
-            if let sqlx::Error::Database(db) = &e {
-                if db.code().as_deref() == Some("26") {
-                    return Err(e);
-                }
+        if let Err(e) = blocking(|| native::fetch(&conn, "SELECT count(*) FROM sqlite_master", &[])) {
+            if matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code & 0xff == 26) {
+                return Err(failure(e));
             }
         }
         Ok(SqliteConn {
-            conn,
+            conn: std::sync::Mutex::new(conn),
             path,
             locks: Default::default(),
         })
     }
 
     async fn execute(c: &mut SqliteConn, sql: &str, params: &[Value]) -> sqlx::Result<u64> {
-        Ok(super::bind_values!(sqlx::query(sql), params)
-            .execute(&mut c.conn)
-            .await?
-            .rows_affected())
+        let done = blocking(|| native::execute(c.db(), sql, params)).map_err(failure);
+        yielded(done).await
     }
 
     async fn fetch(c: &mut SqliteConn, sql: &str, params: &[Value]) -> sqlx::Result<Vec<Row>> {
-        super::bind_values!(sqlx::query(sql), params)
-            .fetch_all(&mut c.conn)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+        let done = blocking(|| native::fetch(c.db(), sql, params)).map_err(failure);
+        yielded(done).await
     }
 
     async fn script(c: &mut SqliteConn, sql: &str) -> sqlx::Result<()> {
-        sqlx::Executor::execute(&mut c.conn, sqlx::raw_sql(sql))
-            .await
-            .map(drop)
+        Self::script_rows(c, sql).await.map(drop)
     }
 
     async fn script_rows(c: &mut SqliteConn, sql: &str) -> sqlx::Result<u64> {
-        // Through `Executor` rather than `RawSql::execute`, whose generic
-        // executor made the futures awaiting this one fail their `Send` proof.
-        Ok(sqlx::Executor::execute(&mut c.conn, sqlx::raw_sql(sql))
-            .await?
-            .rows_affected())
+        let done = blocking(|| native::execute(c.db(), sql, &[])).map_err(failure);
+        yielded(done).await
     }
 
     async fn close(c: SqliteConn) {
-        let _ = c.conn.close().await;
+        let conn = c
+            .conn
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = conn.close();
     }
 
     async fn try_lock(c: &mut SqliteConn, name: &str) -> Result<bool> {
@@ -334,11 +317,13 @@ impl Driver for Sqlite {
     }
 
     async fn bulk_update(c: &mut SqliteConn, spec: &BulkUpdate, rows: &[Row]) -> sqlx::Result<u64> {
-        // One `UPDATE … FROM (VALUES …)` per chunk of rows. Even in-process, one
-        // statement per row cost more than the work itself (measured 0.06× the
-        // single statement at 1M rows: each statement is a trip to sqlx's worker thread).
+        // One prepared `UPDATE … WHERE key = ?` run for each row, inside the
+        // batch's transaction: SQLite is a library in this process, so a row's
+        // statement is a function call, and this measured faster than one
+        // `UPDATE … FROM (VALUES …)` a batch (BENCHMARKS.md, SQLite's floor).
+        // Each row's values bind in their order (keys, new values, guard
+        // values) by number; the guard filter's own parameters come after.
         let q = |n: &str| Self::quote_ident(n);
-        let table = q(&spec.table);
         let n_keys = spec.keys.len();
         let guards = spec.guard.as_ref().map_or(0, |g| g.columns.len());
         let width = n_keys + spec.sets.len() + guards;
@@ -346,48 +331,40 @@ impl Driver for Sqlite {
             .sets
             .iter()
             .enumerate()
-            .map(|(j, s)| format!("{} = v.column{}", q(s), n_keys + j + 1))
+            .map(|(j, s)| format!("{} = ?{}", q(s), n_keys + j + 1))
             .collect();
-        let mut join: Vec<String> = spec
+        let mut filter: Vec<String> = spec
             .keys
             .iter()
             .enumerate()
-            .map(|(i, k)| format!("{table}.{} = v.column{}", q(k), i + 1))
+            .map(|(i, k)| format!("{} = ?{}", q(k), i + 1))
             .collect();
         let mut tail: Vec<&Value> = Vec::new();
         if let Some(guard) = &spec.guard {
             let first_guard = n_keys + spec.sets.len();
             for (i, col) in guard.columns.iter().enumerate() {
-                join.push(format!(
-                    "{table}.{} IS v.column{}",
-                    q(col),
-                    first_guard + i + 1
-                ));
+                filter.push(format!("{} IS ?{}", q(col), first_guard + i + 1));
             }
             if let Some((sql, params)) = &guard.filter {
-                join.push(format!("({sql})"));
+                filter.push(format!("({sql})"));
                 tail.extend(params);
             }
         }
-        let tuple = format!("({})", vec!["?"; width].join(", "));
-        let mut changed = 0;
-        for chunk in rows.chunks((MAX_PARAMETERS.saturating_sub(tail.len()) / width).max(1)) {
-            let values = vec![tuple.as_str(); chunk.len()].join(", ");
-            let sql = format!(
-                "UPDATE {table} SET {} FROM (VALUES {values}) AS v WHERE {}",
-                sets.join(", "),
-                join.join(" AND ")
-            );
-            let params = chunk
-                .iter()
-                .flat_map(|r| &r[..width])
-                .chain(tail.iter().copied());
-            changed += super::bind_values!(sqlx::query(&sql), params)
-                .execute(&mut c.conn)
-                .await?
-                .rows_affected();
+        if width + tail.len() > MAX_PARAMETERS {
+            return Err(sqlx::Error::InvalidArgument(format!(
+                "an update of {width} columns a row is more than SQLite's {MAX_PARAMETERS} parameters"
+            )));
         }
-        Ok(changed)
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {}",
+            q(&spec.table),
+            sets.join(", "),
+            filter.join(" AND ")
+        );
+        let db = c.db();
+        let done = blocking(|| native::each(db, &sql, rows.iter().map(|r| &r[..width]), &tail))
+            .map_err(failure);
+        yielded(done).await
     }
 
     async fn column_types(
