@@ -566,6 +566,12 @@ enum SqliteShape {
     /// batch (`ValuesNative`).
     PerRowNative,
     ValuesNative,
+    /// `PerRowNative` updating each row by its `rowid` (read with the batch)
+    /// instead of by its key: one b-tree search a row instead of two, where the
+    /// key is not the rowid (`users.id` is `BIGINT PRIMARY KEY`, an index).
+    PerRowNativeRowid,
+    /// `PerRowNativeRowid` with a 64 MiB page cache instead of SQLite's 2 MiB.
+    PerRowNativeRowidCache,
 }
 
 /// The bare loop of [`SqliteShape::PerRowNative`] and [`SqliteShape::ValuesNative`].
@@ -573,19 +579,26 @@ fn sqlite_native_loop(url: &str, rows: i64, batch: i64, shape: SqliteShape) -> R
     let path = url.strip_prefix("sqlite:").unwrap_or(url);
     let c = rusqlite::Connection::open(path).map_err(s)?;
     c.busy_timeout(Duration::from_secs(30)).map_err(s)?;
+    if matches!(shape, SqliteShape::PerRowNativeRowidCache) {
+        c.execute_batch("PRAGMA cache_size = -65536").map_err(s)?;
+    }
+    let by_rowid = matches!(
+        shape,
+        SqliteShape::PerRowNativeRowid | SqliteShape::PerRowNativeRowidCache
+    );
     let started = Instant::now();
     let (mut after, mut seen) = (0_i64, 0_i64);
     loop {
         c.execute_batch("BEGIN IMMEDIATE").map_err(s)?;
-        let batch_rows: Vec<(i64, String)> = {
+        let batch_rows: Vec<(i64, String, i64)> = {
             let mut st = c
                 .prepare_cached(
-                    "SELECT id, email FROM users WHERE email_normalized IS NULL AND id > ? \
+                    "SELECT id, email, rowid FROM users WHERE email_normalized IS NULL AND id > ? \
                      ORDER BY id LIMIT ?",
                 )
                 .map_err(s)?;
             let got = st
-                .query_map([after, batch], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map([after, batch], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .map_err(s)?
                 .collect::<Result<_, _>>()
                 .map_err(s)?;
@@ -597,16 +610,27 @@ fn sqlite_native_loop(url: &str, rows: i64, batch: i64, shape: SqliteShape) -> R
         };
         let lowered: Vec<String> = batch_rows
             .iter()
-            .map(|(_, e)| e.trim().to_lowercase())
+            .map(|(_, e, _)| e.trim().to_lowercase())
             .collect();
-        if matches!(shape, SqliteShape::PerRowNative) {
+        if by_rowid {
+            let mut st = c
+                .prepare_cached(
+                    "UPDATE users SET email_normalized = ?2 WHERE rowid = ?1 AND email IS ?3 \
+                     AND email_normalized IS NULL",
+                )
+                .map_err(s)?;
+            for ((_, email, rowid), low) in batch_rows.iter().zip(&lowered) {
+                st.execute(rusqlite::params![rowid, low, email])
+                    .map_err(s)?;
+            }
+        } else if matches!(shape, SqliteShape::PerRowNative) {
             let mut st = c
                 .prepare_cached(
                     "UPDATE users SET email_normalized = ?2 WHERE id = ?1 AND email IS ?3 \
                      AND email_normalized IS NULL",
                 )
                 .map_err(s)?;
-            for ((id, email), low) in batch_rows.iter().zip(&lowered) {
+            for ((id, email, _), low) in batch_rows.iter().zip(&lowered) {
                 st.execute(rusqlite::params![id, low, email]).map_err(s)?;
             }
         } else {
@@ -617,7 +641,7 @@ fn sqlite_native_loop(url: &str, rows: i64, batch: i64, shape: SqliteShape) -> R
             );
             let mut st = c.prepare_cached(&sql).map_err(s)?;
             let mut i = 1;
-            for ((id, email), low) in batch_rows.iter().zip(&lowered) {
+            for ((id, email, _), low) in batch_rows.iter().zip(&lowered) {
                 st.raw_bind_parameter(i, id).map_err(s)?;
                 st.raw_bind_parameter(i + 1, low).map_err(s)?;
                 st.raw_bind_parameter(i + 2, email).map_err(s)?;
@@ -638,7 +662,13 @@ fn sqlite_native_loop(url: &str, rows: i64, batch: i64, shape: SqliteShape) -> R
 
 async fn sqlite_shape_loop(url: &str, rows: i64, batch: i64, shape: SqliteShape) -> Res<Duration> {
     use sqlx::{Connection, Row};
-    if matches!(shape, SqliteShape::PerRowNative | SqliteShape::ValuesNative) {
+    if matches!(
+        shape,
+        SqliteShape::PerRowNative
+            | SqliteShape::ValuesNative
+            | SqliteShape::PerRowNativeRowid
+            | SqliteShape::PerRowNativeRowidCache
+    ) {
         return sqlite_native_loop(url, rows, batch, shape);
     }
     let path = url.strip_prefix("sqlite:").unwrap_or(url);
@@ -687,7 +717,11 @@ async fn sqlite_shape_loop(url: &str, rows: i64, batch: i64, shape: SqliteShape)
             .map(|(_, e)| e.trim().to_lowercase())
             .collect();
         match shape {
-            SqliteShape::ReadOnly | SqliteShape::PerRowNative | SqliteShape::ValuesNative => {}
+            SqliteShape::ReadOnly
+            | SqliteShape::PerRowNative
+            | SqliteShape::ValuesNative
+            | SqliteShape::PerRowNativeRowid
+            | SqliteShape::PerRowNativeRowidCache => {}
             SqliteShape::Values | SqliteShape::JsonRead => {
                 let values = vec!["(?, ?, ?)"; batch_rows.len()].join(", ");
                 let sql = format!(
@@ -749,6 +783,8 @@ async fn bench_sqlite_floor(b: &mut Bench, opts: &Opts, update: &str) -> Res<()>
         SqliteShape::JsonRead,
         SqliteShape::PerRowNative,
         SqliteShape::ValuesNative,
+        SqliteShape::PerRowNativeRowid,
+        SqliteShape::PerRowNativeRowidCache,
     ];
     let mut limits = Vec::new();
     let mut jobs = Vec::new();

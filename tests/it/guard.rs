@@ -48,6 +48,7 @@ each_db! {
                     types,
                     filter: Some(("flag = ?".into(), vec![Value::Int(0)])),
                 }),
+                locator: None,
             };
             let written = conn.bulk_update(&spec, &rows).await.unwrap();
             conn.close().await;
@@ -230,6 +231,7 @@ each_db! {
                     lo: Value::Int(ids.0),
                     hi: Value::Int(ids.1),
                     guard: None,
+                    locator: None,
                 };
                 let mut second = nulls(ids.1);
                 if with_bytes {
@@ -305,6 +307,7 @@ fn a_bulk_write_refuses_a_value_that_does_not_fit_its_column() {
                     lo: Value::Int(1),
                     hi: Value::Int(1),
                     guard: None,
+                    locator: None,
                 };
                 let refused = conn
                     .bulk_update(&spec, &[vec![Value::Int(1), value]])

@@ -22,6 +22,7 @@ mod proxy;
 mod reliability;
 mod schema;
 mod server;
+mod sqlite_rows;
 mod support;
 mod values;
 mod workers;

@@ -17,6 +17,11 @@ pub struct BulkUpdate {
     pub hi: Value,
     /// Write a row only if it is as it was read; see [`Guard`].
     pub guard: Option<Guard>,
+    /// Each row carries, last (after any guard values), this column's value as
+    /// read in the batch's transaction, which finds the row in one search
+    /// where its keys need two ([`Conn::row_locator`]: SQLite's rowid behind a
+    /// key that is not it). The keys are still compared.
+    pub locator: Option<String>,
 }
 
 /// For a write whose rows were read outside its transaction (overlapped with the

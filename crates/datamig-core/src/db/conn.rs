@@ -379,6 +379,13 @@ impl Conn {
         dispatch!(self, c => bulk_update(spec, rows))
     }
 
+    /// A column that finds a row of `table` faster than its key, read and used
+    /// within one transaction (SQLite's rowid, where the table has one); `None`
+    /// on the servers, and where there is none.
+    pub async fn row_locator(&mut self, table: &str) -> Option<String> {
+        dispatch!(self, c => row_locator(table))
+    }
+
     pub async fn column_types(
         &mut self,
         table: &str,

@@ -62,6 +62,11 @@ pub(crate) trait Driver {
         spec: &BulkUpdate,
         rows: &[Row],
     ) -> sqlx::Result<u64>;
+    /// See [`super::Conn::row_locator`]; none by default.
+    async fn row_locator(c: &mut Self::Connection, table: &str) -> Option<String> {
+        let _ = (c, table);
+        None
+    }
     /// The SQL type of each column, where the bulk update must cast (PostgreSQL).
     async fn column_types(
         c: &mut Self::Connection,

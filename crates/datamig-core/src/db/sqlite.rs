@@ -20,7 +20,8 @@ pub(crate) struct Sqlite;
 /// SQLite allows 32 766 parameters a statement; a multi-row statement is split below that.
 const MAX_PARAMETERS: usize = 32_000;
 
-/// How long a statement waits for another connection's write lock.
+/// How long a statement waits for another connection's write lock, until a
+/// `PRAGMA busy_timeout` (the lock timeout of `Driver::timeouts`) says otherwise.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) struct SqliteConn {
@@ -32,6 +33,9 @@ pub(crate) struct SqliteConn {
     path: Option<PathBuf>,
     /// Named locks held: exclusive OS locks on `<database>.datamig-<name>.lock`.
     locks: std::collections::HashMap<String, File>,
+    /// How long a statement waits for the database's lock: the busy timeout,
+    /// waited for here (see [`SqliteConn::run`]), not in SQLite's busy handler.
+    busy_wait: Duration,
 }
 
 /// Whether the open `file` is the one `path` names now.
@@ -56,6 +60,37 @@ impl SqliteConn {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Runs `work` on the connection; while the database is locked by another
+    /// connection (SQLITE_BUSY), waits asynchronously — 1 ms, doubling to 20
+    /// ms — and runs it again, for up to the busy timeout. `work` gets a
+    /// progress counter that it keeps across attempts, so that statements it
+    /// completed are not run twice. `PRAGMA busy_timeout = N` sets the wait.
+    async fn run<T>(
+        &mut self,
+        mut work: impl FnMut(&rusqlite::Connection, &mut usize) -> rusqlite::Result<T>,
+    ) -> sqlx::Result<T> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        let mut done = 0;
+        loop {
+            let db = self.db();
+            match blocking(|| work(db, &mut done)) {
+                Err(e) if busy(&e) && started.elapsed() < self.busy_wait => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                other => {
+                    // A statement here is a function call that never waits on
+                    // the runtime: a command's `select!` on a signal (or the
+                    // run's control) gets its turn between two statements, as
+                    // when each statement was a trip to another thread.
+                    tokio::task::yield_now().await;
+                    return other.map_err(failure);
+                }
+            }
+        }
+    }
+
     fn lock_path(&self, name: &str) -> Option<PathBuf> {
         let mut s = self.path.clone()?.into_os_string();
         s.push(format!(".datamig-{name}.lock"));
@@ -63,18 +98,27 @@ impl SqliteConn {
     }
 }
 
-/// `out`, after letting the runtime run its other tasks: a statement here is a
-/// function call that never waits on the runtime, and a command's `select!`
-/// on a signal (or a run's control) sees its turn between two statements, as
-/// it did when each statement was a trip to another thread.
-async fn yielded<T>(out: T) -> T {
-    tokio::task::yield_now().await;
-    out
+/// SQLITE_BUSY, which waiting passes (not SQLITE_BUSY_SNAPSHOT, 517: a read
+/// transaction that cannot become a write one, which waiting never mends).
+fn busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code & 0xff == 5 && f.extended_code != 517)
 }
 
-/// SQLITE_BUSY or SQLITE_LOCKED, with their extended codes.
-fn busy(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if matches!(f.extended_code & 0xff, 5 | 6))
+/// The wait a `PRAGMA busy_timeout = N` statement sets, in milliseconds.
+fn busy_pragma(sql: &str) -> Option<Duration> {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split(|c: char| c.is_whitespace() || c == '=')
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    match words.as_slice() {
+        [pragma, name, ms] if pragma == "pragma" && name == "busy_timeout" => {
+            ms.parse().ok().map(Duration::from_millis)
+        }
+        _ => None,
+    }
 }
 
 impl Driver for Sqlite {
@@ -186,7 +230,7 @@ impl Driver for Sqlite {
         let started = Instant::now();
         let conn = loop {
             let attempt = blocking(|| {
-                let conn = native::open(target.as_deref(), query, BUSY_TIMEOUT)?;
+                let conn = native::open(target.as_deref(), query)?;
                 if is_new {
                     // A database datamig creates gets WAL, so jobs and readers do not
                     // block each other; an existing file keeps the journal mode its
@@ -206,26 +250,33 @@ impl Driver for Sqlite {
         // file that is not a database (SQLITE_NOTADB) is a connection error, not a
         // failure halfway into a command. Anything else (a peer holding the lock
         // while it creates the file) is left to the commands, which wait for it.
-        if let Err(e) = blocking(|| native::fetch(&conn, "SELECT count(*) FROM sqlite_master", &[])) {
-            if matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code & 0xff == 26) {
-                return Err(failure(e));
-            }
-        }
-        Ok(SqliteConn {
+        let mut c = SqliteConn {
             conn: std::sync::Mutex::new(conn),
             path,
             locks: Default::default(),
-        })
+            busy_wait: BUSY_TIMEOUT,
+        };
+        if let Err(sqlx::Error::Database(db)) =
+            Self::fetch(&mut c, "SELECT count(*) FROM sqlite_master", &[]).await
+        {
+            if db.code().as_deref() == Some("26") {
+                return Err(sqlx::Error::Database(db));
+            }
+        }
+        Ok(c)
     }
 
     async fn execute(c: &mut SqliteConn, sql: &str, params: &[Value]) -> sqlx::Result<u64> {
-        let done = blocking(|| native::execute(c.db(), sql, params)).map_err(failure);
-        yielded(done).await
+        if let Some(wait) = busy_pragma(sql) {
+            c.busy_wait = wait;
+            return Ok(0);
+        }
+        c.run(|db, done| native::execute(db, sql, params, done))
+            .await
     }
 
     async fn fetch(c: &mut SqliteConn, sql: &str, params: &[Value]) -> sqlx::Result<Vec<Row>> {
-        let done = blocking(|| native::fetch(c.db(), sql, params)).map_err(failure);
-        yielded(done).await
+        c.run(|db, _| native::fetch(db, sql, params)).await
     }
 
     async fn script(c: &mut SqliteConn, sql: &str) -> sqlx::Result<()> {
@@ -233,8 +284,7 @@ impl Driver for Sqlite {
     }
 
     async fn script_rows(c: &mut SqliteConn, sql: &str) -> sqlx::Result<u64> {
-        let done = blocking(|| native::execute(c.db(), sql, &[])).map_err(failure);
-        yielded(done).await
+        Self::execute(c, sql, &[]).await
     }
 
     async fn close(c: SqliteConn) {
@@ -339,6 +389,14 @@ impl Driver for Sqlite {
             .enumerate()
             .map(|(i, k)| format!("{} = ?{}", q(k), i + 1))
             .collect();
+        // The row by its locator, read after the rest (its keys still compared).
+        let width = match &spec.locator {
+            Some(locator) => {
+                filter.insert(0, format!("{locator} = ?{}", width + 1));
+                width + 1
+            }
+            None => width,
+        };
         let mut tail: Vec<&Value> = Vec::new();
         if let Some(guard) = &spec.guard {
             let first_guard = n_keys + spec.sets.len();
@@ -361,10 +419,32 @@ impl Driver for Sqlite {
             sets.join(", "),
             filter.join(" AND ")
         );
-        let db = c.db();
-        let done = blocking(|| native::each(db, &sql, rows.iter().map(|r| &r[..width]), &tail))
-            .map_err(failure);
-        yielded(done).await
+        let rows: Vec<&[Value]> = rows.iter().map(|r| &r[..width]).collect();
+        c.run(|db, done| native::each(db, &sql, &rows, &tail, done))
+            .await
+    }
+
+    async fn row_locator(c: &mut SqliteConn, table: &str) -> Option<String> {
+        // The rowid, by the first of its names no column of the table takes
+        // (a column named `rowid` hides it), where the table has one (not a
+        // WITHOUT ROWID table, nor a view). Where the key is the rowid (an
+        // INTEGER PRIMARY KEY) the key finds the row as fast already.
+        let columns: Vec<String> = Self::fetch(
+            c,
+            "SELECT lower(name) FROM pragma_table_info(?)",
+            &[Value::Text(table.into())],
+        )
+        .await
+        .ok()?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().and_then(Value::into_string))
+        .collect();
+        let name = ["rowid", "_rowid_", "oid"]
+            .into_iter()
+            .find(|n| !columns.iter().any(|c| c == n))?;
+        let probe = format!("SELECT {name} FROM {} LIMIT 0", Self::quote_ident(table));
+        Self::fetch(c, &probe, &[]).await.ok()?;
+        Some(name.to_string())
     }
 
     async fn column_types(

@@ -713,6 +713,7 @@ impl TypeCache {
             lo: Value::Null,
             hi: Value::Null,
             guard: None,
+            locator: None,
         })
     }
 }

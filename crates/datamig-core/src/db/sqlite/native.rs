@@ -20,9 +20,10 @@ use rusqlite::{Connection, OpenFlags, Statement};
 
 use crate::db::{Row, Value};
 
-/// Runs `f`, which may block, without holding up the runtime's other tasks:
-/// on a multi-threaded runtime the worker thread hands its tasks to another
-/// first; elsewhere (a test's single-threaded runtime, plain threads) it just runs.
+/// Runs `f` (a statement's work: it never waits for a lock) without holding up
+/// the runtime's other tasks: on a multi-threaded runtime the worker thread
+/// hands its tasks to another first; elsewhere (a test's single-threaded
+/// runtime, plain threads) it just runs.
 pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -98,12 +99,8 @@ pub(super) fn failure(e: rusqlite::Error) -> sqlx::Error {
 
 /// Opens the file (or memory database) an `sqlite:` URL names, with its
 /// `mode`, `cache`, `immutable` and `vfs` parameters, as SQLite's own URI
-/// form reads them. `create` makes a missing file (unless `mode` says otherwise).
-pub(super) fn open(
-    path: Option<&Path>,
-    query: &str,
-    busy: Duration,
-) -> rusqlite::Result<Connection> {
+/// form reads them; a missing file is made (unless `mode` says otherwise).
+pub(super) fn open(path: Option<&Path>, query: &str) -> rusqlite::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_URI
@@ -128,7 +125,7 @@ pub(super) fn open(
             Connection::open_with_flags(uri, flags)?
         }
     };
-    conn.busy_timeout(busy)?;
+    conn.busy_timeout(Duration::ZERO)?;
     // What sqlx set, kept so that a database behaves as it did: foreign keys
     // enforced. And as many prepared statements as sqlx kept.
     conn.execute_batch("PRAGMA foreign_keys = ON")?;
@@ -162,7 +159,10 @@ impl rusqlite::ToSql for Param<'_> {
 }
 
 /// Binds `params` to the statement's placeholders in order, from the first.
-fn bind<'p>(st: &mut Statement<'_>, params: impl Iterator<Item = &'p Value>) -> rusqlite::Result<()> {
+fn bind<'p>(
+    st: &mut Statement<'_>,
+    params: impl Iterator<Item = &'p Value>,
+) -> rusqlite::Result<()> {
     for (i, p) in params.enumerate() {
         st.raw_bind_parameter(i + 1, Param(p))?;
     }
@@ -225,21 +225,34 @@ fn run_to_end<'p>(
 }
 
 /// Runs `sql` (one statement or several, each taking its placeholders' count
-/// of `params` in turn) and returns the rows the statements changed.
-pub(super) fn execute(conn: &Connection, sql: &str, params: &[Value]) -> rusqlite::Result<u64> {
+/// of `params` in turn) and returns the rows the statements changed. `done`
+/// counts the statements that ran to their end: a call that failed on a busy
+/// database is called again with it, and goes on from the statement that failed.
+pub(super) fn execute(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    done: &mut usize,
+) -> rusqlite::Result<u64> {
     timed(sql, || {
         if single(sql) {
             let mut st = conn.prepare_cached(sql)?;
-            let changed = run_to_end(&mut st, conn, params.iter());
-            st.clear_bindings();
-            return changed;
+            return run_to_end(&mut st, conn, params.iter());
         }
         let mut rest = params.iter();
         let mut changed = 0;
         let mut batch = rusqlite::Batch::new(conn, sql);
+        let mut at = 0;
         while let Some(mut st) = batch.next()? {
             let n = st.parameter_count();
-            changed += run_to_end(&mut st, conn, rest.by_ref().take(n))?;
+            let mine = rest.by_ref().take(n);
+            if at >= *done {
+                changed += run_to_end(&mut st, conn, mine)?;
+                *done += 1;
+            } else {
+                mine.for_each(drop);
+            }
+            at += 1;
         }
         Ok(changed)
     })
@@ -264,9 +277,7 @@ pub(super) fn fetch(conn: &Connection, sql: &str, params: &[Value]) -> rusqlite:
         if single(sql) {
             let mut st = conn.prepare_cached(sql)?;
             bind(&mut st, params.iter())?;
-            let rows = read(&mut st);
-            st.clear_bindings();
-            return rows;
+            return read(&mut st);
         }
         let mut rest = params.iter();
         let mut out = Vec::new();
@@ -282,21 +293,23 @@ pub(super) fn fetch(conn: &Connection, sql: &str, params: &[Value]) -> rusqlite:
 
 /// Runs one prepared statement once per row of `rows`, each row's values
 /// (then `tail`) bound in order: a batch's bulk update, inside its transaction.
-/// Returns the rows changed in all.
-pub(super) fn each<'r>(
+/// Returns the rows changed in all; `done` counts the rows whose statement
+/// ran, as [`execute`]'s does its statements.
+pub(super) fn each(
     conn: &Connection,
     sql: &str,
-    rows: impl Iterator<Item = &'r [Value]>,
+    rows: &[&[Value]],
     tail: &[&Value],
+    done: &mut usize,
 ) -> rusqlite::Result<u64> {
     timed(sql, || {
         let mut st = conn.prepare_cached(sql)?;
         let mut changed = 0;
-        for row in rows {
+        for row in rows.iter().skip(*done) {
             bind(&mut st, row.iter().chain(tail.iter().copied()))?;
             changed += u64::try_from(st.raw_execute()?).unwrap_or(0);
+            *done += 1;
         }
-        st.clear_bindings();
         Ok(changed)
     })
 }

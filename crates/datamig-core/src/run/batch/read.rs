@@ -94,6 +94,7 @@ impl Prepared {
                         types: column_types,
                         filter: filter.as_ref().map(|f| (f.sql.clone(), f.params.clone())),
                     }),
+                    locator: conn.row_locator(&table).await,
                 })
             }
             _ => None,
@@ -405,7 +406,8 @@ pub(crate) fn finding(
 
 /// A transform batch's rows, read and not yet transformed.
 pub(crate) struct Read {
-    /// Rows the filter matched: keys, source columns, then (read ahead) guard values.
+    /// Rows the filter matched: keys, source columns, then (read ahead) guard
+    /// values or (read in the write's transaction) the row's locator.
     pub(crate) rows: Vec<Row>,
     /// The batch's last key: its checkpoint.
     pub(crate) cursor: Vec<Value>,
@@ -436,6 +438,12 @@ pub(crate) async fn read_rows(
             inner.push(format!("{guard} AS datamig_g{i}"));
             outer.push(format!("datamig_g{i}"));
         }
+    }
+    // Read in the write's transaction: each row's locator too, for the update.
+    let locator = prep.bulk.as_ref().and_then(|b| b.locator.as_ref());
+    if let (false, Some(locator)) = (ahead, locator) {
+        inner.push(format!("{locator} AS datamig_loc"));
+        outer.push("datamig_loc".into());
     }
     let lock = if ahead { "" } else { conn.for_update() };
     let read = match (&prep.filter, upto) {

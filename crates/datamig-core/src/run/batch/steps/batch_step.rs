@@ -49,7 +49,8 @@ impl StepKind for BatchStepKind<'_> {
                 // outside work done inside the transaction.
                 Work::Serial { after, .. } => {
                     let batch = (run_id, prep.part);
-                    let Some(fetched) = fetch(conn, prep, self.0, after, cx.size, batch, true).await?
+                    let Some(fetched) =
+                        fetch(conn, prep, self.0, after, cx.size, batch, true).await?
                     else {
                         return Ok(Did::Nothing);
                     };

@@ -87,7 +87,7 @@ async fn batch(
 
 /// A transform's result for one batch, ready to write.
 pub(crate) struct Applied {
-    /// Keys, new values, then (read ahead) guard values.
+    /// Keys, new values, then (read ahead) guard values or the row's locator.
     pub(crate) updates: Vec<Row>,
     pub(crate) rejects: Vec<(String, String)>,
     pub(crate) cursor: Vec<Value>,
@@ -174,6 +174,9 @@ pub(crate) async fn write(
             lo: applied.lo.clone(),
             hi: applied.hi.clone(),
             guard: if guarded { bulk.guard.clone() } else { None },
+            // Rows read ahead carry no locator: it holds only within the
+            // transaction that read it.
+            locator: if guarded { None } else { bulk.locator.clone() },
             ..bulk.clone()
         };
         let written = conn
