@@ -1106,11 +1106,18 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
             )
         });
         let mut job_batches = (n + opts.batch - 1) / opts.batch;
-        let methods: &[u8] = if server_loop.is_some() {
-            &[0, 1, 2]
-        } else {
-            &[0, 1]
+        // On MariaDB, the tool an operator would pick instead: pt-archiver,
+        // purging in bulk deletes of the batch's size, committing each.
+        let archiver = match backend {
+            Backend::MySql => pt_archiver(&b.url, &cutoff, opts.batch),
+            _ => None,
         };
+        let methods: &[u8] = match (&server_loop, &archiver) {
+            (Some(_), _) => &[0, 1, 2],
+            (None, Some(_)) => &[0, 1, 3],
+            (None, None) => &[0, 1],
+        };
+        let mut peers = Vec::new();
         let mut deleted = 0;
         for round in 0..opts.rounds {
             let mut order = methods.to_vec();
@@ -1132,6 +1139,11 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
                         job_batches = run.batches_done;
                         jobs.push(run);
                     }
+                    (3, _) => {
+                        if let Some(archiver) = &archiver {
+                            peers.push(run_peer(archiver)?);
+                        }
+                    }
                     (_, Some(sql)) => {
                         loops.push(b.timed(&sql(job_batches)).await?);
                         b.conn
@@ -1141,7 +1153,13 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
                     }
                     (_, None) => unreachable!("only PostgreSQL runs the server loop"),
                 }
-                deleted = before - b.scalar("SELECT count(*) FROM sessions").await?;
+                let gone = before - b.scalar("SELECT count(*) FROM sessions").await?;
+                if deleted != 0 && gone != deleted {
+                    return Err(format!(
+                        "method {which} deleted {gone} sessions, the statement {deleted}"
+                    ));
+                }
+                deleted = gone;
             }
         }
         let limit = median(limits);
@@ -1172,6 +1190,20 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
                 ratio(limit, floor),
                 ratio(limit, floor)
             );
+        }
+        if !peers.is_empty() {
+            let peer = median(peers);
+            println!(
+                "| `pt-archiver --purge --bulk-delete --limit {} --commit-each` (whole process) | {} | {} | {} | {} | **{}** | - | - | - | - |",
+                opts.batch,
+                secs(peer),
+                secs(peer),
+                rate(deleted, peer),
+                ratio(limit, peer),
+                ratio(limit, peer)
+            );
+        } else if backend == Backend::MySql {
+            println!("| pt-archiver | not installed (`apt-get install percona-toolkit`) | | | | | | | | |");
         }
         checkpoint_note(&mut b, opts.batch, &jobs).await?;
     }
@@ -1300,4 +1332,75 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
         admin.close().await;
     }
     Ok(())
+}
+
+/// The `pt-archiver` command that purges the expired sessions of the bench's
+/// MariaDB database in bulk deletes of `batch` rows, committing each, as an
+/// operator would run it; `None` when the tool is not there and cannot be
+/// installed (Debian's `percona-toolkit`, installed here when missing).
+fn pt_archiver(url: &DatabaseUrl, cutoff: &str, batch: i64) -> Option<Command> {
+    let present = |_: ()| {
+        Command::new("pt-archiver")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !present(()) {
+        eprintln!("pt-archiver is missing: apt-get install percona-toolkit");
+        let installed = Command::new("apt-get")
+            .args(["install", "-y", "-q", "percona-toolkit"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed || !present(()) {
+            eprintln!("pt-archiver could not be installed; its row is left out");
+            return None;
+        }
+    }
+    // mysql://USER@HOST:PORT/DATABASE (the bench's servers have no passwords).
+    let text = url.redacted().to_string();
+    let rest = text.split_once("://")?.1;
+    let (user, rest) = rest.split_once('@').unwrap_or(("root", rest));
+    let (host_port, database) = rest.split_once('/')?;
+    let database = database.split('?').next()?;
+    let (host, port) = host_port.split_once(':').unwrap_or((host_port, "3306"));
+    let dsn = format!("h={host},P={port},u={user},D={database},t=sessions");
+    let mut cmd = Command::new("pt-archiver");
+    cmd.args([
+        "--source",
+        &dsn,
+        "--where",
+        &format!("created_at < {cutoff}"),
+    ])
+    .args([
+        "--purge",
+        "--bulk-delete",
+        "--limit",
+        &batch.to_string(),
+        "--commit-each",
+    ])
+    // Its default keeps the row with the highest AUTO_INCREMENT value
+    // (so that a restart cannot reuse it): the other methods delete it.
+    .args(["--no-safe-auto-increment", "--no-check-charset", "--quiet"]);
+    Some(cmd)
+}
+
+/// Runs a peer tool to its end; its whole process's wall time.
+fn run_peer(cmd: &Command) -> Res<Duration> {
+    let mut run = Command::new(cmd.get_program());
+    run.args(cmd.get_args());
+    let started = Instant::now();
+    let out = run
+        .output()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "{:?} failed: {}{}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(took)
 }

@@ -101,6 +101,13 @@ impl Conn {
         Conn::connect(&self.url, &self.opts).await
     }
 
+    /// Whether another connection opened as this one was ([`Conn::reopen`])
+    /// sees the same database: not for an SQLite memory database, which is
+    /// its connection's own.
+    pub fn shares_database(&self) -> bool {
+        self.backend() != Backend::Sqlite || self.url.sqlite_path().is_some()
+    }
+
     /// How this connection was opened.
     pub fn connect_options(&self) -> &ConnectOptions {
         &self.opts

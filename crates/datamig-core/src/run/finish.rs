@@ -246,45 +246,88 @@ async fn refresh_statistics(
     done
 }
 
-/// Runs the checks; `baseline` gives the `before` values (empty for the baseline itself).
+/// How many of a run's checks run at once, each on a connection of its own.
+const CHECKS_AT_ONCE: usize = 4;
+
+/// Runs the checks (against `baseline`, when given): each its own query,
+/// usually a scan of a large table, so they run side by side — the first on
+/// `conn`, the others on connections opened like it (up to
+/// [`CHECKS_AT_ONCE`]; where one cannot be opened, on those there are).
+/// The results are in the checks' order.
 pub async fn run_checks(
     conn: &mut Conn,
     checks: &[Check],
     baseline: &[CheckResult],
 ) -> Result<Vec<CheckResult>> {
-    let mut out = Vec::with_capacity(checks.len());
-    for check in checks {
-        let row = conn
-            .fetch_one(&check.sql, &check.params)
-            .await
-            .map_err(|e| {
-                Error::VerificationFailed(format!(
-                    "check `{}` could not run: {}",
-                    check.name,
-                    db_message(&e)
-                ))
-            })?;
-        let value = row.first().and_then(Value::as_i64).ok_or_else(|| {
-            Error::VerificationFailed(format!("check `{}` must return one integer", check.name))
-        })?;
-        // The baseline's own `before` is its value; later runs compare with it.
-        let before = if baseline.is_empty() {
-            Some(value)
-        } else {
-            baseline
-                .iter()
-                .find(|b| b.name == check.name)
-                .and_then(|b| b.before)
-        };
-        out.push(CheckResult {
-            name: check.name.clone(),
-            expect: check.expect.to_string(),
-            before,
-            after: Some(value),
-            ok: check.expect.holds(before, value),
+    let mut others = Vec::new();
+    while conn.shares_database() && others.len() + 1 < checks.len().min(CHECKS_AT_ONCE) {
+        match conn.reopen().await {
+            Ok(c) => others.push(c),
+            Err(e) => {
+                tracing::debug!("the checks share fewer connections: {e}");
+                break;
+            }
+        }
+    }
+    let out = {
+        let mut conns: Vec<&mut Conn> = std::iter::once(conn).chain(others.iter_mut()).collect();
+        let n = conns.len();
+        // Connection i runs checks i, i + n, i + 2n, …
+        let lanes = conns.iter_mut().enumerate().map(|(i, c)| async move {
+            let mut done = Vec::new();
+            for (at, check) in checks.iter().enumerate().skip(i).step_by(n) {
+                done.push((at, one_check(c, check, baseline).await?));
+            }
+            Ok::<_, Error>(done)
         });
+        let mut all = Vec::with_capacity(checks.len());
+        for lane in futures_util::future::join_all(lanes).await {
+            all.extend(lane?);
+        }
+        all.sort_by_key(|(at, _)| *at);
+        all.into_iter().map(|(_, r)| r).collect()
+    };
+    for c in others {
+        c.close().await;
     }
     Ok(out)
+}
+
+/// One check's value, against its baseline.
+async fn one_check(
+    conn: &mut Conn,
+    check: &Check,
+    baseline: &[CheckResult],
+) -> Result<CheckResult> {
+    let row = conn
+        .fetch_one(&check.sql, &check.params)
+        .await
+        .map_err(|e| {
+            Error::VerificationFailed(format!(
+                "check `{}` could not run: {}",
+                check.name,
+                db_message(&e)
+            ))
+        })?;
+    let value = row.first().and_then(Value::as_i64).ok_or_else(|| {
+        Error::VerificationFailed(format!("check `{}` must return one integer", check.name))
+    })?;
+    // The baseline's own `before` is its value; later runs compare with it.
+    let before = if baseline.is_empty() {
+        Some(value)
+    } else {
+        baseline
+            .iter()
+            .find(|b| b.name == check.name)
+            .and_then(|b| b.before)
+    };
+    Ok(CheckResult {
+        name: check.name.clone(),
+        expect: check.expect.to_string(),
+        before,
+        after: Some(value),
+        ok: check.expect.holds(before, value),
+    })
 }
 
 /// `check X: expected = 0, found 12` for each failed check, or `None`.

@@ -376,7 +376,7 @@ pub async fn run(
     };
     let worked = async {
         let opened = match &layout {
-            Layout::Parts { .. } => open::parts(conn, job, args, &plan, opts, n, obs).await?,
+            Layout::Parts { .. } => open::parts(conn, job, args, &plan, opts, n, stop, obs).await?,
             Layout::Whole { .. } => open::whole(conn, job, args, &plan, opts, stop, obs).await?,
         };
         let layout = layout.clone();

@@ -63,6 +63,54 @@ pub(super) async fn prepare(conn: &mut Conn, opts: &Options) -> Result<throttle:
     Ok(throttle)
 }
 
+/// A new run's total (the rows its source selects, unless `--no-count`) and
+/// its checks' baseline, taken side by side — each is usually a scan of a
+/// large table: the count on `conn`, the checks on connections of their own
+/// (one by one on `conn` after the count where none can be opened). A signal
+/// stops them before the run exists.
+async fn total_and_baseline(
+    conn: &mut Conn,
+    job: &dyn DynJob,
+    plan: &Plan,
+    prep: &Prepared,
+    opts: &Options,
+    stop: &AtomicBool,
+) -> Result<(Option<i64>, Vec<CheckResult>)> {
+    let mut side = match (plan.checks.is_empty(), conn.shares_database()) {
+        (false, true) => conn.reopen().await.ok(),
+        _ => None,
+    };
+    let taken = async {
+        match side.as_mut() {
+            Some(side) => {
+                let (total, baseline) = tokio::join!(
+                    shape::remaining(conn, plan, prep, opts.reporting.count, None),
+                    run_checks(side, &plan.checks, &[])
+                );
+                Ok::<_, Error>((total?, baseline?))
+            }
+            None => {
+                let total = shape::remaining(conn, plan, prep, opts.reporting.count, None).await?;
+                Ok((total, run_checks(conn, &plan.checks, &[]).await?))
+            }
+        }
+    };
+    let taken = tokio::select! {
+        taken = taken => taken?,
+        () = stopped(stop) => {
+            return Err(Error::Interrupted(format!(
+                "interrupted while the checks of {} took their baseline, before its run began; \
+                 nothing was changed",
+                job.name()
+            )))
+        }
+    };
+    if let Some(side) = side {
+        side.close().await;
+    }
+    Ok(taken)
+}
+
 /// Opens the run for one worker over the whole key range, on the connection
 /// that holds the job lock.
 pub(super) async fn whole(
@@ -104,13 +152,12 @@ pub(super) async fn whole(
         _ => None,
     };
 
-    let rows_before = record.as_ref().map_or(0, |r| r.rows_done);
-    let left = shape::remaining(conn, plan, &prep, opts.reporting.count, cursor.as_deref()).await?;
-    let total = left.map(|n| rows_before + n);
-
     let key = shape::key_name(&plan.source);
     let opened = match record {
         Some(r) => {
+            let left = shape::remaining(conn, plan, &prep, opts.reporting.count, cursor.as_deref())
+                .await?;
+            let total = left.map(|n| r.rows_done + n);
             store::resume(conn, r.id, batch_size, total).await?;
             let at = cursor.as_deref().map_or("the start".to_string(), |c| {
                 format!("{key} {}", cursor::display(c))
@@ -139,18 +186,7 @@ pub(super) async fn whole(
             }
         }
         None => {
-            // A signal during the baseline (a slow check) stops the command
-            // before the run exists.
-            let baseline = tokio::select! {
-                checks = run_checks(conn, &plan.checks, &[]) => checks?,
-                () = stopped(stop) => {
-                    return Err(Error::Interrupted(format!(
-                        "interrupted while the checks of {} took their baseline, before its run began; \
-                         nothing was changed",
-                        job.name()
-                    )))
-                }
-            };
+            let (total, baseline) = total_and_baseline(conn, job, plan, &prep, opts, stop).await?;
             let json = serde_json::to_string(&baseline).unwrap_or_default();
             let (id, number) =
                 store::insert(conn, job.name(), &args.canonical, batch_size, total, &json).await?;
@@ -190,6 +226,7 @@ pub(super) async fn whole(
 }
 
 /// Finds or creates a partitioned run under the job lock, held briefly.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn parts(
     conn: &mut Conn,
     job: &dyn DynJob,
@@ -197,6 +234,7 @@ pub(super) async fn parts(
     plan: &Plan,
     opts: &Options,
     workers: usize,
+    stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<Opened> {
     shape::partition_key(job.name(), plan)?;
@@ -280,8 +318,8 @@ pub(super) async fn parts(
             }
             None => {
                 let prep = Prepared::new(conn, plan).await?;
-                let total = shape::remaining(conn, plan, &prep, opts.reporting.count, None).await?;
-                let baseline = run_checks(conn, &plan.checks, &[]).await?;
+                let (total, baseline) =
+                    total_and_baseline(conn, job, plan, &prep, opts, stop).await?;
                 let json = serde_json::to_string(&baseline).unwrap_or_default();
                 let ranges = match span {
                     Some((lo, hi)) => partition::cut(lo, hi, parts),
