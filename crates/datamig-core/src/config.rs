@@ -125,7 +125,7 @@ const MYSQL_PARAMS: &[Param] = &[
     param(&["timezone", "time-zone"]),
 ];
 
-/// What sqlx's SQLite driver reads (it refuses the rest).
+/// What datamig's SQLite driver passes to SQLite's URI form (it refuses the rest).
 const SQLITE_PARAMS: &[Param] = &[
     one_of(&["mode"], &["ro", "rw", "rwc", "memory"]),
     one_of(&["cache"], &["private", "shared"]),

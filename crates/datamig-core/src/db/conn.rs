@@ -484,6 +484,11 @@ impl Conn {
         dispatch_static!(self, D => D::FOR_UPDATE)
     }
 
+    /// See [`Driver::CHUNK_BY_BOUND`].
+    pub fn chunks_by_bound(&self) -> bool {
+        dispatch_static!(self, D => D::CHUNK_BY_BOUND)
+    }
+
     /// See [`Driver::READ_AHEAD`].
     pub fn reads_ahead(&self) -> bool {
         dispatch_static!(self, D => D::READ_AHEAD)

@@ -2,7 +2,8 @@
 //!
 //! [`Driver`] is the small contract each database implements in its own file
 //! (`sqlite.rs`, `postgres.rs`, `mysql.rs`; the two servers' value binding and
-//! decoding in `postgres/values.rs` and `mysql/values.rs`): connect, run SQL
+//! decoding in `postgres/values.rs` and `mysql/values.rs`, SQLite's C API in
+//! `sqlite/native.rs`): connect, run SQL
 //! with [`Value`] parameters, lock, introspect. [`Conn`] is a connection to any of them; shared
 //! code (migrations, bookkeeping, jobs) talks only to `Conn` and writes its SQL
 //! with `?` placeholders, which `Conn` rewrites for PostgreSQL.

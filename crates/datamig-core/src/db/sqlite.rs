@@ -1,6 +1,8 @@
 //! SQLite: the embedded default. DDL is transactional; the schema lock is an
 //! exclusive lock on a file beside the database, which the operating system
-//! releases when the process dies.
+//! releases when the process dies. Statements go through SQLite's C API in
+//! this process (`sqlite/native.rs`); a wait for another connection's write
+//! lock is this driver's own, asynchronous ([`SqliteConn::run`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -489,6 +491,9 @@ impl Driver for Sqlite {
         let code: i64 = err.code()?.parse().ok()?;
         matches!(code & 0xff, 5 | 6).then_some(Transient::LockTimeout)
     }
+
+    // A derived table's rows are sorted again for the outer ORDER BY.
+    const CHUNK_BY_BOUND: bool = true;
 
     // One writer at a time, in this process: reading the next batch on a second
     // connection measured no faster (BENCHMARKS.md), so batches read in their own

@@ -193,9 +193,10 @@ impl Prepared {
     /// next `size.keys` keys. The chunk's own `ORDER BY … LIMIT` keeps it an
     /// index range scan in key order whatever the planner thinks of the filter,
     /// and the outer `LIMIT` stops the scan at the batch's last row (PostgreSQL
-    /// and SQLite run the two as one pipeline; MariaDB fills the chunk first,
-    /// which is why its size follows the density). Takes no row locks: a lock on
-    /// the chunk makes PostgreSQL lock and sort all of it.
+    /// runs the two as one pipeline; MariaDB fills the chunk first, which is why
+    /// its size follows the density). SQLite, which would sort the chunk again,
+    /// bounds the range by the chunk's last key instead ([`Conn::chunks_by_bound`]).
+    /// Takes no row locks: a lock on the chunk makes PostgreSQL lock and sort all of it.
     pub(crate) fn matching(
         &self,
         conn: &Conn,
@@ -207,6 +208,25 @@ impl Prepared {
     ) -> (String, Vec<Value>) {
         let keys = self.key_list(conn);
         let (cond, key_params) = self.conditions(conn, false, after, None);
+        if conn.chunks_by_bound() && self.keys.len() == 1 {
+            // The chunk's last key, from the key's index alone, then the
+            // filter over the range up to it, in key order.
+            let sql = format!(
+                "SELECT {} FROM {} WHERE {cond} AND {keys} <= (SELECT max({keys}) FROM \
+                 (SELECT {keys} FROM {} WHERE {cond} ORDER BY {keys} LIMIT {}) datamig_b) \
+                 AND ({}) ORDER BY {keys} LIMIT {}",
+                inner.join(", "),
+                self.from,
+                self.from,
+                size.keys,
+                filter.sql,
+                size.rows
+            );
+            let mut params = key_params.clone();
+            params.extend(key_params);
+            params.extend(filter.params.iter().cloned());
+            return (sql, params);
+        }
         let sql = format!(
             "SELECT {} FROM (SELECT {}, CASE WHEN ({}) THEN 1 ELSE 0 END AS datamig_m FROM {} \
              WHERE {cond} ORDER BY {keys} LIMIT {}) c WHERE datamig_m = 1 ORDER BY {keys} LIMIT {}",
