@@ -545,6 +545,198 @@ async fn bare_loop(url: &str, rows: i64, connections: i64, batch: i64) -> Res<Du
     Ok(took)
 }
 
+/// The write shapes a MariaDB batch could take (issue 20's floor), each a bare
+/// keyset loop on sqlx without datamig: read the batch's 5000 rows (`id,
+/// email`), lowercase in Rust, write them back in one transaction per batch,
+/// with no checkpoint and no read ahead.
+#[derive(Clone, Copy, Debug)]
+enum MySqlShape {
+    ReadOnly,
+    /// `UPDATE … JOIN JSON_TABLE(?)` with the guard: what datamig sends.
+    JsonTable,
+    /// `UPDATE … JOIN (SELECT ? AS id, ? AS e, ? AS o UNION ALL …)` with the guard,
+    /// each value cast to its column's type.
+    UnionValues,
+    /// A temporary table filled by one multi-row `INSERT`, then `UPDATE … JOIN` it.
+    TempTable,
+    /// `INSERT … ON DUPLICATE KEY UPDATE` with every required column (no guard).
+    Upsert,
+}
+
+async fn mysql_shape_loop(url: &str, rows: i64, batch: i64, shape: MySqlShape) -> Res<Duration> {
+    use sqlx::{Connection, Row};
+    let mut c = sqlx::MySqlConnection::connect(url).await.map_err(s)?;
+    const READ: &str =
+        "SELECT id, email FROM users WHERE email_normalized IS NULL AND id > ? ORDER BY id LIMIT ?";
+    if matches!(shape, MySqlShape::TempTable) {
+        sqlx::query(
+            "CREATE TEMPORARY TABLE datamig_floor (id BIGINT NOT NULL PRIMARY KEY, \
+             e VARCHAR(320) NOT NULL, o VARCHAR(320) NOT NULL)",
+        )
+        .execute(&mut c)
+        .await
+        .map_err(s)?;
+    }
+    let started = Instant::now();
+    let (mut after, mut seen) = (0_i64, 0_i64);
+    loop {
+        sqlx::query("BEGIN").execute(&mut c).await.map_err(s)?;
+        let batch_rows: Vec<(i64, String)> = sqlx::query(READ)
+            .bind(after)
+            .bind(batch)
+            .fetch_all(&mut c)
+            .await
+            .map_err(s)?
+            .iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(s)?;
+        let Some(last) = batch_rows.last().map(|r| r.0) else {
+            sqlx::query("COMMIT").execute(&mut c).await.map_err(s)?;
+            break;
+        };
+        let lowered: Vec<String> = batch_rows
+            .iter()
+            .map(|(_, e)| e.trim().to_lowercase())
+            .collect();
+        let n = batch_rows.len();
+        let written = match shape {
+            MySqlShape::ReadOnly => u64::try_from(n).unwrap_or(0),
+            MySqlShape::JsonTable => {
+                let doc: Vec<(i64, &str, &str)> = batch_rows
+                    .iter()
+                    .zip(&lowered)
+                    .map(|((id, email), low)| (*id, low.as_str(), email.as_str()))
+                    .collect();
+                sqlx::query(
+                    "UPDATE users u JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$[0]', \
+                     e VARCHAR(320) PATH '$[1]', o VARCHAR(320) PATH '$[2]')) j ON u.id = j.id \
+                     SET u.email_normalized = j.e WHERE u.email = BINARY j.o AND u.email_normalized IS NULL",
+                )
+                .bind(serde_json::to_string(&doc).map_err(s)?)
+                .execute(&mut c)
+                .await
+                .map_err(s)?
+                .rows_affected()
+            }
+            MySqlShape::UnionValues => {
+                let first = "SELECT CAST(? AS SIGNED) AS id, CAST(? AS CHAR(320)) AS e, CAST(? AS CHAR(320)) AS o";
+                let rest = " UNION ALL SELECT ?, ?, ?".repeat(n - 1);
+                let sql = format!(
+                    "UPDATE users u JOIN ({first}{rest}) v ON u.id = v.id \
+                     SET u.email_normalized = v.e WHERE u.email = BINARY v.o AND u.email_normalized IS NULL"
+                );
+                let mut q = sqlx::query(&sql);
+                for ((id, email), low) in batch_rows.iter().zip(&lowered) {
+                    q = q.bind(*id).bind(low.as_str()).bind(email.as_str());
+                }
+                q.execute(&mut c).await.map_err(s)?.rows_affected()
+            }
+            MySqlShape::TempTable => {
+                sqlx::query("DELETE FROM datamig_floor")
+                    .execute(&mut c)
+                    .await
+                    .map_err(s)?;
+                let sql = format!(
+                    "INSERT INTO datamig_floor (id, e, o) VALUES {}",
+                    vec!["(?, ?, ?)"; n].join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for ((id, email), low) in batch_rows.iter().zip(&lowered) {
+                    q = q.bind(*id).bind(low.as_str()).bind(email.as_str());
+                }
+                q.execute(&mut c).await.map_err(s)?;
+                sqlx::query(
+                    "UPDATE users u JOIN datamig_floor t ON u.id = t.id \
+                     SET u.email_normalized = t.e WHERE u.email = BINARY t.o AND u.email_normalized IS NULL",
+                )
+                .execute(&mut c)
+                .await
+                .map_err(s)?
+                .rows_affected()
+            }
+            MySqlShape::Upsert => {
+                let sql = format!(
+                    "INSERT INTO users (id, email, email_normalized) VALUES {} \
+                     ON DUPLICATE KEY UPDATE email_normalized = VALUES(email_normalized)",
+                    vec!["(?, ?, ?)"; n].join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for ((id, email), low) in batch_rows.iter().zip(&lowered) {
+                    q = q.bind(*id).bind(email.as_str()).bind(low.as_str());
+                }
+                // Each row found and changed counts 2.
+                q.execute(&mut c).await.map_err(s)?.rows_affected() / 2
+            }
+        };
+        if written != u64::try_from(n).unwrap_or(0) {
+            return Err(format!("{shape:?}: a batch wrote {written} of {n} rows"));
+        }
+        sqlx::query("COMMIT").execute(&mut c).await.map_err(s)?;
+        seen += i64::try_from(n).unwrap_or(0);
+        after = last;
+    }
+    let took = started.elapsed();
+    c.close().await.map_err(s)?;
+    if seen != rows {
+        return Err(format!("{shape:?}: the loop saw {seen} of {rows} rows"));
+    }
+    Ok(took)
+}
+
+/// MariaDB's floor: every write shape's bare loop against the single `UPDATE`
+/// and `backfill_emails`, alternating round by round.
+async fn bench_mysql_floor(b: &mut Bench, opts: &Opts, update: &str) -> Res<()> {
+    let shapes = [
+        MySqlShape::ReadOnly,
+        MySqlShape::JsonTable,
+        MySqlShape::UnionValues,
+        MySqlShape::TempTable,
+        MySqlShape::Upsert,
+    ];
+    let mut limits = Vec::new();
+    let mut jobs = Vec::new();
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); shapes.len()];
+    let url = b.url_secret();
+    for round in 0..opts.rounds {
+        let mut order: Vec<usize> = (0..shapes.len() + 2).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for which in order {
+            b.reset_users().await?;
+            match which {
+                0 => limits.push(b.timed(update).await?),
+                1 => jobs.push(b.job("backfill_emails", opts.batch, &[], &[])?),
+                i => times[i - 2]
+                    .push(mysql_shape_loop(&url, opts.rows, opts.batch, shapes[i - 2]).await?),
+            }
+        }
+    }
+    let limit = median(limits);
+    println!(
+        "### Floor: MariaDB write shapes, {} rows, batch {} (median of {})\n",
+        opts.rows, opts.batch, opts.rounds
+    );
+    println!("| method | time | × statement |\n|---|---|---|");
+    println!("| single UPDATE | {} | 1.00 |", secs(limit));
+    for (shape, t) in shapes.iter().zip(times) {
+        let t = median(t);
+        println!(
+            "| bare loop, {shape:?} | {} | {} |",
+            secs(t),
+            ratio(limit, t)
+        );
+    }
+    let wall = median_by(&jobs, |r| r.wall);
+    println!(
+        "| datamig `backfill_emails` (whole process) | {} | {} |\n",
+        secs(wall),
+        ratio(limit, wall)
+    );
+    Ok(())
+}
+
 /// The write shapes a SQLite batch could take (issue 20's floor), each a bare
 /// keyset loop on sqlx without datamig: read the batch's 5000 rows (key, email),
 /// lowercase in Rust, write them back in one transaction per batch, with no
@@ -1264,6 +1456,9 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
         println!();
     }
 
+    if want("floor") && backend == Backend::MySql {
+        bench_mysql_floor(&mut b, opts, update).await?;
+    }
     if want("floor") && backend == Backend::Sqlite {
         bench_sqlite_floor(&mut b, opts, update).await?;
     }
