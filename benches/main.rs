@@ -684,16 +684,21 @@ async fn mysql_shape_loop(url: &str, rows: i64, batch: i64, shape: MySqlShape) -
     Ok(took)
 }
 
-/// MariaDB's floor: every write shape's bare loop against the single `UPDATE`
-/// and `backfill_emails`, alternating round by round.
-async fn bench_mysql_floor(b: &mut Bench, opts: &Opts, update: &str) -> Res<()> {
-    let shapes = [
-        MySqlShape::ReadOnly,
-        MySqlShape::JsonTable,
-        MySqlShape::UnionValues,
-        MySqlShape::TempTable,
-        MySqlShape::Upsert,
-    ];
+/// A database's floor: every write shape's bare loop (`run`) against the
+/// single `UPDATE` and `backfill_emails`, alternating round by round.
+async fn bench_floor<S, F, Fut>(
+    b: &mut Bench,
+    opts: &Opts,
+    update: &str,
+    database: &str,
+    shapes: &[S],
+    run: F,
+) -> Res<()>
+where
+    S: Copy + std::fmt::Debug,
+    F: Fn(String, i64, i64, S) -> Fut,
+    Fut: std::future::Future<Output = Res<Duration>>,
+{
     let mut limits = Vec::new();
     let mut jobs = Vec::new();
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); shapes.len()];
@@ -708,14 +713,15 @@ async fn bench_mysql_floor(b: &mut Bench, opts: &Opts, update: &str) -> Res<()> 
             match which {
                 0 => limits.push(b.timed(update).await?),
                 1 => jobs.push(b.job("backfill_emails", opts.batch, &[], &[])?),
-                i => times[i - 2]
-                    .push(mysql_shape_loop(&url, opts.rows, opts.batch, shapes[i - 2]).await?),
+                i => {
+                    times[i - 2].push(run(url.clone(), opts.rows, opts.batch, shapes[i - 2]).await?)
+                }
             }
         }
     }
     let limit = median(limits);
     println!(
-        "### Floor: MariaDB write shapes, {} rows, batch {} (median of {})\n",
+        "### Floor: {database} write shapes, {} rows, batch {} (median of {})\n",
         opts.rows, opts.batch, opts.rounds
     );
     println!("| method | time | × statement |\n|---|---|---|");
@@ -962,63 +968,6 @@ async fn sqlite_shape_loop(url: &str, rows: i64, batch: i64, shape: SqliteShape)
         return Err(format!("{shape:?}: the loop saw {seen} of {rows} rows"));
     }
     Ok(took)
-}
-
-/// SQLite's floor: every write shape's bare loop against the single `UPDATE`
-/// and `backfill_emails`, alternating round by round.
-async fn bench_sqlite_floor(b: &mut Bench, opts: &Opts, update: &str) -> Res<()> {
-    let shapes = [
-        SqliteShape::ReadOnly,
-        SqliteShape::Values,
-        SqliteShape::JsonEach,
-        SqliteShape::PerRow,
-        SqliteShape::JsonRead,
-        SqliteShape::PerRowNative,
-        SqliteShape::ValuesNative,
-        SqliteShape::PerRowNativeRowid,
-        SqliteShape::PerRowNativeRowidCache,
-    ];
-    let mut limits = Vec::new();
-    let mut jobs = Vec::new();
-    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); shapes.len()];
-    let url = b.url_secret();
-    for round in 0..opts.rounds {
-        let mut order: Vec<usize> = (0..shapes.len() + 2).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for which in order {
-            b.reset_users().await?;
-            match which {
-                0 => limits.push(b.timed(update).await?),
-                1 => jobs.push(b.job("backfill_emails", opts.batch, &[], &[])?),
-                i => times[i - 2]
-                    .push(sqlite_shape_loop(&url, opts.rows, opts.batch, shapes[i - 2]).await?),
-            }
-        }
-    }
-    let limit = median(limits);
-    println!(
-        "### Floor: SQLite write shapes, {} rows, batch {} (median of {})\n",
-        opts.rows, opts.batch, opts.rounds
-    );
-    println!("| method | time | × statement |\n|---|---|---|");
-    println!("| single UPDATE | {} | 1.00 |", secs(limit));
-    for (shape, t) in shapes.iter().zip(times) {
-        let t = median(t);
-        println!(
-            "| bare loop, {shape:?} | {} | {} |",
-            secs(t),
-            ratio(limit, t)
-        );
-    }
-    let wall = median_by(&jobs, |r| r.wall);
-    println!(
-        "| datamig `backfill_emails` (whole process) | {} | {} |\n",
-        secs(wall),
-        ratio(limit, wall)
-    );
-    Ok(())
 }
 
 /// Throughput at 1, 2 and 4 workers (`--workers`) of the set-based job, the
@@ -1457,10 +1406,34 @@ async fn bench_database(backend: Backend, opts: &Opts) -> Res<()> {
     }
 
     if want("floor") && backend == Backend::MySql {
-        bench_mysql_floor(&mut b, opts, update).await?;
+        let shapes = [
+            MySqlShape::ReadOnly,
+            MySqlShape::JsonTable,
+            MySqlShape::UnionValues,
+            MySqlShape::TempTable,
+            MySqlShape::Upsert,
+        ];
+        bench_floor(&mut b, opts, update, "MariaDB", &shapes, |url, rows, batch, shape| async move {
+            mysql_shape_loop(&url, rows, batch, shape).await
+        })
+        .await?;
     }
     if want("floor") && backend == Backend::Sqlite {
-        bench_sqlite_floor(&mut b, opts, update).await?;
+        let shapes = [
+            SqliteShape::ReadOnly,
+            SqliteShape::Values,
+            SqliteShape::JsonEach,
+            SqliteShape::PerRow,
+            SqliteShape::JsonRead,
+            SqliteShape::PerRowNative,
+            SqliteShape::ValuesNative,
+            SqliteShape::PerRowNativeRowid,
+            SqliteShape::PerRowNativeRowidCache,
+        ];
+        bench_floor(&mut b, opts, update, "SQLite", &shapes, |url, rows, batch, shape| async move {
+            sqlite_shape_loop(&url, rows, batch, shape).await
+        })
+        .await?;
     }
     if want("workers") && backend != Backend::Sqlite {
         bench_workers(&mut b, opts, update).await?;
